@@ -1,0 +1,17 @@
+"""fastsparse: pruned convolutional networks, faster than dense on CPUs.
+
+Sparse 1x1 convolutions in CHW layout after Elsen et al., "Fast Sparse ConvNets" (CVPR 2020),
+with SIMD kernels chosen at run time (scalar, SSE2, AVX2+FMA).
+"""
+from . import prune, reference
+from ._dispatch import (available_isas, get_num_threads, isa, set_isa, set_num_threads,
+                        spmm_kernels)
+from .ops import linear, sparse_conv1x1
+from .sparse import SparseMatrix
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "SparseMatrix", "available_isas", "get_num_threads", "isa", "linear", "prune",
+    "reference", "set_isa", "set_num_threads", "sparse_conv1x1", "spmm_kernels",
+]

@@ -1,0 +1,194 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Thin Cython layer over the C kernels: buffer checks, GIL release, threads, dispatch table.
+
+Validation of user input and routing live in plain Python (fastsparse/ops.py). What this
+module checks is what keeps the C kernels in bounds whoever calls it: every packed weight
+structure is validated once when a ``SpmmWeights`` is built, and each call checks shapes in
+O(1) against it.
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.stdint cimport int32_t, int64_t, uint32_t
+
+cdef extern from "csrc/fs_kernels.h" nogil:
+    ctypedef void (*fs_spmm_fn)(
+        size_t mc, size_t nc, const float* input, const float* weights,
+        const uint32_t* nnzmap, const int32_t* offsets, const float* bias,
+        const float* residual, size_t residual_stride, float* output,
+        size_t output_stride, float lo, float hi) noexcept nogil
+    ctypedef struct fs_spmm_kernel:
+        const char* name
+        unsigned mr
+        unsigned nr
+        unsigned unroll
+        fs_spmm_fn fn
+    enum:
+        FS_ISA_COUNT
+    const char* fs_isa_name(int isa)
+    int fs_isa_supported(int isa)
+    size_t fs_spmm_kernel_count(int isa)
+    const fs_spmm_kernel* fs_spmm_kernel_at(int isa, size_t index)
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define FS_OPENMP 1
+    #else
+    #define FS_OPENMP 0
+    #endif
+    """
+    int FS_OPENMP
+
+# Largest byte offset the kernels' int32 offsets can hold.
+cdef int64_t _OFFSET_LIMIT = 2147483647
+
+OPENMP = bool(FS_OPENMP)
+
+
+def isa_names():
+    """Names of all ISA identifiers, indexed by id."""
+    return [fs_isa_name(i).decode() for i in range(FS_ISA_COUNT)]
+
+
+def isa_supported(int isa):
+    """True if the variants for `isa` were compiled in and this CPU can run them."""
+    return bool(fs_isa_supported(isa))
+
+
+def spmm_kernels(int isa):
+    """The spmm variants compiled for `isa`: a list of (name, mr, nr, unroll)."""
+    cdef size_t i
+    cdef const fs_spmm_kernel* k
+    out = []
+    for i in range(fs_spmm_kernel_count(isa)):
+        k = fs_spmm_kernel_at(isa, i)
+        out.append((k.name.decode(), k.mr, k.nr, k.unroll))
+    return out
+
+
+cdef class SpmmWeights:
+    """Packed sparse weights as the kernels read them, validated once.
+
+    values    float32, per block and per non-zero column, the block's `rows` values
+    nnzmap    uint32, non-zero columns per block (full blocks of `nr`, then single rows)
+    columns   int32, the input channel of each non-zero column, increasing within a block
+    """
+    cdef readonly object values, nnzmap, columns
+    cdef readonly Py_ssize_t rows, cols, nr
+    cdef dict _offsets
+
+    def __init__(self, values, nnzmap, columns, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t nr):
+        if nr not in (1, 2, 4, 8):
+            raise ValueError(f"nr must be 1, 2, 4 or 8, got {nr}")
+        if rows < 1 or cols < 1:
+            raise ValueError(f"rows and cols must be >= 1, got {rows} x {cols}")
+        values = np.array(values, dtype=np.float32, order="C", copy=True).reshape(-1)
+        nnzmap = np.array(nnzmap, dtype=np.uint32, order="C", copy=True).reshape(-1)
+        columns = np.array(columns, dtype=np.int32, order="C", copy=True).reshape(-1)
+        nfull = rows // nr
+        if nnzmap.shape[0] != nfull + rows % nr:
+            raise ValueError(f"nnzmap must have {nfull + rows % nr} entries, got {nnzmap.shape[0]}")
+        counts = nnzmap.astype(np.int64)
+        if int(counts.sum()) != columns.shape[0]:
+            raise ValueError("columns must have sum(nnzmap) entries")
+        if int((counts[:nfull] * nr).sum() + counts[nfull:].sum()) != values.shape[0]:
+            raise ValueError("values must hold one value per row of each non-zero column")
+        if columns.shape[0]:
+            if columns.min() < 0 or columns.max() >= cols:
+                raise ValueError(f"columns must lie in [0, {cols})")
+            block_start = np.zeros(columns.shape[0], dtype=bool)
+            block_start[(np.cumsum(counts) - counts)[counts > 0]] = True
+            rising = np.diff(columns) > 0
+            if not np.all(rising | block_start[1:]):
+                raise ValueError("columns must be strictly increasing within a block")
+        for a in (values, nnzmap, columns):
+            a.flags.writeable = False
+        self.values, self.nnzmap, self.columns = values, nnzmap, columns
+        self.rows, self.cols, self.nr = rows, cols, nr
+        self._offsets = {}
+
+    def offsets(self, Py_ssize_t hw):
+        """Byte offsets of each non-zero's input row for images of `hw` positions (cached)."""
+        off = self._offsets.get(hw)
+        if off is None:
+            if hw < 1:
+                raise ValueError(f"hw must be >= 1, got {hw}")
+            if <int64_t>self.cols * hw * 4 > _OFFSET_LIMIT:
+                raise ValueError(
+                    f"an input of {self.cols} channels x {hw} positions exceeds the 2 GiB "
+                    "per-image limit of the packed format (int32 byte offsets)")
+            off = (self.columns.astype(np.int64) * (hw * 4)).astype(np.int32)
+            off.flags.writeable = False
+            self._offsets[hw] = off
+        return off
+
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bias,
+         residual, float[:, :, ::1] out, float lo, float hi, int num_threads):
+    """out[n] = clamp(W @ x[n] + bias + residual[n], lo, hi) for x of shape (N, cols, HW).
+
+    Threads split (image, spatial chunk) pairs; chunks are whole tiles of the kernel's MR,
+    so the result does not depend on the thread count."""
+    if kernel < 0 or <size_t>kernel >= fs_spmm_kernel_count(isa) or not fs_isa_supported(isa):
+        raise ValueError(f"no runnable spmm kernel {kernel} for ISA {isa}")
+    cdef const fs_spmm_kernel* k = fs_spmm_kernel_at(isa, kernel)
+    if k.nr != w.nr:
+        raise ValueError(f"kernel {k.name.decode()} needs blocks of {k.nr}, weights have {w.nr}")
+    cdef Py_ssize_t n = x.shape[0], cin = x.shape[1], hw = x.shape[2], cout = w.rows
+    if cin != w.cols:
+        raise ValueError(f"x has {cin} channels, weights expect {w.cols}")
+    if out.shape[0] != n or out.shape[1] != cout or out.shape[2] != hw:
+        raise ValueError("out must have shape (N, rows, HW)")
+    if not (lo <= hi):
+        raise ValueError("lo must be <= hi")
+    cdef const float[::1] b
+    cdef const float* bptr = NULL
+    if bias is not None:
+        b = bias
+        if b.shape[0] != cout:
+            raise ValueError(f"bias must have {cout} entries")
+        bptr = &b[0]
+    cdef const float[:, :, ::1] r
+    cdef const float* rptr = NULL
+    if residual is not None:
+        r = residual
+        if r.shape[0] != n or r.shape[1] != cout or r.shape[2] != hw:
+            raise ValueError("residual must have the shape of out")
+        rptr = &r[0, 0, 0]
+    if n == 0 or hw == 0:
+        return
+    cdef const float[::1] values = w.values
+    cdef const uint32_t[::1] nnzmap = w.nnzmap
+    cdef const int32_t[::1] offsets = w.offsets(hw)
+    # Non-empty placeholders keep &view[0] valid when a matrix has no non-zero at all.
+    cdef float fzero = 0.0
+    cdef int32_t izero = 0
+    cdef const float* vptr = &values[0] if values.shape[0] else &fzero
+    cdef const int32_t* optr = &offsets[0] if offsets.shape[0] else &izero
+    cdef const uint32_t* mptr = &nnzmap[0]
+    cdef const float* xptr = &x[0, 0, 0]
+    cdef float* yptr = &out[0, 0, 0]
+    cdef fs_spmm_fn fn = k.fn
+    cdef size_t stride = <size_t>hw * sizeof(float)
+    cdef Py_ssize_t mr = k.mr
+    if num_threads < 1:
+        num_threads = 1
+    # Enough chunks per image for ~4 per thread, each a whole number of tiles.
+    cdef Py_ssize_t tiles = _ceil_div(hw, mr)
+    cdef Py_ssize_t pieces = min(tiles, max(1, _ceil_div(4 * num_threads, n))) if num_threads > 1 else 1
+    cdef Py_ssize_t chunk = _ceil_div(tiles, pieces) * mr
+    pieces = _ceil_div(hw, chunk)
+    cdef Py_ssize_t total = n * pieces, t, img, m0, img_off, res_off
+    with nogil:
+        for t in prange(total, num_threads=num_threads, schedule="static"):
+            img = t // pieces
+            m0 = (t % pieces) * chunk
+            img_off = img * cin * hw + m0
+            res_off = img * cout * hw + m0
+            fn(min(chunk, hw - m0), cout, xptr + img_off, vptr, mptr, optr, bptr,
+               rptr + res_off if rptr != NULL else NULL, stride, yptr + res_off, stride, lo, hi)

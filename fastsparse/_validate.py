@@ -1,0 +1,83 @@
+"""Argument checks shared by the public API and the reference: one place for the messages."""
+import numbers
+import operator
+
+import numpy as np
+
+_INF = float("inf")
+
+
+def activation_bounds(activation, name="activation"):
+    """(lo, hi) clamp bounds of None | "relu" | "relu6" | ("clamp", lo, hi)."""
+    if activation is None:
+        return -_INF, _INF
+    if isinstance(activation, str):
+        if activation == "relu":
+            return 0.0, _INF
+        if activation == "relu6":
+            return 0.0, 6.0
+    elif (isinstance(activation, tuple) and len(activation) == 3 and activation[0] == "clamp"):
+        _, lo, hi = activation
+        if not (isinstance(lo, numbers.Real) and isinstance(hi, numbers.Real)):
+            raise TypeError(f"{name}: clamp bounds must be real numbers, got {lo!r}, {hi!r}")
+        lo, hi = float(lo), float(hi)
+        if lo != lo or hi != hi or lo > hi:
+            raise ValueError(f"{name}: clamp bounds must satisfy lo <= hi, got ({lo}, {hi})")
+        return lo, hi
+    raise ValueError(
+        f"{name} must be None, 'relu', 'relu6' or ('clamp', lo, hi), got {activation!r}")
+
+
+def count(value, name, minimum=1):
+    """An int >= minimum (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = operator.index(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def float32_array(a, name, ndim=None):
+    """`a` as an aligned C-contiguous float32 ndarray; the caller's array is never modified.
+
+    Only float32 is accepted: converting a large activation tensor silently would hide a copy
+    and a precision change from the caller."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    return np.require(a, requirements=("C", "A"))
+
+
+def real_array(a, name):
+    """A finite-or-not array of real numbers converted to float32 (weights, biases)."""
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # e.g. ragged nested lists
+        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating)
+                                 or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def finite_float32(a, name):
+    """Weights: real numbers, finite after conversion to float32."""
+    arr = real_array(a, name)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.array(arr, dtype=np.float32, order="C")
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{name} must be finite in float32 (found NaN, inf or an overflow)")
+    return out
+
+
+def bias_vector(bias, rows, name="bias"):
+    if bias is None:
+        return None
+    b = real_array(bias, name)
+    if b.shape != (rows,):
+        raise ValueError(f"{name} must have shape ({rows},), got {b.shape}")
+    return np.ascontiguousarray(b, dtype=np.float32)

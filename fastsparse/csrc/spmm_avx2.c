@@ -1,0 +1,33 @@
+/* AVX2+FMA variants of the sparse 1x1 convolution. 8 lanes; partial vectors use masked
+ * loads and stores (vmaskmovps does not fault on masked-out lanes), so tails touch nothing
+ * beyond the row. Compiled on its own with -mavx2 -mfma; only dispatch decides to call it. */
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "spmm_avx2.c must be compiled with -mavx2 -mfma"
+#endif
+#include <immintrin.h>
+#include <stddef.h>
+
+#define FS_VLEN 8
+typedef __m256 fs_vec;
+typedef __m256i fs_tail; /* lane mask */
+
+static inline fs_tail fs_tail_make(size_t n) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lane);
+}
+static inline fs_vec fs_vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline void fs_vstore(float* p, fs_vec v) { _mm256_storeu_ps(p, v); }
+static inline fs_vec fs_vload_tail(const float* p, fs_tail m) { return _mm256_maskload_ps(p, m); }
+static inline void fs_vstore_tail(float* p, fs_vec v, fs_tail m) { _mm256_maskstore_ps(p, m, v); }
+static inline fs_vec fs_vset1(float x) { return _mm256_set1_ps(x); }
+static inline fs_vec fs_vzero(void) { return _mm256_setzero_ps(); }
+static inline fs_vec fs_vadd(fs_vec a, fs_vec b) { return _mm256_add_ps(a, b); }
+static inline fs_vec fs_vfma(fs_vec a, fs_vec b, fs_vec c) { return _mm256_fmadd_ps(a, b, c); }
+/* maxps/minps return their second operand when either is NaN: x goes second. */
+static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
+  return _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+}
+
+#include "spmm_impl.h"
+
+FS_SPMM_AVX2_LIST(FS_SPMM_DEFINE)

@@ -1,0 +1,26 @@
+/* Scalar variants of the sparse 1x1 convolution: the portable fallback and the oracle the
+ * SIMD variants are compared with in the C tests. Compiled with -fno-tree-vectorize so that
+ * it stays scalar, and -ffp-contract=off so a * b + c is never fused behind our back. */
+#include <stddef.h>
+
+#define FS_VLEN 1
+typedef float fs_vec;
+typedef int fs_tail; /* a partial vector of one lane is a full one */
+
+static inline fs_tail fs_tail_make(size_t n) { (void)n; return 1; }
+static inline fs_vec fs_vload(const float* p) { return *p; }
+static inline void fs_vstore(float* p, fs_vec v) { *p = v; }
+static inline fs_vec fs_vload_tail(const float* p, fs_tail t) { (void)t; return *p; }
+static inline void fs_vstore_tail(float* p, fs_vec v, fs_tail t) { (void)t; *p = v; }
+static inline fs_vec fs_vset1(float x) { return x; }
+static inline fs_vec fs_vzero(void) { return 0.0f; }
+static inline fs_vec fs_vadd(fs_vec a, fs_vec b) { return a + b; }
+static inline fs_vec fs_vfma(fs_vec a, fs_vec b, fs_vec c) { return a * b + c; }
+/* Comparisons with NaN are false, so a NaN x passes through unchanged. */
+static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
+  return x < lo ? lo : (x > hi ? hi : x);
+}
+
+#include "spmm_impl.h"
+
+FS_SPMM_SCALAR_LIST(FS_SPMM_DEFINE)

@@ -1,0 +1,47 @@
+/* SSE2 variants of the sparse 1x1 convolution (the x86-64 baseline: every x86-64 CPU runs
+ * them). 4 lanes; no FMA, so a multiply and an add, each rounded. Partial vectors of 1-3
+ * lanes are loaded and stored piecewise: SSE2 has no masked load. */
+#if !defined(__SSE2__)
+#error "spmm_sse2.c must be compiled for x86-64 (SSE2)"
+#endif
+#include <emmintrin.h>
+#include <stddef.h>
+
+#define FS_VLEN 4
+typedef __m128 fs_vec;
+typedef size_t fs_tail; /* number of lanes, 1..4 */
+
+static inline fs_tail fs_tail_make(size_t n) { return n; }
+static inline fs_vec fs_vload(const float* p) { return _mm_loadu_ps(p); }
+static inline void fs_vstore(float* p, fs_vec v) { _mm_storeu_ps(p, v); }
+static inline fs_vec fs_vload_tail(const float* p, fs_tail n) {
+  switch (n) {
+    case 1: return _mm_load_ss(p);
+    case 2: return _mm_castpd_ps(_mm_load_sd((const double*)p));
+    case 3: return _mm_movelh_ps(_mm_castpd_ps(_mm_load_sd((const double*)p)), _mm_load_ss(p + 2));
+    default: return _mm_loadu_ps(p);
+  }
+}
+static inline void fs_vstore_tail(float* p, fs_vec v, fs_tail n) {
+  switch (n) {
+    case 1: _mm_store_ss(p, v); break;
+    case 2: _mm_store_sd((double*)p, _mm_castps_pd(v)); break;
+    case 3:
+      _mm_store_sd((double*)p, _mm_castps_pd(v));
+      _mm_store_ss(p + 2, _mm_movehl_ps(v, v));
+      break;
+    default: _mm_storeu_ps(p, v);
+  }
+}
+static inline fs_vec fs_vset1(float x) { return _mm_set1_ps(x); }
+static inline fs_vec fs_vzero(void) { return _mm_setzero_ps(); }
+static inline fs_vec fs_vadd(fs_vec a, fs_vec b) { return _mm_add_ps(a, b); }
+static inline fs_vec fs_vfma(fs_vec a, fs_vec b, fs_vec c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+/* maxps/minps return their second operand when either is NaN: x goes second. */
+static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
+  return _mm_min_ps(hi, _mm_max_ps(lo, x));
+}
+
+#include "spmm_impl.h"
+
+FS_SPMM_SSE2_LIST(FS_SPMM_DEFINE)

@@ -1,0 +1,87 @@
+"""The functional API: validation and routing in Python, the work in the C kernels."""
+import numpy as np
+
+from . import _dispatch, _kernels
+from ._validate import activation_bounds, bias_vector, float32_array
+from .sparse import SparseMatrix
+
+
+def _sparse_matrix(W, name="W"):
+    if not isinstance(W, SparseMatrix):
+        raise TypeError(f"{name} must be a fastsparse.SparseMatrix (use SparseMatrix.from_dense), "
+                        f"got {type(W).__name__}")
+    return W
+
+
+def _spmm(x3, W, bias, residual3, lo, hi, num_threads, kernel):
+    """out (N, rows, HW) = clamp(W @ x3[n] + bias + residual3[n]) with the active ISA."""
+    isa = _dispatch.isa()
+    key = (isa, kernel)
+    index = W._kernel_cache.get(key)
+    if index is None:
+        index = _dispatch.spmm_kernel_index(isa, W.block_size, kernel)
+        W._kernel_cache[key] = index
+    out = np.empty((x3.shape[0], W.shape[0], x3.shape[2]), dtype=np.float32)
+    _kernels.spmm(_dispatch.isa_id(isa), index, W._packed, x3, bias, residual3, out, lo, hi,
+                  _dispatch.resolve_threads(num_threads))
+    return out
+
+
+def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=None,
+                   kernel=None):
+    """1x1 convolution with sparse weights on NCHW float32 input.
+
+    y[n, o] = act(sum_i W[o, i] * x[n, i] + bias[o] + residual[n, o]), everything after the
+    product fused into the kernel's single pass over the output.
+
+    x          float32 (N, Cin, H, W); a non-contiguous or misaligned array is copied first.
+    W          SparseMatrix of shape (Cout, Cin).
+    bias       None or (Cout,) real numbers.
+    activation None | "relu" | "relu6" | ("clamp", lo, hi), applied after the residual.
+    residual   None or float32 (N, Cout, H, W), added before the activation.
+    num_threads  None (fastsparse.get_num_threads()) or an int >= 1.
+    kernel     None (chosen per layer) or the name of a variant from fastsparse.spmm_kernels().
+    """
+    W = _sparse_matrix(W)
+    x = float32_array(x, "x", ndim=4)
+    cout, cin = W.shape
+    n, c, h, w = x.shape
+    if c != cin:
+        raise ValueError(f"x has {c} channels but W expects {cin} (W.shape={W.shape})")
+    lo, hi = activation_bounds(activation)
+    b = bias_vector(bias, cout)
+    r3 = None
+    if residual is not None:
+        residual = float32_array(residual, "residual", ndim=4)
+        if residual.shape != (n, cout, h, w):
+            raise ValueError(f"residual must have shape {(n, cout, h, w)}, got {residual.shape}")
+        r3 = residual.reshape(n, cout, h * w)
+    out = _spmm(x.reshape(n, c, h * w), W, b, r3, lo, hi, num_threads, kernel)
+    return out.reshape(n, cout, h, w)
+
+
+def linear(x2d, W, bias=None, activation=None, num_threads=None):
+    """y = act(x2d @ W.T + bias) for x2d (N, Cin) float32 and W a SparseMatrix or a dense
+    (Cout, Cin) array; returns (N, Cout) float32. Sparse W runs the spmm kernels with the
+    batch as the spatial axis."""
+    x2d = float32_array(x2d, "x2d", ndim=2)
+    lo, hi = activation_bounds(activation)
+    if isinstance(W, SparseMatrix):
+        cout, cin = W.shape
+        if x2d.shape[1] != cin:
+            raise ValueError(f"x2d has {x2d.shape[1]} features but W expects {cin} (W.shape={W.shape})")
+        b = bias_vector(bias, cout)
+        xt = np.ascontiguousarray(x2d.T)[None]  # (1, Cin, N): features become channel rows
+        return np.ascontiguousarray(_spmm(xt, W, b, None, lo, hi, num_threads, None)[0].T)
+    if not isinstance(W, np.ndarray):
+        raise TypeError(f"W must be a SparseMatrix or a numpy.ndarray, got {type(W).__name__}")
+    Wd = float32_array(W, "W", ndim=2)
+    if x2d.shape[1] != Wd.shape[1]:
+        raise ValueError(f"x2d has {x2d.shape[1]} features but W expects {Wd.shape[1]} (W.shape={Wd.shape})")
+    b = bias_vector(bias, Wd.shape[0])
+    y = x2d @ Wd.T
+    if b is not None:
+        y += b
+    if lo != -np.inf or hi != np.inf:
+        np.clip(y, lo, hi, out=y)
+    return y

@@ -1,0 +1,92 @@
+"""Build of fastsparse's extension.
+
+Each ISA's kernels are compiled in their own translation unit with their own flags and linked
+into the one extension; dispatch picks among them at run time. Nothing here looks at the
+build machine's CPU: a compiler probe only asks whether the *compiler* can target an ISA.
+"""
+import os
+import sys
+import tempfile
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CSRC = os.path.join("fastsparse", "csrc")
+# Flags every kernel translation unit gets: only explicit FMAs fuse.
+COMMON_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off"]
+
+# (name, source, flags, probe): the probe is a tiny program using the ISA's intrinsics.
+ISA_UNITS = [
+    ("scalar", "spmm_scalar.c", ["-fno-tree-vectorize"], None),
+    ("sse2", "spmm_sse2.c", ["-msse2"],
+     "#include <emmintrin.h>\nint main(void){__m128 a=_mm_set1_ps(1.f);"
+     "a=_mm_add_ps(a,a);return (int)_mm_cvtss_f32(a);}"),
+    ("avx2", "spmm_avx2.c", ["-mavx2", "-mfma"],
+     "#include <immintrin.h>\nint main(void){__m256 a=_mm256_set1_ps(1.f);"
+     "a=_mm256_fmadd_ps(a,a,a);__m256i m=_mm256_set1_epi32(-1);"
+     "a=_mm256_maskload_ps((const float*)&m,m);return (int)_mm256_cvtss_f32(a);}"),
+]
+
+OPENMP_PROBE = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}"
+
+
+def log(msg):
+    print(f"fastsparse build: {msg}", file=sys.stderr)
+
+
+class BuildExt(build_ext):
+    """Compiles the per-ISA kernel units with their own flags, probes OpenMP."""
+
+    def _try_compile(self, code, flags, link=False):
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "probe.c")
+            with open(src, "w") as f:
+                f.write(code)
+            try:
+                objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+                if link:
+                    self.compiler.link_executable(objs, "probe", output_dir=tmp,
+                                                  extra_postargs=flags)
+            except Exception:
+                return False
+        return True
+
+    def build_extensions(self):
+        if self.compiler.compiler_type != "unix":
+            raise RuntimeError("fastsparse builds with gcc or clang (a unix-style compiler)")
+        for ext in self.extensions:
+            objects, macros = [], []
+            for name, source, flags, probe in ISA_UNITS:
+                if probe is not None and not self._try_compile(probe, flags):
+                    log(f"{name} kernels: skipped (the compiler cannot target {name})")
+                    continue
+                objects += self.compiler.compile(
+                    [os.path.join(CSRC, source)], output_dir=self.build_temp,
+                    extra_postargs=COMMON_FLAGS + flags, depends=ext.depends)
+                if name != "scalar":
+                    macros.append((f"FS_HAVE_{name.upper()}", "1"))
+                log(f"{name} kernels: built with {' '.join(flags)}")
+            ext.extra_objects = objects + list(ext.extra_objects or [])
+            ext.define_macros = list(ext.define_macros or []) + macros
+            if self._try_compile(OPENMP_PROBE, ["-fopenmp"], link=True):
+                ext.extra_compile_args = list(ext.extra_compile_args or []) + ["-fopenmp"]
+                ext.extra_link_args = list(ext.extra_link_args or []) + ["-fopenmp"]
+                log("OpenMP: on (threads split spatial tiles and images)")
+            else:
+                log("OpenMP: off (no working -fopenmp; every call runs on one thread)")
+        super().build_extensions()
+
+
+HEADERS = [os.path.join(CSRC, h) for h in ("fs_kernels.h", "spmm_impl.h")]
+extension = Extension(
+    "fastsparse._kernels",
+    sources=["fastsparse/_kernels.pyx", os.path.join(CSRC, "dispatch.c")],
+    depends=HEADERS + [os.path.join(CSRC, u[1]) for u in ISA_UNITS],
+    extra_compile_args=["-O3", "-ffp-contract=off"],
+)
+
+setup(
+    ext_modules=cythonize([extension], compiler_directives={"language_level": "3"}),
+    cmdclass={"build_ext": BuildExt},
+)
