@@ -41,6 +41,10 @@ def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=
     residual   None or float32 (N, Cout, H, W), added before the activation.
     num_threads  None (fastsparse.get_num_threads()) or an int >= 1.
     kernel     None (chosen per layer) or the name of a variant from fastsparse.spmm_kernels().
+
+    Zero weights are skipped, not multiplied: a NaN or inf in x reaches the outputs whose
+    weight on that channel is non-zero (or stored inside a block), where the dense product
+    would make every output NaN. For finite x the two agree.
     """
     W = _sparse_matrix(W)
     x = float32_array(x, "x", ndim=4)

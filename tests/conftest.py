@@ -1,0 +1,35 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import fastsparse as fs
+
+# Two profiles: "dev" (default, fast, random) and "ci" (derandomized, more examples, no
+# deadline). CI selects it with FASTSPARSE_HYPOTHESIS_PROFILE=ci.
+settings.register_profile(
+    "dev", max_examples=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "ci", max_examples=80, deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("FASTSPARSE_HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_report_header(config):
+    return (f"fastsparse {fs.__version__} from {os.path.dirname(fs.__file__)}; "
+            f"ISAs {fs.available_isas()} (active {fs.isa()}); threads {fs.get_num_threads()}")
+
+
+@pytest.fixture(params=fs.available_isas())
+def isa(request):
+    """Runs the test once per ISA this CPU supports, with that ISA active."""
+    previous = fs.set_isa(request.param)
+    yield request.param
+    fs.set_isa(previous)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,67 @@
+"""ISA dispatch and thread settings."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastsparse as fs
+
+
+def test_available_isas_are_ordered_and_include_scalar():
+    isas = fs.available_isas()
+    assert isas[-1] == "scalar"
+    assert fs.isa() in isas
+    import platform
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "sse2" in isas
+
+
+def _run(code, **env):
+    full_env = {k: v for k, v in os.environ.items() if k != "FASTSPARSE_ISA"}
+    full_env.update(env)
+    # The same fastsparse as this test process, wherever it was imported from.
+    full_env["PYTHONPATH"] = os.path.dirname(os.path.dirname(fs.__file__))
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
+                          text=True)
+
+
+@pytest.mark.parametrize("name", fs.available_isas())
+def test_env_var_forces_an_isa(name):
+    r = _run("import fastsparse as fs; print(fs.isa())", FASTSPARSE_ISA=name)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == name
+
+
+@pytest.mark.parametrize("name", ["avx512", "neon_or_not", ""])
+def test_env_var_with_unknown_or_unsupported_isa_fails_clearly(name):
+    r = _run("import fastsparse", FASTSPARSE_ISA=name)
+    if name == "":
+        assert r.returncode == 0  # empty means unset
+        return
+    assert r.returncode != 0
+    assert "FASTSPARSE_ISA" in r.stderr and "ValueError" in r.stderr
+
+
+def test_unsupported_isa_is_refused():
+    missing = [n for n in ("scalar", "sse2", "avx2", "neon") if n not in fs.available_isas()]
+    for name in missing:
+        with pytest.raises(ValueError, match="not supported"):
+            fs.set_isa(name)
+
+
+def test_omp_num_threads_sets_the_default():
+    r = _run("import fastsparse as fs; print(fs.get_num_threads())", OMP_NUM_THREADS="3")
+    assert r.returncode == 0, r.stderr
+    from fastsparse import _kernels
+    assert r.stdout.strip() == ("3" if _kernels.OPENMP else "1")
+
+
+def test_set_num_threads_round_trip():
+    before = fs.get_num_threads()
+    try:
+        fs.set_num_threads(2)
+        from fastsparse import _kernels
+        assert fs.get_num_threads() == (2 if _kernels.OPENMP else 1)
+    finally:
+        fs.set_num_threads(before)

@@ -1,0 +1,154 @@
+"""sparse_conv1x1 and linear: every spmm variant of every ISA against the NumPy reference."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import fastsparse as fs
+from _helpers import (assert_close_to_reference, build_spmm_inputs, make_weights, spmm_case,
+                      spmm_kernel_params)
+
+KERNELS = spmm_kernel_params()
+
+
+def _check_spmm(case, block_size, kernel=None):
+    wd, x, bias, res = build_spmm_inputs(case, block_size)
+    W = fs.SparseMatrix.from_dense(wd, block_size=block_size)
+    snapshot = [a.tobytes() if a is not None else None for a in (x, bias, res)]
+    out = fs.sparse_conv1x1(x, W, bias=bias, activation=case["activation"], residual=res,
+                            num_threads=case["threads"], kernel=kernel)
+    assert [a.tobytes() if a is not None else None for a in (x, bias, res)] == snapshot, \
+        "inputs were modified"
+    ref = fs.reference.sparse_conv1x1(x, W, bias=bias, activation=case["activation"],
+                                      residual=res)
+    assert out.shape == ref.shape and out.dtype == np.float32
+    n, cin, h, w = x.shape
+    mag = np.einsum("oc,ncp->nop", np.abs(wd.astype(np.float64)),
+                    np.abs(x.astype(np.float64)).reshape(n, cin, h * w)).reshape(ref.shape)
+    extra = np.zeros_like(mag)
+    if bias is not None:
+        extra += np.abs(bias.astype(np.float64))[None, :, None, None]
+    if res is not None:
+        extra += np.abs(res.astype(np.float64))
+    k = (wd != 0).sum(axis=1)[None, :, None, None]
+    assert_close_to_reference(out, ref, mag, extra_abs=extra, nnz_per_row=k,
+                              what=f"kernel={kernel} block={block_size} case={case}")
+
+
+@pytest.mark.parametrize("isa_name,kernel,block_size", KERNELS,
+                         ids=[k[1] for k in KERNELS])
+@given(data=st.data())
+def test_every_variant_matches_reference(isa_name, kernel, block_size, data):
+    previous = fs.set_isa(isa_name)
+    try:
+        _check_spmm(data.draw(spmm_case(block_size)), block_size, kernel)
+    finally:
+        fs.set_isa(previous)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4, 8])
+@given(data=st.data())
+def test_default_kernel_choice_matches_reference(isa, block_size, data):
+    _check_spmm(data.draw(spmm_case(block_size)), block_size)
+
+
+@pytest.mark.parametrize("isa_name,kernel,block_size", KERNELS,
+                         ids=[k[1] for k in KERNELS])
+def test_every_spatial_tail(isa_name, kernel, block_size):
+    """Every H*W from 1 to two tiles past the widest MR, for each variant, with a residual
+    and an active clamp: the tail paths and the masked stores."""
+    previous = fs.set_isa(isa_name)
+    try:
+        rng = np.random.default_rng(7)
+        cout, cin = 2 * block_size + 1, 19
+        wd = make_weights(rng, cout, cin, "random", 0.4, block=block_size)
+        W = fs.SparseMatrix.from_dense(wd, block_size=block_size)
+        bias = rng.standard_normal(cout).astype(np.float32)
+        for hw in range(1, 2 * 64 + 3):
+            x = rng.standard_normal((1, cin, 1, hw)).astype(np.float32)
+            res = rng.standard_normal((1, cout, 1, hw)).astype(np.float32)
+            # Guard values just past the end catch writes beyond the row.
+            out = fs.sparse_conv1x1(x, W, bias=bias, residual=res,
+                                    activation=("clamp", -1.0, 1.0), kernel=kernel)
+            ref = fs.reference.sparse_conv1x1(x, W, bias=bias, residual=res,
+                                              activation=("clamp", -1.0, 1.0))
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * cin,
+                                       err_msg=f"{kernel} hw={hw}")
+    finally:
+        fs.set_isa(previous)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4, 8])
+def test_thread_count_does_not_change_results(isa, block_size):
+    """Threads split whole tiles, so any thread count gives bit-identical output."""
+    rng = np.random.default_rng(3)
+    wd = make_weights(rng, 37, 45, "random", 0.2)
+    W = fs.SparseMatrix.from_dense(wd, block_size=block_size)
+    for shape in [(1, 45, 1, 1), (1, 45, 7, 7), (3, 45, 14, 14), (2, 45, 56, 57)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        base = fs.sparse_conv1x1(x, W, activation="relu", num_threads=1)
+        for t in (2, 3, 8):
+            out = fs.sparse_conv1x1(x, W, activation="relu", num_threads=t)
+            assert out.tobytes() == base.tobytes(), (shape, t)
+
+
+def test_batch_matches_single_images(isa):
+    rng = np.random.default_rng(5)
+    W = fs.SparseMatrix.from_dense(make_weights(rng, 24, 16, "random", 0.3))
+    x = rng.standard_normal((4, 16, 9, 11)).astype(np.float32)
+    out = fs.sparse_conv1x1(x, W, num_threads=2)
+    for i in range(4):
+        assert out[i].tobytes() == fs.sparse_conv1x1(x[i:i + 1], W, num_threads=1)[0].tobytes()
+
+
+def test_non_contiguous_and_misaligned_inputs_are_handled(isa):
+    rng = np.random.default_rng(11)
+    W = fs.SparseMatrix.from_dense(make_weights(rng, 8, 6, "random", 0.5))
+    base = rng.standard_normal((2, 6, 10, 12)).astype(np.float32)
+    ref = fs.reference.sparse_conv1x1(base, W)
+    # A transposed view, a strided slice, a negatively strided view, an unaligned buffer.
+    views = [np.ascontiguousarray(base.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2),
+             np.repeat(base, 2, axis=3)[..., ::2],
+             base[:, :, ::-1, :][:, :, ::-1, :]]
+    raw = np.empty(base.nbytes + 1, dtype=np.uint8)
+    unaligned = np.frombuffer(raw.data, dtype=np.float32, count=base.size, offset=1)
+    unaligned = unaligned.reshape(base.shape)
+    unaligned[...] = base
+    views.append(unaligned)
+    for v in views:
+        np.testing.assert_allclose(fs.sparse_conv1x1(v, W), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_in_activations_propagates_through_nonzero_weights(isa):
+    """A NaN meets only the non-zero weights of its channel: those outputs are NaN whatever
+    the activation (the clamp must not hide it); channels with a zero weight there skip it,
+    as any sparse product does, instead of computing 0 * NaN like the dense reference."""
+    W = fs.SparseMatrix.from_dense(np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32))
+    x = np.array([[[[np.nan, 1.0]], [[3.0, 4.0]]]], dtype=np.float32)
+    for act in (None, "relu", "relu6", ("clamp", -1.0, 1.0)):
+        out = fs.sparse_conv1x1(x, W, activation=act)
+        assert np.isnan(out[0, 0, 0, 0]), act
+        finite = np.array([[[[0.0, 1.0]], [[3.0, 4.0]]]], dtype=np.float32)
+        ref = fs.reference.sparse_conv1x1(finite, W, activation=act)
+        np.testing.assert_array_equal(out[0, 0, 0, 1], ref[0, 0, 0, 1])
+        np.testing.assert_array_equal(out[0, 1], ref[0, 1])
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4, 8])
+@given(n=st.integers(1, 40), cin=st.integers(1, 70), cout=st.integers(1, 40),
+       density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), seed=st.integers(0, 2**32 - 1),
+       activation=st.sampled_from([None, "relu", ("clamp", -1.0, 0.5)]),
+       bias=st.booleans(), sparse=st.booleans())
+def test_linear_matches_reference(isa, block_size, n, cin, cout, density, seed, activation,
+                                  bias, sparse):
+    rng = np.random.default_rng(seed)
+    wd = make_weights(rng, cout, cin, "random", density) if density else np.zeros((cout, cin), np.float32)
+    x = rng.standard_normal((n, cin)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) if bias else None
+    W = fs.SparseMatrix.from_dense(wd, block_size=block_size) if sparse else wd
+    out = fs.linear(x, W, bias=b, activation=activation)
+    ref = fs.reference.linear(x, wd, bias=b, activation=activation)
+    assert out.shape == (n, cout) and out.dtype == np.float32 and out.flags.c_contiguous
+    mag = np.abs(x.astype(np.float64)) @ np.abs(wd.astype(np.float64)).T
+    extra = np.abs(b.astype(np.float64))[None, :] if b is not None else 0.0
+    # The dense path is BLAS sgemm: its blocking may sum in any order, bounded by cin terms.
+    assert_close_to_reference(out, ref, mag, extra, nnz_per_row=cin, what="linear")
