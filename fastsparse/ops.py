@@ -13,7 +13,23 @@ def _sparse_matrix(W, name="W"):
     return W
 
 
-def _spmm(x3, W, bias, residual3, lo, hi, num_threads, kernel):
+def _output(out, shape, inputs):
+    """A fresh output array, or the caller's `out` after checking it can be written safely."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise TypeError("out must be a numpy.ndarray of float32")
+    if out.shape != shape:
+        raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+        raise ValueError("out must be C-contiguous, aligned and writeable")
+    for name, a in inputs:
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError(f"out must not overlap {name}")
+    return out
+
+
+def _spmm(x3, W, bias, residual3, lo, hi, num_threads, kernel, out=None):
     """out (N, rows, HW) = clamp(W @ x3[n] + bias + residual3[n]) with the active ISA."""
     isa = _dispatch.isa()
     key = (isa, kernel)
@@ -21,14 +37,15 @@ def _spmm(x3, W, bias, residual3, lo, hi, num_threads, kernel):
     if index is None:
         index = _dispatch.spmm_kernel_index(isa, W.block_size, kernel)
         W._kernel_cache[key] = index
-    out = np.empty((x3.shape[0], W.shape[0], x3.shape[2]), dtype=np.float32)
+    if out is None:
+        out = np.empty((x3.shape[0], W.shape[0], x3.shape[2]), dtype=np.float32)
     _kernels.spmm(_dispatch.isa_id(isa), index, W._packed, x3, bias, residual3, out, lo, hi,
                   _dispatch.resolve_threads(num_threads))
     return out
 
 
 def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=None,
-                   kernel=None):
+                   kernel=None, out=None):
     """1x1 convolution with sparse weights on NCHW float32 input.
 
     y[n, o] = act(sum_i W[o, i] * x[n, i] + bias[o] + residual[n, o]), everything after the
@@ -41,6 +58,8 @@ def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=
     residual   None or float32 (N, Cout, H, W), added before the activation.
     num_threads  None (fastsparse.get_num_threads()) or an int >= 1.
     kernel     None (chosen per layer) or the name of a variant from fastsparse.spmm_kernels().
+    out        None, or a float32 C-contiguous (N, Cout, H, W) array to write the result into
+               (it must not overlap x or residual); returned.
 
     Zero weights are skipped, not multiplied: a NaN or inf in x reaches the outputs whose
     weight on that channel is non-zero (or stored inside a block), where the dense product
@@ -60,8 +79,10 @@ def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=
         if residual.shape != (n, cout, h, w):
             raise ValueError(f"residual must have shape {(n, cout, h, w)}, got {residual.shape}")
         r3 = residual.reshape(n, cout, h * w)
-    out = _spmm(x.reshape(n, c, h * w), W, b, r3, lo, hi, num_threads, kernel)
-    return out.reshape(n, cout, h, w)
+    y = _output(out, (n, cout, h, w), (("x", x), ("residual", residual)))
+    _spmm(x.reshape(n, c, h * w), W, b, r3, lo, hi, num_threads, kernel,
+          y.reshape(n, cout, h * w))
+    return y
 
 
 def linear(x2d, W, bias=None, activation=None, num_threads=None):

@@ -24,7 +24,7 @@ def apply_activation(y, activation):
 
 
 def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=None,
-                   kernel=None):
+                   kernel=None, out=None):
     w = _dense(W)
     x = np.asarray(x, dtype=np.float64)
     n, c, h, wd = x.shape
@@ -33,7 +33,11 @@ def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=
         y = y + np.asarray(bias, dtype=np.float64)[None, :, None, None]
     if residual is not None:
         y = y + np.asarray(residual, dtype=np.float64)
-    return apply_activation(y, activation).astype(np.float32)
+    y = apply_activation(y, activation).astype(np.float32)
+    if out is not None:
+        out[...] = y
+        return out
+    return y
 
 
 def linear(x2d, W, bias=None, activation=None, num_threads=None):

@@ -6,15 +6,16 @@ from hypothesis import HealthCheck, settings
 
 import fastsparse as fs
 
-# Two profiles: "dev" (default, fast, random) and "ci" (derandomized, more examples, no
-# deadline). CI selects it with FASTSPARSE_HYPOTHESIS_PROFILE=ci.
+# Two profiles: "dev" (fast, random) and "ci" (derandomized, more examples, no deadline).
+# FASTSPARSE_HYPOTHESIS_PROFILE chooses; by default "ci" when the CI variable is set.
 settings.register_profile(
     "dev", max_examples=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile(
     "ci", max_examples=80, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.load_profile(os.environ.get("FASTSPARSE_HYPOTHESIS_PROFILE", "dev"))
+settings.load_profile(os.environ.get("FASTSPARSE_HYPOTHESIS_PROFILE",
+                                     "ci" if os.environ.get("CI") else "dev"))
 
 
 def pytest_report_header(config):

@@ -1,0 +1,193 @@
+"""Benchmarks: fastsparse against dense engines on the same layers, in the same run.
+
+Speed is measured, never asserted: these functions print tables, they do not pass or fail.
+Every repetition times every engine on every layer back to back, so drift of a shared,
+noisy machine hits all of them alike; tables give medians and min-max over repetitions.
+"""
+import contextlib
+import os
+import platform
+import time
+
+import numpy as np
+
+from . import _dispatch
+from .ops import sparse_conv1x1
+from .prune import magnitude
+from .sparse import SparseMatrix
+
+# Every 1x1 convolution of the networks at 224x224 input, in order: (H*W, Cout, Cin).
+# (DESIGN.md lists the distinct shapes; the sums here weigh each by how often it occurs.)
+MOBILENET_V2_1X1 = [
+    (12544, 16, 32), (12544, 96, 16),
+    (3136, 24, 96), (3136, 144, 24), (3136, 24, 144), (3136, 144, 24),
+    (784, 32, 144), *[(784, 192, 32), (784, 32, 192)] * 2, (784, 192, 32),
+    (196, 64, 192), *[(196, 384, 64), (196, 64, 384)] * 3, (196, 384, 64), (196, 96, 384),
+    *[(196, 576, 96), (196, 96, 576)] * 2, (196, 576, 96),
+    (49, 160, 576), *[(49, 960, 160), (49, 160, 960)] * 2, (49, 960, 160), (49, 320, 960),
+    (49, 1280, 320),
+]
+MOBILENET_V1_1X1 = [
+    (12544, 64, 32), (3136, 128, 64), (3136, 128, 128), (784, 256, 128), (784, 256, 256),
+    (196, 512, 256), *[(196, 512, 512)] * 5, (49, 1024, 512), (49, 1024, 1024),
+]
+NETWORKS = {"mobilenet_v2": MOBILENET_V2_1X1, "mobilenet_v1": MOBILENET_V1_1X1}
+
+
+def machine_description():
+    """CPU model and SIMD flags, numpy's BLAS, fastsparse's ISA: for BENCHMARKS.md."""
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    simd = " ".join(f for f in ("sse2", "avx", "avx2", "fma", "avx512f") if f in flags)
+    blas = "unknown"
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+        libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        if libs:
+            blas = f"{libs[0]['internal_api']} {libs[0].get('version')} ({libs[0].get('architecture')})"
+    return (f"CPU: {model} [{simd}], {os.cpu_count()} logical CPUs; numpy {np.__version__}, "
+            f"BLAS {blas}; fastsparse ISA {_dispatch.isa()}")
+
+
+@contextlib.contextmanager
+def blas_threads(n):
+    """Limit numpy's BLAS to n threads (needs threadpoolctl; otherwise leaves it alone)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield False
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield True
+
+
+def _calls_for(fn, min_seconds):
+    """How many back-to-back calls make one timed sample last at least min_seconds."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    dt = max(time.perf_counter() - t0, 1e-7)
+    return max(1, int(np.ceil(min_seconds / dt)))
+
+
+def time_interleaved(fns, repeat, min_seconds=2e-4):
+    """{key: array of `repeat` per-call times}; each repetition runs every fn once in turn."""
+    calls = {k: _calls_for(f, min_seconds) for k, f in fns.items()}
+    out = {k: np.empty(repeat) for k in fns}
+    for r in range(repeat):
+        for k, f in fns.items():
+            n = calls[k]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            out[k][r] = (time.perf_counter() - t0) / n
+    return out
+
+
+def _random_layer(rng, hw, cout, cin, sparsity, block_size):
+    w = rng.standard_normal((cout, cin)).astype(np.float32)
+    w = magnitude(w, sparsity, block_size=block_size)  # a random pattern: the values are random
+    x = rng.standard_normal((1, cin, 1, hw)).astype(np.float32)
+    return w, x
+
+
+def bench_spmm(networks=("mobilenet_v2", "mobilenet_v1"), sparsities=(0.7, 0.8, 0.9, 0.95),
+               threads=(1, None), block_sizes=(1,), repeat=21, kernel=None, seed=0, out=print):
+    """Per-layer and per-network tables: sparse_conv1x1 vs numpy's dense matmul (sgemm)."""
+    rng = np.random.default_rng(seed)
+    out(machine_description())
+    all_threads = os.cpu_count() or 1
+    results = []
+    for t in threads:
+        t = all_threads if t is None else t
+        with blas_threads(t) as limited:
+            note = "" if limited else " (numpy BLAS threads not limited: install threadpoolctl)"
+            out(f"\n## {t} thread(s){note}\n")
+            for net in networks:
+                layers = NETWORKS[net]
+                fns, meta = {}, {}
+                for li, (hw, cout, cin) in enumerate(layers):
+                    w_dense = rng.standard_normal((cout, cin)).astype(np.float32)
+                    x2 = rng.standard_normal((cin, hw)).astype(np.float32)
+                    y2 = np.empty((cout, hw), np.float32)
+                    fns[(li, "dense")] = (lambda w=w_dense, x=x2, y=y2: np.matmul(w, x, out=y))
+                    for s in sparsities:
+                        for b in block_sizes:
+                            w, x = _random_layer(rng, hw, cout, cin, s, b)
+                            W = SparseMatrix.from_dense(w, block_size=b)
+                            y = np.empty((1, cout, 1, hw), np.float32)
+                            fns[(li, s, b)] = (lambda x=x, W=W, y=y: sparse_conv1x1(
+                                x, W, num_threads=t, kernel=kernel, out=y))
+                            meta[(li, s, b)] = W.nnz * hw * 2
+                times = time_interleaved(fns, repeat)
+                results.append(_report(out, net, layers, sparsities, block_sizes, times, meta, t))
+    return results
+
+
+def _fmt_ms(a):
+    return f"{np.median(a) * 1e3:8.3f}"
+
+
+def _report(out, net, layers, sparsities, block_sizes, times, meta, threads):
+    out(f"### {net}: per layer, median ms (speedup = dense / sparse, GFLOP/s = 2*nnz*HW / time)\n")
+    head = "| HW | Cout | Cin | dense ms |" + "".join(
+        f" s={s} b={b} ms | x | GF/s |" for s in sparsities for b in block_sizes)
+    out(head)
+    out("|" + "---|" * (4 + 3 * len(sparsities) * len(block_sizes)))
+    for li, (hw, cout, cin) in enumerate(layers):
+        d = np.median(times[(li, "dense")])
+        row = f"| {hw} | {cout} | {cin} | {d * 1e3:.3f} |"
+        for s in sparsities:
+            for b in block_sizes:
+                t = np.median(times[(li, s, b)])
+                row += f" {t * 1e3:.3f} | {d / t:.2f} | {meta[(li, s, b)] / t / 1e9:.1f} |"
+        out(row)
+    dense_tot = sum(times[(li, "dense")] for li in range(len(layers)))
+    out(f"\n### {net}: sum over the {len(layers)} 1x1 layers, {threads} thread(s)\n")
+    out("| sparsity | block | dense ms (min-max) | fastsparse ms (min-max) | speedup | GFLOP/s useful |")
+    out("|---|---|---|---|---|---|")
+    summary = {}
+    for s in sparsities:
+        for b in block_sizes:
+            tot = sum(times[(li, s, b)] for li in range(len(layers)))
+            flops = sum(meta[(li, s, b)] for li in range(len(layers)))
+            speed = np.median(dense_tot) / np.median(tot)
+            summary[(s, b)] = speed
+            out(f"| {s} | {b} | {_fmt_ms(dense_tot)} ({dense_tot.min() * 1e3:.3f}-{dense_tot.max() * 1e3:.3f}) "
+                f"| {_fmt_ms(tot)} ({tot.min() * 1e3:.3f}-{tot.max() * 1e3:.3f}) | {speed:.2f}x "
+                f"| {flops / np.median(tot) / 1e9:.1f} |")
+    out("")
+    return net, threads, summary
+
+
+def demo(out=print):
+    """The README's first command: a few MobileNet v2 layers at 90 % sparsity, checked
+    against the NumPy reference, timed against dense numpy on one thread."""
+    from . import reference
+    rng = np.random.default_rng(0)
+    out(machine_description())
+    out("\nsparse_conv1x1 vs dense numpy matmul, MobileNet v2 1x1 layers at 224x224, 1 thread,"
+        " 90 % of weights pruned (random pattern)\n")
+    out("| layer (HW, Cout, Cin) | dense ms | fastsparse ms | speedup | max rel. error |")
+    out("|---|---|---|---|---|")
+    with blas_threads(1):
+        for hw, cout, cin in [(12544, 96, 16), (3136, 24, 144), (784, 192, 32),
+                              (196, 576, 96), (49, 960, 160), (49, 1280, 320)]:
+            w, x = _random_layer(rng, hw, cout, cin, 0.9, 1)
+            W = SparseMatrix.from_dense(w)
+            y = sparse_conv1x1(x, W, activation="relu6", num_threads=1)
+            ref = reference.sparse_conv1x1(x, W, activation="relu6")
+            err = float(np.max(np.abs(y - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+            x2, y2 = x.reshape(cin, hw), np.empty((cout, hw), np.float32)
+            t = time_interleaved({
+                "dense": lambda: np.matmul(w, x2, out=y2),
+                "sparse": lambda: sparse_conv1x1(x, W, activation="relu6", num_threads=1,
+                                                 out=y)}, 15)
+            d, s = np.median(t["dense"]), np.median(t["sparse"])
+            out(f"| ({hw}, {cout}, {cin}) | {d * 1e3:.3f} | {s * 1e3:.3f} | {d / s:.2f}x | {err:.1e} |")
