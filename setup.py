@@ -12,7 +12,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CSRC = os.path.join("fastsparse", "csrc")
+CSRC = os.path.join("src", "fastsparse", "csrc")
 # Flags every kernel translation unit gets: only explicit FMAs fuse.
 COMMON_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off"]
 
@@ -81,7 +81,7 @@ class BuildExt(build_ext):
 HEADERS = [os.path.join(CSRC, h) for h in ("fs_kernels.h", "spmm_impl.h")]
 extension = Extension(
     "fastsparse._kernels",
-    sources=["fastsparse/_kernels.pyx", os.path.join(CSRC, "dispatch.c")],
+    sources=["src/fastsparse/_kernels.pyx", os.path.join(CSRC, "dispatch.c")],
     depends=HEADERS + [os.path.join(CSRC, u[1]) for u in ISA_UNITS],
     extra_compile_args=["-O3", "-ffp-contract=off"],
 )
