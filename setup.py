@@ -18,14 +18,18 @@ COMMON_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off"]
 
 # (name, source, flags, probe): the probe is a tiny program using the ISA's intrinsics.
 ISA_UNITS = [
-    ("scalar", "spmm_scalar.c", ["-fno-tree-vectorize"], None),
-    ("sse2", "spmm_sse2.c", ["-msse2"],
+    ("scalar", "kernels_scalar.c", ["-fno-tree-vectorize"], None),
+    ("sse2", "kernels_sse2.c", ["-msse2"],
      "#include <emmintrin.h>\nint main(void){__m128 a=_mm_set1_ps(1.f);"
      "a=_mm_add_ps(a,a);return (int)_mm_cvtss_f32(a);}"),
-    ("avx2", "spmm_avx2.c", ["-mavx2", "-mfma"],
+    ("avx2", "kernels_avx2.c", ["-mavx2", "-mfma"],
      "#include <immintrin.h>\nint main(void){__m256 a=_mm256_set1_ps(1.f);"
      "a=_mm256_fmadd_ps(a,a,a);__m256i m=_mm256_set1_epi32(-1);"
      "a=_mm256_maskload_ps((const float*)&m,m);return (int)_mm256_cvtss_f32(a);}"),
+    ("avx512", "kernels_avx512.c", ["-mavx512f"],
+     "#include <immintrin.h>\nint main(void){float f[16]={0};__m512 a=_mm512_set1_ps(1.f);"
+     "a=_mm512_fmadd_ps(a,a,_mm512_maskz_loadu_ps((__mmask16)3,f));"
+     "return (int)_mm512_reduce_add_ps(a);}"),
 ]
 
 OPENMP_PROBE = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}"
@@ -78,7 +82,7 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-HEADERS = [os.path.join(CSRC, h) for h in ("fs_kernels.h", "spmm_impl.h")]
+HEADERS = [os.path.join(CSRC, h) for h in os.listdir(CSRC) if h.endswith(".h")]
 extension = Extension(
     "fastsparse._kernels",
     sources=["src/fastsparse/_kernels.pyx", os.path.join(CSRC, "dispatch.c")],

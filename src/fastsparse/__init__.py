@@ -1,7 +1,7 @@
 """fastsparse: pruned convolutional networks, faster than dense on CPUs.
 
 Sparse 1x1 convolutions in CHW layout after Elsen et al., "Fast Sparse ConvNets" (CVPR 2020),
-with SIMD kernels chosen at run time (scalar, SSE2, AVX2+FMA).
+with SIMD kernels chosen at run time (scalar, SSE2, AVX2+FMA, AVX-512F).
 """
 from . import prune, reference
 from ._dispatch import (available_isas, get_num_threads, isa, set_isa, set_num_threads,

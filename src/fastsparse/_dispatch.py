@@ -5,7 +5,7 @@ import os
 from . import _kernels
 
 _NAMES = _kernels.isa_names()  # index = the C enum fs_isa
-_PREFERENCE = ("avx2", "neon", "sse2", "scalar")
+_PREFERENCE = ("avx512", "avx2", "neon", "sse2", "scalar")
 
 
 def available_isas():
@@ -90,6 +90,7 @@ def spmm_kernels(isa=None):
 # Spatial tile (MR) per (ISA, block size): MR/VLEN * NR (* unroll) accumulators of 8 or more
 # keep two FMA ports busy through a 4-cycle latency with registers to spare.
 _PREFERRED_MR = {
+    ("avx512", 1): 64, ("avx512", 2): 32, ("avx512", 4): 32, ("avx512", 8): 16,
     ("avx2", 1): 32, ("avx2", 2): 16, ("avx2", 4): 16, ("avx2", 8): 8,
     ("sse2", 1): 16, ("sse2", 2): 8, ("sse2", 4): 8, ("sse2", 8): 4,
     ("scalar", 1): 8, ("scalar", 2): 8, ("scalar", 4): 8, ("scalar", 8): 4,

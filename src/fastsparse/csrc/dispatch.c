@@ -17,6 +17,16 @@ static unsigned long long fs_xgetbv0(void) {
   return ((unsigned long long)edx << 32) | eax;
 }
 
+/* AVX-512F: the CPU flag, and the OS saving opmask and all 32 zmm registers (XCR0 bits 5-7). */
+static int fs_cpu_has_avx512f(void) {
+  unsigned int eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1)) return 0;
+  if ((fs_xgetbv0() & 0xE6) != 0xE6) return 0;
+  if (__get_cpuid_max(0, NULL) < 7) return 0;
+  __cpuid_count(7, 0, eax, ebx, ecx, edx);
+  return (ebx >> 16) & 1;
+}
+
 static int fs_cpu_has_avx2_fma(void) {
   unsigned int eax, ebx, ecx, edx;
   if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
@@ -39,11 +49,14 @@ static const fs_spmm_kernel fs_sse2_kernels[] = {FS_SPMM_SSE2_LIST(FS_ENTRY)};
 #if defined(FS_HAVE_AVX2)
 static const fs_spmm_kernel fs_avx2_kernels[] = {FS_SPMM_AVX2_LIST(FS_ENTRY)};
 #endif
+#if defined(FS_HAVE_AVX512)
+static const fs_spmm_kernel fs_avx512_kernels[] = {FS_SPMM_AVX512_LIST(FS_ENTRY)};
+#endif
 #if defined(FS_HAVE_NEON)
 static const fs_spmm_kernel fs_neon_kernels[] = {FS_SPMM_NEON_LIST(FS_ENTRY)};
 #endif
 
-static const char* const fs_isa_names[FS_ISA_COUNT] = {"scalar", "sse2", "avx2", "neon"};
+static const char* const fs_isa_names[FS_ISA_COUNT] = {"scalar", "sse2", "avx2", "neon", "avx512"};
 
 const char* fs_isa_name(int isa) {
   return (isa >= 0 && isa < FS_ISA_COUNT) ? fs_isa_names[isa] : NULL;
@@ -63,6 +76,11 @@ static const fs_spmm_kernel* fs_table(int isa, size_t* count) {
     case FS_ISA_AVX2:
       *count = sizeof(fs_avx2_kernels) / sizeof(fs_avx2_kernels[0]);
       return fs_avx2_kernels;
+#endif
+#if defined(FS_HAVE_AVX512)
+    case FS_ISA_AVX512:
+      *count = sizeof(fs_avx512_kernels) / sizeof(fs_avx512_kernels[0]);
+      return fs_avx512_kernels;
 #endif
 #if defined(FS_HAVE_NEON)
     case FS_ISA_NEON:
@@ -86,6 +104,8 @@ int fs_isa_supported(int isa) {
       return 1; /* part of x86-64 */
     case FS_ISA_AVX2:
       return fs_cpu_has_avx2_fma();
+    case FS_ISA_AVX512:
+      return fs_cpu_has_avx512f();
 #endif
 #if defined(__aarch64__)
     case FS_ISA_NEON:

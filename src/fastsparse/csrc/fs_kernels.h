@@ -2,8 +2,8 @@
  *
  * One signature per op; several variants per ISA. The variant lists below are the single
  * source of truth: they drive the declarations here, the definitions in the per-ISA
- * translation units (spmm_<isa>.c), the dispatch table (dispatch.c) and, through
- * fs_spmm_kernels(), the tests and the benchmarks.
+ * translation units (kernels_<isa>.c), the dispatch table (dispatch.c) and, through
+ * fs_spmm_kernel_at(), the tests and the benchmarks.
  */
 #ifndef FS_KERNELS_H
 #define FS_KERNELS_H
@@ -15,13 +15,14 @@
 extern "C" {
 #endif
 
-/* ISA identifiers; the order is the preference order of dispatch (higher is better). */
+/* ISA identifiers (stable numbers; the preference order lives in fastsparse/_dispatch.py). */
 enum fs_isa {
   FS_ISA_SCALAR = 0,
   FS_ISA_SSE2 = 1,
   FS_ISA_AVX2 = 2,
   FS_ISA_NEON = 3,
-  FS_ISA_COUNT = 4
+  FS_ISA_AVX512 = 4,
+  FS_ISA_COUNT = 5
 };
 
 /* Sparse 1x1 convolution in CHW layout: for one image,
@@ -83,6 +84,21 @@ typedef void (*fs_spmm_fn)(
   X(16, 4, 1, avx2)          \
   X(8, 8, 1, avx2)
 
+/* 32 zmm registers: up to 16 accumulators plus the loaded activations. */
+#define FS_SPMM_AVX512_LIST(X) \
+  X(16, 1, 2, avx512)          \
+  X(32, 1, 2, avx512)          \
+  X(64, 1, 2, avx512)          \
+  X(128, 1, 1, avx512)         \
+  X(16, 2, 2, avx512)          \
+  X(32, 2, 2, avx512)          \
+  X(64, 2, 1, avx512)          \
+  X(16, 4, 2, avx512)          \
+  X(32, 4, 1, avx512)          \
+  X(64, 4, 1, avx512)          \
+  X(16, 8, 1, avx512)          \
+  X(32, 8, 1, avx512)
+
 #define FS_SPMM_NEON_LIST(X) /* NEON variants land with the AArch64 issue. */
 
 #define FS_SPMM_NAME(MR, NR, ISA) fs_f32_spmm_minmax_##MR##x##NR##__##ISA
@@ -99,6 +115,9 @@ FS_SPMM_SSE2_LIST(FS_SPMM_DECLARE)
 #endif
 #if defined(FS_HAVE_AVX2)
 FS_SPMM_AVX2_LIST(FS_SPMM_DECLARE)
+#endif
+#if defined(FS_HAVE_AVX512)
+FS_SPMM_AVX512_LIST(FS_SPMM_DECLARE)
 #endif
 #if defined(FS_HAVE_NEON)
 FS_SPMM_NEON_LIST(FS_SPMM_DECLARE)

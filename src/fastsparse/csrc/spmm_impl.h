@@ -1,7 +1,8 @@
 /* Sparse 1x1 convolution (CHW), written once for every ISA.
  *
- * Included by a thin per-ISA translation unit (spmm_<isa>.c) after it has defined the vector
- * vocabulary below; FS_SPMM_DEFINE(MR, NR, UNROLL, ISA) then instantiates one variant.
+ * Included by a thin per-ISA translation unit (kernels_<isa>.c) after its vector vocabulary
+ * (vec_<isa>.h), which defines the names below; FS_SPMM_DEFINE(MR, NR, UNROLL, ISA) then
+ * instantiates one variant.
  *
  *   FS_VLEN                     floats per vector
  *   fs_vec                      vector type

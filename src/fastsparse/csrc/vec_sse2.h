@@ -1,8 +1,12 @@
-/* SSE2 variants of the sparse 1x1 convolution (the x86-64 baseline: every x86-64 CPU runs
- * them). 4 lanes; no FMA, so a multiply and an add, each rounded. Partial vectors of 1-3
- * lanes are loaded and stored piecewise: SSE2 has no masked load. */
+/* SSE2 vector vocabulary: 4 lanes, the x86-64 baseline. No FMA: a multiply and an add, each
+ * rounded. Partial vectors of 1-3 lanes are loaded and stored piecewise: SSE2 has no masked load.
+ *
+ * Defines what the op templates (*_impl.h) expect: see the list in spmm_impl.h. */
+#ifndef FS_VEC_SSE2_H
+#define FS_VEC_SSE2_H
+
 #if !defined(__SSE2__)
-#error "spmm_sse2.c must be compiled for x86-64 (SSE2)"
+#error "vec_sse2.h needs SSE2 (x86-64)"
 #endif
 #include <emmintrin.h>
 #include <stddef.h>
@@ -42,6 +46,4 @@ static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
   return _mm_min_ps(hi, _mm_max_ps(lo, x));
 }
 
-#include "spmm_impl.h"
-
-FS_SPMM_SSE2_LIST(FS_SPMM_DEFINE)
+#endif /* FS_VEC_SSE2_H */

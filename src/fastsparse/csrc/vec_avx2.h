@@ -1,8 +1,12 @@
-/* AVX2+FMA variants of the sparse 1x1 convolution. 8 lanes; partial vectors use masked
- * loads and stores (vmaskmovps does not fault on masked-out lanes), so tails touch nothing
- * beyond the row. Compiled on its own with -mavx2 -mfma; only dispatch decides to call it. */
+/* AVX2+FMA vector vocabulary: 8 lanes. Partial vectors use masked loads and stores (vmaskmovps
+ * does not fault on masked-out lanes), so tails touch nothing beyond the row.
+ *
+ * Defines what the op templates (*_impl.h) expect: see the list in spmm_impl.h. */
+#ifndef FS_VEC_AVX2_H
+#define FS_VEC_AVX2_H
+
 #if !defined(__AVX2__) || !defined(__FMA__)
-#error "spmm_avx2.c must be compiled with -mavx2 -mfma"
+#error "vec_avx2.h needs -mavx2 -mfma"
 #endif
 #include <immintrin.h>
 #include <stddef.h>
@@ -28,6 +32,4 @@ static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
   return _mm256_min_ps(hi, _mm256_max_ps(lo, x));
 }
 
-#include "spmm_impl.h"
-
-FS_SPMM_AVX2_LIST(FS_SPMM_DEFINE)
+#endif /* FS_VEC_AVX2_H */

@@ -1,6 +1,10 @@
-/* Scalar variants of the sparse 1x1 convolution: the portable fallback and the oracle the
- * SIMD variants are compared with in the C tests. Compiled with -fno-tree-vectorize so that
- * it stays scalar, and -ffp-contract=off so a * b + c is never fused behind our back. */
+/* Scalar vector vocabulary: one lane. The portable fallback, and the oracle the SIMD variants
+ * are compared with in the C tests.
+ *
+ * Defines what the op templates (*_impl.h) expect: see the list in spmm_impl.h. */
+#ifndef FS_VEC_SCALAR_H
+#define FS_VEC_SCALAR_H
+
 #include <stddef.h>
 
 #define FS_VLEN 1
@@ -21,6 +25,4 @@ static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
   return x < lo ? lo : (x > hi ? hi : x);
 }
 
-#include "spmm_impl.h"
-
-FS_SPMM_SCALAR_LIST(FS_SPMM_DEFINE)
+#endif /* FS_VEC_SCALAR_H */

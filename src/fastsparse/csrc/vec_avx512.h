@@ -1,0 +1,32 @@
+/* AVX-512F vector vocabulary: 16 lanes. Partial vectors use mask registers (masked loads do not
+ * fault on masked-out lanes), so tails touch nothing beyond the row.
+ *
+ * Defines what the op templates (*_impl.h) expect: see the list in spmm_impl.h. */
+#ifndef FS_VEC_AVX512_H
+#define FS_VEC_AVX512_H
+
+#if !defined(__AVX512F__)
+#error "vec_avx512.h needs -mavx512f"
+#endif
+#include <immintrin.h>
+#include <stddef.h>
+
+#define FS_VLEN 16
+typedef __m512 fs_vec;
+typedef __mmask16 fs_tail; /* lane mask */
+
+static inline fs_tail fs_tail_make(size_t n) { return (__mmask16)((1u << n) - 1u); }
+static inline fs_vec fs_vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline void fs_vstore(float* p, fs_vec v) { _mm512_storeu_ps(p, v); }
+static inline fs_vec fs_vload_tail(const float* p, fs_tail m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline void fs_vstore_tail(float* p, fs_vec v, fs_tail m) { _mm512_mask_storeu_ps(p, m, v); }
+static inline fs_vec fs_vset1(float x) { return _mm512_set1_ps(x); }
+static inline fs_vec fs_vzero(void) { return _mm512_setzero_ps(); }
+static inline fs_vec fs_vadd(fs_vec a, fs_vec b) { return _mm512_add_ps(a, b); }
+static inline fs_vec fs_vfma(fs_vec a, fs_vec b, fs_vec c) { return _mm512_fmadd_ps(a, b, c); }
+/* vmaxps/vminps return their second operand when either is NaN: x goes second. */
+static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
+  return _mm512_min_ps(hi, _mm512_max_ps(lo, x));
+}
+
+#endif /* FS_VEC_AVX512_H */
