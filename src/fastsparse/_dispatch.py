@@ -3,6 +3,7 @@ and the per-layer choice of the spmm tile."""
 import os
 
 from . import _kernels
+from ._validate import count, thread_count
 
 _NAMES = _kernels.isa_names()  # index = the C enum fs_isa
 _PREFERENCE = ("avx512", "avx2", "neon", "sse2", "scalar")
@@ -66,7 +67,6 @@ def get_num_threads():
 
 def set_num_threads(n):
     """Default thread count for all calls; OMP_NUM_THREADS sets it at import."""
-    from ._validate import count
     global _num_threads
     _num_threads = count(n, "n") if _kernels.OPENMP else 1
 
@@ -74,8 +74,7 @@ def set_num_threads(n):
 def resolve_threads(num_threads):
     if num_threads is None:
         return _num_threads
-    from ._validate import count
-    count(num_threads, "num_threads")
+    thread_count(num_threads)
     return num_threads if _kernels.OPENMP else 1
 
 
@@ -87,18 +86,30 @@ def spmm_kernels(isa=None):
     return [k[0] for k in _kernels.spmm_kernels(isa_id(isa))]
 
 
-# Spatial tile (MR) per (ISA, block size): MR/VLEN * NR (* unroll) accumulators of 8 or more
-# keep two FMA ports busy through a 4-cycle latency with registers to spare.
-_PREFERRED_MR = {
-    ("avx512", 1): 64, ("avx512", 2): 32, ("avx512", 4): 32, ("avx512", 8): 16,
-    ("avx2", 1): 32, ("avx2", 2): 16, ("avx2", 4): 16, ("avx2", 8): 8,
-    ("sse2", 1): 16, ("sse2", 2): 8, ("sse2", 4): 8, ("sse2", 8): 4,
-    ("scalar", 1): 8, ("scalar", 2): 8, ("scalar", 4): 8, ("scalar", 8): 4,
+# Tile per (active ISA, block size), measured with tools/spmm_microbench.c on the MobileNet
+# layers (BENCHMARKS.md): (ISA of the variant, MR), or a function of H*W. The loop is bound by
+# activation loads (one per FMA at block size 1), not by FMA width, so with AVX-512 active the
+# 8-wide AVX2 tile is as fast or faster on small images, and 128-wide tiles pay off on large
+# ones, where few non-zeros per row make the per-row epilogue dominate.
+def _avx512_nr1(hw):
+    return ("avx512", 128) if hw >= 1024 else ("avx2", 64)
+
+
+_PREFERRED = {
+    ("avx512", 1): _avx512_nr1, ("avx512", 2): ("avx512", 64), ("avx512", 4): ("avx512", 64),
+    ("avx512", 8): ("avx512", 32),
+    ("avx2", 1): ("avx2", 64), ("avx2", 2): ("avx2", 32), ("avx2", 4): ("avx2", 16),
+    ("avx2", 8): ("avx2", 8),
+    ("sse2", 1): ("sse2", 16), ("sse2", 2): ("sse2", 8), ("sse2", 4): ("sse2", 8),
+    ("sse2", 8): ("sse2", 4),
+    ("scalar", 1): ("scalar", 8), ("scalar", 2): ("scalar", 8), ("scalar", 4): ("scalar", 8),
+    ("scalar", 8): ("scalar", 4),
 }
 
 
-def spmm_kernel_index(isa, block_size, name=None):
-    """Index in `isa`'s table of the variant to run for blocks of `block_size` rows."""
+def spmm_kernel(isa, block_size, hw, name=None):
+    """(ISA id, index in that ISA's table) of the spmm variant to run for blocks of
+    `block_size` rows on images of `hw` positions; `name` forces a variant of `isa`."""
     table = _kernels.spmm_kernels(isa_id(isa))
     if name is not None:
         if not isinstance(name, str):
@@ -108,12 +119,15 @@ def spmm_kernel_index(isa, block_size, name=None):
                 if nr != block_size:
                     raise ValueError(f"kernel {name} needs block_size {nr}, the matrix has "
                                      f"block_size {block_size}")
-                return i
+                return isa_id(isa), i
         raise ValueError(f"kernel {name!r} is not an spmm kernel of ISA {isa}; "
                          f"choose from {[k[0] for k in table]}")
-    want = _PREFERRED_MR.get((isa, block_size))
-    candidates = [(i, mr) for i, (_, mr, nr, _) in enumerate(table) if nr == block_size]
-    for i, mr in candidates:
-        if mr == want:
-            return i
-    return candidates[0][0]
+    choice = _PREFERRED.get((isa, block_size))
+    if callable(choice):
+        choice = choice(hw)
+    if choice is not None and choice[0] in available_isas():
+        want_isa, want_mr = choice
+        for i, (_, mr, nr, _) in enumerate(_kernels.spmm_kernels(isa_id(want_isa))):
+            if mr == want_mr and nr == block_size:
+                return isa_id(want_isa), i
+    return isa_id(isa), next(i for i, k in enumerate(table) if k[2] == block_size)

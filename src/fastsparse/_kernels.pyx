@@ -184,6 +184,7 @@ def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bi
     cdef Py_ssize_t chunk = _ceil_div(tiles, pieces) * mr
     pieces = _ceil_div(hw, chunk)
     cdef Py_ssize_t total = n * pieces, t, img, m0, img_off, res_off
+    num_threads = <int>min(<Py_ssize_t>num_threads, total)
     with nogil:
         for t in prange(total, num_threads=num_threads, schedule="static"):
             img = t // pieces

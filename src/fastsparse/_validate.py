@@ -5,6 +5,7 @@ import operator
 import numpy as np
 
 _INF = float("inf")
+_F32 = np.dtype(np.float32)
 
 
 def activation_bounds(activation, name="activation"):
@@ -38,11 +39,21 @@ def count(value, name, minimum=1):
     return value
 
 
+def thread_count(value, name="num_threads"):
+    if type(value) is int and value >= 1:
+        return value
+    return count(value, name)
+
+
 def float32_array(a, name, ndim=None):
     """`a` as an aligned C-contiguous float32 ndarray; the caller's array is never modified.
 
     Only float32 is accepted: converting a large activation tensor silently would hide a copy
     and a precision change from the caller."""
+    if type(a) is np.ndarray and a.dtype == _F32 and (ndim is None or a.ndim == ndim):
+        flags = a.flags
+        if flags.c_contiguous and flags.aligned:
+            return a  # the common case, checked without np.require's overhead
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(a).__name__}")
     if a.dtype != np.float32:
@@ -77,6 +88,9 @@ def finite_float32(a, name):
 def bias_vector(bias, rows, name="bias"):
     if bias is None:
         return None
+    if (type(bias) is np.ndarray and bias.dtype == _F32 and bias.shape == (rows,)
+            and bias.flags.c_contiguous):
+        return bias
     b = real_array(bias, name)
     if b.shape != (rows,):
         raise ValueError(f"{name} must have shape ({rows},), got {b.shape}")

@@ -31,15 +31,15 @@ def _output(out, shape, inputs):
 
 def _spmm(x3, W, bias, residual3, lo, hi, num_threads, kernel, out=None):
     """out (N, rows, HW) = clamp(W @ x3[n] + bias + residual3[n]) with the active ISA."""
-    isa = _dispatch.isa()
-    key = (isa, kernel)
-    index = W._kernel_cache.get(key)
-    if index is None:
-        index = _dispatch.spmm_kernel_index(isa, W.block_size, kernel)
-        W._kernel_cache[key] = index
+    isa, hw = _dispatch.isa(), x3.shape[2]
+    key = (isa, kernel, hw)
+    choice = W._kernel_cache.get(key)
+    if choice is None:
+        choice = _dispatch.spmm_kernel(isa, W.block_size, hw, kernel)
+        W._kernel_cache[key] = choice
     if out is None:
-        out = np.empty((x3.shape[0], W.shape[0], x3.shape[2]), dtype=np.float32)
-    _kernels.spmm(_dispatch.isa_id(isa), index, W._packed, x3, bias, residual3, out, lo, hi,
+        out = np.empty((x3.shape[0], W.shape[0], hw), dtype=np.float32)
+    _kernels.spmm(choice[0], choice[1], W._packed, x3, bias, residual3, out, lo, hi,
                   _dispatch.resolve_threads(num_threads))
     return out
 

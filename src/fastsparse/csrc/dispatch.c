@@ -93,7 +93,7 @@ static const fs_spmm_kernel* fs_table(int isa, size_t* count) {
   }
 }
 
-int fs_isa_supported(int isa) {
+static int fs_detect(int isa) {
   size_t count;
   if (fs_table(isa, &count) == NULL || count == 0) return 0;
   switch (isa) {
@@ -114,6 +114,19 @@ int fs_isa_supported(int isa) {
     default:
       return 0;
   }
+}
+
+/* cpuid traps to the hypervisor in a VM (tens of microseconds), so detect once. Racing first
+ * calls compute the same answer; the relaxed atomics only keep the access well defined. */
+int fs_isa_supported(int isa) {
+  static int cache[FS_ISA_COUNT]; /* 0 = unknown, 1 = no, 2 = yes */
+  if (isa < 0 || isa >= FS_ISA_COUNT) return 0;
+  int state = __atomic_load_n(&cache[isa], __ATOMIC_RELAXED);
+  if (state == 0) {
+    state = fs_detect(isa) ? 2 : 1;
+    __atomic_store_n(&cache[isa], state, __ATOMIC_RELAXED);
+  }
+  return state == 2;
 }
 
 size_t fs_spmm_kernel_count(int isa) {
