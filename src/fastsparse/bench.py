@@ -166,28 +166,64 @@ def _report(out, net, layers, sparsities, block_sizes, times, meta, threads):
     return net, threads, summary
 
 
-def demo(out=print):
-    """The README's first command: a few MobileNet v2 layers at 90 % sparsity, checked
-    against the NumPy reference, timed against dense numpy on one thread."""
+def _prune_source(sd, sparsity):
+    """Prune every 1x1 conv and the classifier of a torchvision-layout state dict."""
+    return {k: (magnitude(v, sparsity) if (v.ndim == 4 and v.shape[2:] == (1, 1))
+                or k == "classifier.1.weight" else v) for k, v in sd.items()}
+
+
+def _engines(sd, threads):
+    """name -> callable(images) for every engine on the same (pruned) weights."""
+    from .models import MobileNetV2
+    engines = {"fastsparse (sparse)": MobileNetV2.from_dense(sd, num_threads=threads)}
+    dense = {k: (v.copy() if v.ndim else v) for k, v in sd.items()}
+    net0 = MobileNetV2.from_dense(dense, block_size=1, num_threads=threads)
+    for layer in net0.layers:  # the same weights, every 1x1 forced onto the dense path
+        if getattr(layer, "sparse", False):
+            layer.W, layer.sparse, layer.why_dense = layer.W.to_dense(), False, "forced dense"
+    engines["fastsparse (dense path)"] = net0
+    try:
+        import torch
+    except ImportError:
+        return engines, None
+    from ._torch_models import mobilenet_v2_module
+    model = mobilenet_v2_module(1.0, 1000, sd)
+
+    def run_torch(x, model=model):
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+    engines["PyTorch eager (dense)"] = run_torch
+    return engines, torch
+
+
+def demo(out=print, repeat=20):
+    """The README's first command: MobileNet v2 (width 1.0, 224x224) from seeded random weights
+    with 90 % of the 1x1 and classifier weights pruned; summary, a check against the NumPy
+    reference network, and a latency table against dense engines on the same weights."""
     from . import reference
-    rng = np.random.default_rng(0)
+    from .models import MobileNetV2, random_mobilenet_v2_weights
     out(machine_description())
-    out("\nsparse_conv1x1 vs dense numpy matmul, MobileNet v2 1x1 layers at 224x224, 1 thread,"
-        " 90 % of weights pruned (random pattern)\n")
-    out("| layer (HW, Cout, Cin) | dense ms | fastsparse ms | speedup | max rel. error |")
-    out("|---|---|---|---|---|")
-    with blas_threads(1):
-        for hw, cout, cin in [(12544, 96, 16), (3136, 24, 144), (784, 192, 32),
-                              (196, 576, 96), (49, 960, 160), (49, 1280, 320)]:
-            w, x = _random_layer(rng, hw, cout, cin, 0.9, 1)
-            W = SparseMatrix.from_dense(w)
-            y = sparse_conv1x1(x, W, activation="relu6", num_threads=1)
-            ref = reference.sparse_conv1x1(x, W, activation="relu6")
-            err = float(np.max(np.abs(y - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
-            x2, y2 = x.reshape(cin, hw), np.empty((cout, hw), np.float32)
-            t = time_interleaved({
-                "dense": lambda: np.matmul(w, x2, out=y2),
-                "sparse": lambda: sparse_conv1x1(x, W, activation="relu6", num_threads=1,
-                                                 out=y)}, 15)
-            d, s = np.median(t["dense"]), np.median(t["sparse"])
-            out(f"| ({hw}, {cout}, {cin}) | {d * 1e3:.3f} | {s * 1e3:.3f} | {d / s:.2f}x | {err:.1e} |")
+    sd = _prune_source(random_mobilenet_v2_weights(1.0, 1000, seed=0), 0.9)
+    net = MobileNetV2.from_dense(sd)
+    out("")
+    out(net.summary())
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    ref = reference.mobilenet_v2(sd, x)
+    err = float(np.max(np.abs(net(x) - ref)) / np.max(np.abs(ref)))
+    out(f"\nmax |fastsparse - reference| / max |reference| = {err:.1e} (float64 NumPy reference)")
+    cpus = os.cpu_count() or 1
+    out(f"\nLatency, batch 1, 224x224, median of {repeat} (min-max) interleaved runs; "
+        "speedup = fastsparse (sparse) vs each engine\n")
+    out("| engine | threads | ms | speedup of fastsparse sparse |")
+    out("|---|---|---|---|")
+    for t in sorted({1, cpus}):
+        engines, torch = _engines(sd, t)
+        if torch is not None:
+            torch.set_num_threads(t)
+        with blas_threads(t):
+            times = time_interleaved({k: (lambda f=f: f(x)) for k, f in engines.items()}, repeat,
+                                     min_seconds=0)
+        base = np.median(times["fastsparse (sparse)"])
+        for name, ts in times.items():
+            out(f"| {name} | {t} | {np.median(ts) * 1e3:.2f} ({ts.min() * 1e3:.2f}-{ts.max() * 1e3:.2f})"
+                f" | {np.median(ts) / base:.2f}x |")

@@ -1,0 +1,628 @@
+"""Sparse MobileNets: builders from dense weights, the CHW network executor, summary, save/load.
+
+A network is a short program of layers over numbered tensors. Every tensor stays NCHW
+float32 from the first conv to the pooling; the residual add of MobileNet v2 is fused into
+the projection 1x1's epilogue. Activation buffers are planned once per input shape (tensors
+whose lifetimes do not overlap share memory) and reused; a call allocates only the logits.
+"""
+import threading
+
+import numpy as np
+
+from . import _dispatch, _kernels, _reference_nets as refnets
+from ._validate import finite_float32, float32_array
+from .chw import conv2d, depthwise_conv2d, global_avg_pool
+from .ops import _spmm
+from .prune import magnitude
+from .sparse import SparseMatrix
+
+RELU6 = (0.0, 6.0)
+NONE = (-np.inf, np.inf)
+
+# A 1x1 layer runs sparse only below this density (non-zeros / weights): above it, dense
+# OpenBLAS sgemm wins (measured on the MobileNet shapes, BENCHMARKS.md). Larger blocks move
+# the break-even up because each activation load then feeds block_size FMAs.
+SPARSE_MAX_DENSITY = {1: 0.3, 2: 0.4, 4: 0.5, 8: 0.5}
+
+
+class _Layer:
+    """One op: reads tensor `src` (and `res`), writes tensor `dst`."""
+
+    op = ""
+    src = dst = 0
+    res = None
+
+    def out_shape(self, shape):
+        raise NotImplementedError
+
+    def macs(self, shape):
+        """(dense multiply-adds, executed multiply-adds) for one call on input `shape`."""
+        raise NotImplementedError
+
+    def describe(self, shape):
+        """(sparsity, block, kernel, path note) for the summary."""
+        return "", "", "", ""
+
+
+class _Conv(_Layer):
+    """Dense full convolution (the first layer): 3 input channels, 3x3."""
+
+    op = "conv3x3"
+
+    def __init__(self, w, b, stride, padding, act):
+        self.w, self.b, self.stride, self.padding, self.act = w, b, stride, padding, act
+
+    def pads(self, h, w):
+        if self.padding == "same":
+            (t, b), (l, r) = (refnets.same_padding(h, 3, self.stride),
+                              refnets.same_padding(w, 3, self.stride))
+            return t, l, b, r
+        return self.padding
+
+    def out_shape(self, shape):
+        n, _, h, w = shape
+        t, l, b, r = self.pads(h, w)
+        return (n, self.w.shape[0], (h + t + b - 3) // self.stride + 1,
+                (w + l + r - 3) // self.stride + 1)
+
+    def macs(self, shape):
+        n, o, oh, ow = self.out_shape(shape)
+        m = n * o * oh * ow * self.w[0].size
+        return m, m
+
+    def run(self, x, out, res, threads, layout):
+        n, h, w = (x.shape[0], x.shape[1], x.shape[2]) if layout == "NHWC" else (
+            x.shape[0], x.shape[2], x.shape[3])
+        return conv2d(x, self.w, bias=self.b, stride=self.stride, padding=self.pads(h, w),
+                      activation=("clamp",) + self.act, layout=layout, out=out)
+
+    def describe(self, shape):
+        return "0.00", "", "dense", "first conv (dense by design)"
+
+
+class _Depthwise(_Layer):
+    op = "dwconv"
+
+    def __init__(self, w, b, stride, padding, act):
+        self.w, self.b, self.stride, self.padding, self.act = w, b, stride, padding, act
+
+    def out_shape(self, shape):
+        n, c, h, w = shape
+        k = self.w.shape[2]
+        t, l, b, r = self.padding
+        return n, c, (h + t + b - k) // self.stride + 1, (w + l + r - k) // self.stride + 1
+
+    def macs(self, shape):
+        n, c, oh, ow = self.out_shape(shape)
+        m = n * c * oh * ow * self.w.shape[2] * self.w.shape[3]
+        return m, m
+
+    def run(self, x, out, res, threads, layout):
+        return depthwise_conv2d(x, self.w, bias=self.b, stride=self.stride, padding=self.padding,
+                                activation=("clamp",) + self.act, num_threads=threads, out=out)
+
+    def describe(self, shape):
+        k = self.w.shape[2]
+        return "0.00", "", f"{k}x{k}s{self.stride}", "depthwise (dense by design, <3% of MACs)"
+
+
+class _Pointwise(_Layer):
+    """1x1 convolution: sparse kernels, or dense sgemm when the weights are too dense."""
+
+    op = "conv1x1"
+
+    def __init__(self, W, b, act):
+        self.W, self.b, self.act = W, b, act  # W: SparseMatrix or a dense (Cout, Cin) array
+        self.sparse = isinstance(W, SparseMatrix)
+
+    def out_shape(self, shape):
+        return (shape[0], self.W.shape[0], shape[2], shape[3])
+
+    def macs(self, shape):
+        n, _, h, w = shape
+        cout, cin = self.W.shape
+        executed = self.W.stored if self.sparse else cout * cin
+        return n * h * w * cout * cin, n * h * w * executed
+
+    def run(self, x, out, res, threads, layout):
+        n, c, h, w = x.shape
+        x3, o3 = x.reshape(n, c, h * w), out.reshape(n, out.shape[1], h * w)
+        r3 = res.reshape(o3.shape) if res is not None else None
+        lo, hi = self.act
+        if self.sparse:
+            _spmm(x3, self.W, self.b, r3, lo, hi, threads, None, o3)
+            return out
+        for i in range(n):  # dense fallback: sgemm per image, then the same epilogue
+            np.matmul(self.W, x3[i], out=o3[i])
+        if self.b is not None:
+            o3 += self.b[None, :, None]
+        if r3 is not None:
+            o3 += r3
+        if lo != -np.inf or hi != np.inf:
+            np.clip(o3, lo, hi, out=o3)
+        return out
+
+    def density(self):
+        W = self.W
+        nnz = W.nnz if self.sparse else int(np.count_nonzero(W))
+        return nnz / (W.shape[0] * W.shape[1])
+
+    def describe(self, shape):
+        sparsity = f"{1 - self.density():.2f}"
+        if not self.sparse:
+            return sparsity, "", "dense sgemm", self.why_dense
+        isa, index = _dispatch.spmm_kernel(_dispatch.isa(), self.W.block_size, shape[2] * shape[3])
+        name = _kernels.spmm_kernels(isa)[index][0].replace("fs_f32_spmm_minmax_", "")
+        return sparsity, str(self.W.block_size), name, "sparse"
+
+
+class _Pool(_Layer):
+    op = "avgpool"
+
+    def out_shape(self, shape):
+        return (shape[0], shape[1])
+
+    def macs(self, shape):
+        return 0, 0
+
+    def run(self, x, out, res, threads, layout):
+        return global_avg_pool(x, out=out)
+
+
+class _Classifier(_Pointwise):
+    """The last layer: (N, C) -> (N, classes), sparse or dense like a 1x1 layer."""
+
+    op = "linear"
+
+    def out_shape(self, shape):
+        return (shape[0], self.W.shape[0])
+
+    def macs(self, shape):
+        cout, cin = self.W.shape
+        return shape[0] * cout * cin, shape[0] * (self.W.stored if self.sparse else cout * cin)
+
+    def run(self, x, out, res, threads, layout):
+        if self.sparse:
+            xt = np.ascontiguousarray(x.T)[None]  # (1, C, N): the batch is the spatial axis
+            y = _spmm(xt, self.W, self.b, None, -np.inf, np.inf, threads, None)
+            out[...] = y[0].T
+            return out
+        np.matmul(x, self.W.T, out=out)
+        if self.b is not None:
+            out += self.b
+        return out
+
+    def describe(self, shape):
+        # The kernels see the batch as the spatial axis: one "image" of N positions.
+        return _Pointwise.describe(self, (1, shape[1], 1, shape[0]))
+
+
+def _pointwise(w2d, bias, act, sparsity, block_size, layer_cls=_Pointwise):
+    """Prune (optionally), pack, and decide sparse vs dense for one 1x1 or linear layer."""
+    if sparsity is not None:
+        w2d = magnitude(w2d, sparsity, block_size=block_size or 1)
+    W = SparseMatrix.from_dense(w2d, block_size=block_size)
+    limit = SPARSE_MAX_DENSITY[W.block_size]
+    density = W.nnz / w2d.size
+    if density <= limit:
+        layer = layer_cls(W, bias, act)
+    else:
+        layer = layer_cls(np.ascontiguousarray(w2d, dtype=np.float32), bias, act)
+        layer.why_dense = (f"dense: {density:.0%} non-zero > {limit:.0%} break-even "
+                           f"for block {W.block_size}")
+    return layer
+
+
+def _fold(w, gamma, beta, mean, var, eps):
+    """BatchNorm folded into the preceding bias-free convolution (float64, then float32)."""
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    wf = np.asarray(w, np.float64) * scale.reshape((-1,) + (1,) * (np.ndim(w) - 1))
+    bf = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+    return wf.astype(np.float32), bf.astype(np.float32)
+
+
+class Network:
+    """A sparse CHW network: call it on float32 images (N, 3, H, W) or, with layout="NHWC",
+    (N, H, W, 3); returns (N, num_classes) float32 logits."""
+
+    def __init__(self, arch, layers, num_threads=None):
+        self.arch = arch
+        self.layers = layers
+        self.num_threads = num_threads
+        self._plans = {}
+        self._free = {}
+        self._lock = threading.Lock()
+
+    @property
+    def num_classes(self):
+        return self.layers[-1].W.shape[0]
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _shapes(self, in_shape):
+        shapes = {0: in_shape}
+        for layer in self.layers:
+            shapes[layer.dst] = layer.out_shape(shapes[layer.src])
+        return shapes
+
+    def _plan(self, key):
+        """Buffer of each tensor: tensors alive at the same time get different buffers."""
+        plan = self._plans.get(key)
+        if plan is None:
+            shapes = self._shapes(key[0])
+            last_use = {}
+            for i, layer in enumerate(self.layers):
+                last_use[layer.src] = i
+                if layer.res is not None:
+                    last_use[layer.res] = i
+            slots, free, buffer_of = [], [], {}
+            for i, layer in enumerate(self.layers[:-1]):  # the logits are allocated per call
+                size = int(np.prod(shapes[layer.dst]))
+                fits = [s for s in free if slots[s] >= size]
+                if fits:  # the smallest free buffer that fits, else grow the largest free one
+                    pick = min(fits, key=lambda s: slots[s])
+                elif free:
+                    pick = max(free, key=lambda s: slots[s])
+                    slots[pick] = size
+                else:
+                    pick = len(slots)
+                    slots.append(size)
+                if pick in free:
+                    free.remove(pick)
+                buffer_of[layer.dst] = pick
+                for t in (layer.src, layer.res):
+                    if t is not None and t != 0 and last_use.get(t) == i and t in buffer_of:
+                        free.append(buffer_of[t])
+            plan = (shapes, slots, buffer_of)
+            self._plans[key] = plan
+        return plan
+
+    def _workspace(self, key, slots):
+        with self._lock:
+            stack = self._free.setdefault(key, [])
+            if stack:
+                return stack.pop()
+        return [np.empty(s, dtype=np.float32) for s in slots]
+
+    def _release(self, key, ws):
+        with self._lock:
+            self._free[key].append(ws)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def __call__(self, images, layout="NCHW"):
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+        x = float32_array(images, "images", ndim=4)
+        if layout == "NHWC":
+            n, h, w, c = x.shape
+        else:
+            n, c, h, w = x.shape
+        if c != 3:
+            raise ValueError(f"images must have 3 channels ({layout}), got shape {x.shape}")
+        if n < 1 or h < 1 or w < 1:
+            raise ValueError(f"images must be non-empty, got shape {x.shape}")
+        key = ((n, 3, h, w), layout)
+        shapes, slots, buffer_of = self._plan(key)
+        threads = _dispatch.resolve_threads(self.num_threads)
+        ws = self._workspace(key, slots)
+        try:
+            tensors = {0: x}
+            for layer in self.layers[:-1]:
+                shape = shapes[layer.dst]
+                out = ws[buffer_of[layer.dst]][: int(np.prod(shape))].reshape(shape)
+                res = tensors[layer.res] if layer.res is not None else None
+                tensors[layer.dst] = layer.run(tensors[layer.src], out, res, threads, layout)
+                layout = "NCHW"
+            last = self.layers[-1]
+            logits = np.empty(shapes[last.dst], dtype=np.float32)
+            return last.run(tensors[last.src], logits, None, threads, layout)
+        finally:
+            self._release(key, ws)
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def summary(self, input_size=(224, 224), batch=1):
+        """Per layer: op, shapes, weight sparsity, block, kernel, MFLOPs (dense vs executed,
+        2 per multiply-add) and whether the sparse path runs, and why not."""
+        shapes = self._shapes((batch, 3) + tuple(input_size))
+        rows = [("#", "op", "input -> output", "sparsity", "block", "kernel", "MFLOP dense",
+                 "MFLOP run", "path")]
+        tot_d = tot_r = 0
+        for i, layer in enumerate(self.layers):
+            src = shapes[layer.src]
+            d, r = layer.macs(src)
+            tot_d, tot_r = tot_d + d, tot_r + r
+            sp, blk, kern, why = layer.describe(src)
+            io = f"{'x'.join(map(str, src[1:]))} -> {'x'.join(map(str, shapes[layer.dst][1:]))}"
+            op = layer.op + ("+res" if layer.res is not None else "")
+            rows.append((str(i), op, io, sp, blk, kern, f"{2 * d / 1e6:.1f}", f"{2 * r / 1e6:.1f}",
+                         why))
+        n_sparse = sum(1 for l in self.layers if isinstance(l, _Pointwise) and l.sparse)
+        n_pw = sum(1 for l in self.layers if isinstance(l, _Pointwise))
+        rows.append(("", "total", "", "", "", "", f"{2 * tot_d / 1e6:.1f}", f"{2 * tot_r / 1e6:.1f}",
+                     f"{n_sparse}/{n_pw} 1x1+linear layers sparse"))
+        widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+        lines = [f"{self.arch}: input {batch}x3x{input_size[0]}x{input_size[1]}, ISA {_dispatch.isa()}"]
+        for j, r in enumerate(rows):
+            lines.append("  ".join(v.ljust(widths[k]) for k, v in enumerate(r)).rstrip())
+            if j == 0 or j == len(rows) - 2:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def save(self, path):
+        from ._serialize import save_network
+        save_network(self, path)
+
+
+# -- MobileNet v2 (torchvision layout) ---------------------------------------------------------
+
+def _state_dict(source):
+    """A mapping name -> float array from a torch module or a mapping (torch or NumPy values)."""
+    if hasattr(source, "state_dict") and callable(source.state_dict):
+        source = source.state_dict()
+    if not hasattr(source, "items"):
+        raise TypeError("source must be a torch.nn.Module or a mapping of weight names to arrays, "
+                        f"got {type(source).__name__}")
+    return {k: refnets._np(v) for k, v in source.items() if not k.endswith("num_batches_tracked")}
+
+
+def _get(sd, key, shape=None, ndim=None):
+    if key not in sd:
+        raise ValueError(f"missing weight {key!r}")
+    a = sd[key]
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"weight {key!r} must have {ndim} dimensions, got shape {a.shape}")
+    if shape is not None and a.shape != tuple(shape):
+        raise ValueError(f"weight {key!r} must have shape {tuple(shape)}, got {a.shape}")
+    return finite_float32(a, key).astype(np.float64)
+
+
+def _torch_bn_eps(source):
+    """The BatchNorm eps of a torch module's layers (one value), else torchvision's default."""
+    eps = {m.eps for m in source.modules() if hasattr(m, "running_var") and hasattr(m, "eps")} \
+        if hasattr(source, "modules") else set()
+    if len(eps) > 1:
+        raise ValueError(f"source has BatchNorm layers with different eps values: {sorted(eps)}")
+    return eps.pop() if eps else refnets.TORCH_BN_EPS
+
+
+class _Builder:
+    """Collects layers and numbers tensors."""
+
+    def __init__(self, sparsity, block_size):
+        self.layers, self.count = [], 0
+        self.sparsity, self.block_size = sparsity, block_size
+
+    def add(self, layer, src=None, res=None):
+        layer.src = self.count if src is None else src
+        layer.res = res
+        self.count += 1
+        layer.dst = self.count
+        self.layers.append(layer)
+        return layer.dst
+
+    def pointwise(self, w2d, b, act, res=None):
+        return self.add(_pointwise(w2d, b, act, self.sparsity, self.block_size), res=res)
+
+
+def _check_sparsity_args(sparsity, block_size):
+    if sparsity is not None:
+        from .prune import _check_sparsity
+        _check_sparsity(sparsity)
+    if block_size is not None and (isinstance(block_size, bool) or block_size not in (1, 2, 4, 8)):
+        raise ValueError(f"block_size must be 1, 2, 4, 8 or None, got {block_size!r}")
+
+
+class MobileNetV2(Network):
+    @classmethod
+    def from_dense(cls, source, *, sparsity=None, block_size=None, num_threads=None,
+                   bn_eps=None):
+        """Build from torchvision's mobilenet_v2 (a module or its state dict; any width).
+
+        sparsity: None keeps the zeros already in the weights; a float prunes every 1x1 conv
+        and the classifier by magnitude to that sparsity. block_size: 1, 2, 4, 8 or None
+        (chosen per layer from the pattern). bn_eps: BatchNorm eps (default: the module's, or
+        1e-5 for a state dict)."""
+        _check_sparsity_args(sparsity, block_size)
+        eps = bn_eps if bn_eps is not None else _torch_bn_eps(source)
+        sd = _state_dict(source)
+        blocks = sorted({int(k.split(".")[1]) for k in sd if k.startswith("features.")})
+        if not blocks or blocks != list(range(len(blocks))) or len(blocks) != 19:
+            raise ValueError("source is not a torchvision mobilenet_v2: expected features.0 to "
+                             f"features.18, found {blocks[:3]}...{blocks[-3:]}" if blocks else
+                             "source is not a torchvision mobilenet_v2: no 'features.*' weights")
+
+        def bn(p, n):
+            return [_get(sd, f"{p}.{k}", (n,)) for k in ("weight", "bias", "running_mean",
+                                                         "running_var")]
+
+        B = _Builder(sparsity, block_size)
+        w0 = _get(sd, "features.0.0.weight", ndim=4)
+        if w0.shape[1:] != (3, 3, 3):
+            raise ValueError(f"weight 'features.0.0.weight' must have shape (C, 3, 3, 3), got {w0.shape}")
+        w, b = _fold(w0, *bn("features.0.1", w0.shape[0]), eps)
+        t = B.add(_Conv(w, b, 2, (1, 1, 1, 1), RELU6))
+        channels = w0.shape[0]
+        for i in range(1, 18):
+            p = f"features.{i}.conv"
+            stride = 2 if i in refnets.V2_STRIDE2_BLOCKS else 1
+            inp, block_in = t, channels
+            if f"{p}.3.weight" in sd:
+                we = _get(sd, f"{p}.0.0.weight", ndim=4)
+                if we.shape[1:] != (channels, 1, 1):
+                    raise ValueError(f"weight '{p}.0.0.weight' must have shape (C, {channels}, 1, 1), got {we.shape}")
+                w, b = _fold(we[:, :, 0, 0], *bn(f"{p}.0.1", we.shape[0]), eps)
+                t = B.pointwise(w, b, RELU6)
+                channels = we.shape[0]
+                dw, proj, pbn = f"{p}.1", f"{p}.2.weight", f"{p}.3"
+            else:
+                dw, proj, pbn = f"{p}.0", f"{p}.1.weight", f"{p}.2"
+            wd = _get(sd, f"{dw}.0.weight", (channels, 1, 3, 3))
+            w, b = _fold(wd, *bn(f"{dw}.1", channels), eps)
+            t = B.add(_Depthwise(w, b, stride, (1, 1, 1, 1), RELU6))
+            wp = _get(sd, proj, ndim=4)
+            if wp.shape[1:] != (channels, 1, 1):
+                raise ValueError(f"weight '{proj}' must have shape (C, {channels}, 1, 1), got {wp.shape}")
+            w, b = _fold(wp[:, :, 0, 0], *bn(pbn, wp.shape[0]), eps)
+            residual = inp if stride == 1 and wp.shape[0] == block_in else None
+            t = B.pointwise(w, b, NONE, res=residual)
+            channels = wp.shape[0]
+        wl = _get(sd, "features.18.0.weight", ndim=4)
+        w, b = _fold(wl[:, :, 0, 0], *bn("features.18.1", wl.shape[0]), eps)
+        t = B.pointwise(w, b, RELU6)
+        B.add(_Pool())
+        wc = _get(sd, "classifier.1.weight", ndim=2)
+        if wc.shape[1] != wl.shape[0]:
+            raise ValueError(f"weight 'classifier.1.weight' must have {wl.shape[0]} columns, got {wc.shape}")
+        bc = _get(sd, "classifier.1.bias", (wc.shape[0],)).astype(np.float32)
+        B.add(_pointwise(wc.astype(np.float32), bc, NONE, sparsity, block_size, _Classifier))
+        return cls("mobilenet_v2", B.layers, num_threads)
+
+
+# -- MobileNet v1 (Keras layout) ------------------------------------------------------------------
+
+def _keras_weights(source):
+    if hasattr(source, "weights") and not hasattr(source, "items"):
+        return {(getattr(v, "path", None) or v.name).split(":")[0]: np.asarray(v.numpy())
+                for v in source.weights}
+    if not hasattr(source, "items"):
+        raise TypeError("source must be a Keras model or a mapping of Keras variable paths to "
+                        f"arrays, got {type(source).__name__}")
+    return {k.split(":")[0]: refnets._np(v) for k, v in source.items()}
+
+
+class MobileNetV1(Network):
+    @classmethod
+    def from_dense(cls, source, *, sparsity=None, block_size=None, num_threads=None,
+                   bn_eps=refnets.KERAS_BN_EPS):
+        """Build from Keras' applications.MobileNet weights (a model, or {variable path: array}
+        with HWIO kernels; any width; classifier_activation=None, so the output is logits)."""
+        _check_sparsity_args(sparsity, block_size)
+        wt = _keras_weights(source)
+        if "conv1/kernel" not in wt or "conv_pw_13/kernel" not in wt:
+            raise ValueError("source is not a Keras MobileNet: missing weight "
+                             f"{'conv1/kernel' if 'conv1/kernel' not in wt else 'conv_pw_13/kernel'!r}")
+
+        def bn(p, n):
+            return [_get(wt, f"{p}/{k}", (n,)) for k in ("gamma", "beta", "moving_mean",
+                                                         "moving_variance")]
+
+        B = _Builder(sparsity, block_size)
+        k1 = _get(wt, "conv1/kernel", ndim=4)
+        if k1.shape[:3] != (3, 3, 3):
+            raise ValueError(f"weight 'conv1/kernel' must have shape (3, 3, 3, C), got {k1.shape}")
+        w, b = _fold(k1.transpose(3, 2, 0, 1), *bn("conv1_bn", k1.shape[3]), bn_eps)
+        B.add(_Conv(w, b, 2, "same", RELU6))
+        channels = k1.shape[3]
+        for i in range(1, 14):
+            key = f"conv_dw_{i}/depthwise_kernel"
+            key = key if key in wt else f"conv_dw_{i}/kernel"
+            kd = _get(wt, key, (3, 3, channels, 1))
+            w, b = _fold(kd.transpose(2, 3, 0, 1), *bn(f"conv_dw_{i}_bn", channels), bn_eps)
+            if i in refnets.V1_STRIDE2_BLOCKS:
+                B.add(_Depthwise(w, b, 2, (0, 0, 1, 1), RELU6))
+            else:
+                B.add(_Depthwise(w, b, 1, (1, 1, 1, 1), RELU6))
+            kp = _get(wt, f"conv_pw_{i}/kernel", ndim=4)
+            if kp.shape[:3] != (1, 1, channels):
+                raise ValueError(f"weight 'conv_pw_{i}/kernel' must have shape (1, 1, {channels}, C), got {kp.shape}")
+            w, b = _fold(kp[0, 0].T, *bn(f"conv_pw_{i}_bn", kp.shape[3]), bn_eps)
+            B.pointwise(w, b, RELU6)
+            channels = kp.shape[3]
+        B.add(_Pool())
+        kc = _get(wt, "conv_preds/kernel", ndim=4)
+        if kc.shape[:3] != (1, 1, channels):
+            raise ValueError(f"weight 'conv_preds/kernel' must have shape (1, 1, {channels}, classes), got {kc.shape}")
+        bc = _get(wt, "conv_preds/bias", (kc.shape[3],)).astype(np.float32)
+        B.add(_pointwise(kc[0, 0].T.astype(np.float32), bc, NONE, sparsity, block_size,
+                         _Classifier))
+        return cls("mobilenet_v1", B.layers, num_threads)
+
+
+# -- random weights in the source layouts (demo, benchmarks, tests) -----------------------------
+
+def _make_divisible(v, divisor=8):
+    """Channel rounding of torchvision's MobileNet builders: nearest multiple of `divisor`,
+    never below 90 % of v."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+# torchvision's inverted residual setting: expansion t, channels c, repeats n, first stride s.
+_V2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+               (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _bn_stats(rng, n):
+    return (rng.uniform(0.5, 1.5, n), rng.normal(0.0, 0.1, n), rng.normal(0.0, 0.1, n),
+            rng.uniform(0.5, 1.5, n))
+
+
+def random_mobilenet_v2_weights(width=1.0, num_classes=1000, seed=0):
+    """A torchvision-layout mobilenet_v2 state dict of seeded random NumPy arrays (He-scaled
+    convolutions, non-trivial BatchNorm statistics)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+
+    def conv(key, shape):
+        fan_in = int(np.prod(shape[1:]))
+        sd[key] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+    def bn(prefix, n):
+        for name, v in zip(("weight", "bias", "running_mean", "running_var"), _bn_stats(rng, n)):
+            sd[f"{prefix}.{name}"] = v.astype(np.float32)
+
+    c = _make_divisible(32 * width)
+    conv("features.0.0.weight", (c, 3, 3, 3))
+    bn("features.0.1", c)
+    i = 1
+    for t, ch, n, _ in _V2_SETTING:
+        out = _make_divisible(ch * width)
+        for _ in range(n):
+            p = f"features.{i}.conv"
+            hidden = c * t
+            j = 0
+            if t != 1:
+                conv(f"{p}.0.0.weight", (hidden, c, 1, 1))
+                bn(f"{p}.0.1", hidden)
+                j = 1
+            conv(f"{p}.{j}.0.weight", (hidden, 1, 3, 3))
+            bn(f"{p}.{j}.1", hidden)
+            conv(f"{p}.{j + 1}.weight", (out, hidden, 1, 1))
+            bn(f"{p}.{j + 2}", out)
+            c, i = out, i + 1
+    last = _make_divisible(1280 * max(1.0, width))
+    conv(f"features.{i}.0.weight", (last, c, 1, 1))
+    bn(f"features.{i}.1", last)
+    sd["classifier.1.weight"] = (rng.standard_normal((num_classes, last)) * 0.01).astype(np.float32)
+    sd["classifier.1.bias"] = np.zeros(num_classes, np.float32)
+    return sd
+
+
+def random_mobilenet_v1_weights(width=1.0, num_classes=1000, seed=0):
+    """Keras applications.MobileNet weights ({variable path: array}, HWIO) of seeded random
+    values; channels are int(c * width) as in Keras."""
+    rng = np.random.default_rng(seed)
+    wt = {}
+
+    def bn(prefix, n):
+        for name, v in zip(("gamma", "beta", "moving_mean", "moving_variance"), _bn_stats(rng, n)):
+            wt[f"{prefix}/{name}"] = v.astype(np.float32)
+
+    def kernel(key, shape, fan_in):
+        wt[key] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+    c = int(32 * width)
+    kernel("conv1/kernel", (3, 3, 3, c), 27)
+    bn("conv1_bn", c)
+    for i, ch in enumerate((64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024), 1):
+        kernel(f"conv_dw_{i}/kernel", (3, 3, c, 1), 9)
+        bn(f"conv_dw_{i}_bn", c)
+        out = int(ch * width)
+        kernel(f"conv_pw_{i}/kernel", (1, 1, c, out), c)
+        bn(f"conv_pw_{i}_bn", out)
+        c = out
+    wt["conv_preds/kernel"] = (rng.standard_normal((1, 1, c, num_classes)) * 0.01).astype(np.float32)
+    wt["conv_preds/bias"] = np.zeros(num_classes, np.float32)
+    return wt

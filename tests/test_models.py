@@ -1,0 +1,187 @@
+"""MobileNet v2/v1 from dense weights: vs the NumPy reference network (unfolded BatchNorm), vs
+PyTorch, save/load, bad sources, summary, threads."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastsparse as fs
+from fastsparse.models import random_mobilenet_v1_weights, random_mobilenet_v2_weights
+
+# Logits are compared relative to their largest magnitude: float32 rounding through ~50
+# layers (each error ~ K * eps32 of its inputs' scale) stays near 1e-5 of it in practice;
+# 1e-4 leaves a margin and still catches a wrong fold, stride, pad or residual (>= 1e-2).
+RTOL = 1e-4
+
+
+def _images(rng, n, h, w, layout="NCHW"):
+    x = rng.uniform(-1, 1, (n, 3, h, w)).astype(np.float32)
+    return x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def _rel_err(out, ref):
+    return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+
+
+def _pruned_v2(width, sparsity, block, classes=10, seed=0):
+    sd = random_mobilenet_v2_weights(width, classes, seed)
+    if sparsity:
+        for k, v in sd.items():  # prune the source, so the reference sees the same zeros
+            if (v.ndim == 4 and v.shape[2:] == (1, 1)) or k == "classifier.1.weight":
+                sd[k] = fs.prune.magnitude(v, sparsity, block_size=block or 1)
+    return sd
+
+
+@pytest.mark.parametrize("width,sparsity,block,n,hw,layout", [
+    (1.0, 0.9, None, 1, (64, 64), "NCHW"),
+    (0.35, 0.0, None, 3, (97, 131), "NHWC"),
+    (0.5, 0.5, 2, 1, (33, 40), "NCHW"),
+    (1.4, 0.9, 4, 3, (32, 32), "NHWC"),
+    (1.0, 0.9, 1, 1, (224, 224), "NCHW"),
+])
+def test_mobilenet_v2_matches_reference(isa, width, sparsity, block, n, hw, layout):
+    sd = _pruned_v2(width, sparsity, block)
+    net = fs.MobileNetV2.from_dense(sd, block_size=block)
+    rng = np.random.default_rng(1)
+    x = _images(rng, n, *hw, layout)
+    out = net(x, layout=layout)
+    x_nchw = x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
+    ref = fs.reference.mobilenet_v2(sd, x_nchw)
+    assert out.shape == (n, 10) and out.dtype == np.float32
+    assert _rel_err(out, ref) < RTOL, (width, sparsity, block)
+    # Same input, same buffers reused: bit-identical.
+    assert net(x, layout=layout).tobytes() == out.tobytes()
+
+
+@pytest.mark.parametrize("width,sparsity,block,n,hw", [
+    (1.0, 0.9, None, 1, (64, 64)), (0.25, 0.0, None, 2, (97, 131)), (0.75, 0.5, 4, 1, (40, 33)),
+])
+def test_mobilenet_v1_matches_reference(isa, width, sparsity, block, n, hw):
+    wt = random_mobilenet_v1_weights(width, 10, seed=2)
+    if sparsity:
+        for k, v in wt.items():
+            if k.startswith("conv_pw_") and k.endswith("/kernel") or k == "conv_preds/kernel":
+                # prune along output channels: HWIO -> (O, I) -> back
+                w2 = fs.prune.magnitude(v[0, 0].T, sparsity, block_size=block or 1)
+                wt[k] = np.ascontiguousarray(w2.T)[None, None]
+    net = fs.MobileNetV1.from_dense(wt, block_size=block)
+    x = _images(np.random.default_rng(3), n, *hw)
+    assert _rel_err(net(x), fs.reference.mobilenet_v1(wt, x)) < RTOL
+
+
+def test_v1_accepts_tf_keras_2_names():
+    wt = random_mobilenet_v1_weights(0.25, 5, seed=4)
+    renamed = {(k.replace("conv_dw_3/kernel", "conv_dw_3/depthwise_kernel") + ":0"): v
+               for k, v in wt.items()}
+    x = _images(np.random.default_rng(0), 1, 32, 32)
+    a = fs.MobileNetV1.from_dense(wt)(x)
+    b = fs.MobileNetV1.from_dense(renamed)(x)
+    assert a.tobytes() == b.tobytes()
+
+
+def test_sparsity_argument_prunes_and_summary_reports(isa):
+    sd = random_mobilenet_v2_weights(1.0, 1000, seed=5)
+    net = fs.MobileNetV2.from_dense(sd, sparsity=0.9)
+    text = net.summary()
+    assert "sparse" in text and "total" in text
+    assert "36/36 1x1+linear layers sparse" in text  # 35 1x1 convs + the classifier
+    dense = fs.MobileNetV2.from_dense(sd)  # random weights have no zeros: dense fallback
+    assert "dense:" in dense.summary() and "0/36" in dense.summary()
+
+
+def test_dense_fallback_matches_reference():
+    sd = _pruned_v2(0.5, 0.0, None)
+    net = fs.MobileNetV2.from_dense(sd)
+    x = _images(np.random.default_rng(6), 2, 48, 48)
+    assert _rel_err(net(x), fs.reference.mobilenet_v2(sd, x)) < RTOL
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    for net, n in [(fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None)), 2),
+                   (fs.MobileNetV2.from_dense(_pruned_v2(0.35, 0.0, None)), 1),
+                   (fs.MobileNetV1.from_dense(random_mobilenet_v1_weights(0.25, 7), sparsity=0.8,
+                                              block_size=4), 1)]:
+        path = tmp_path / "m.fsnet"
+        net.save(path)
+        loaded = fs.load(path)
+        assert type(loaded) is type(net)
+        x = _images(np.random.default_rng(7), n, 45, 37)
+        assert loaded(x).tobytes() == net(x).tobytes()
+        assert loaded.summary() == net.summary()
+
+
+def test_concurrent_calls_match_serial():
+    net = fs.MobileNetV2.from_dense(_pruned_v2(0.35, 0.9, None))
+    rng = np.random.default_rng(8)
+    xs = [_images(rng, 1, 40, 40) for _ in range(4)]
+    expected = [net(x).tobytes() for x in xs]
+    errors = []
+
+    def work(i):
+        for _ in range(10):
+            if net(xs[i]).tobytes() != expected[i]:
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@pytest.mark.parametrize("mutate,words", [
+    (lambda sd: sd.pop("features.3.conv.1.0.weight"), "features.3.conv.1.0.weight"),
+    (lambda sd: sd.__setitem__("features.5.conv.2.weight", np.ones((32, 10, 1, 1), np.float32)),
+     "features.5.conv.2.weight"),
+    (lambda sd: sd.pop("classifier.1.bias"), "classifier.1.bias"),
+    (lambda sd: sd.__setitem__("features.0.1.running_var", np.ones(5, np.float32)),
+     "features.0.1.running_var"),
+    (lambda sd: sd.__setitem__("features.7.conv.0.0.weight",
+                               np.full_like(sd["features.7.conv.0.0.weight"], np.nan)),
+     "features.7.conv.0.0.weight"),
+])
+def test_bad_v2_sources_name_the_key(mutate, words):
+    sd = random_mobilenet_v2_weights(0.35, 10)
+    mutate(sd)
+    with pytest.raises(ValueError, match=words.replace(".", r"\.")):
+        fs.MobileNetV2.from_dense(sd)
+
+
+def test_unknown_architecture_and_bad_arguments():
+    with pytest.raises(ValueError, match="not a torchvision mobilenet_v2"):
+        fs.MobileNetV2.from_dense({"conv.weight": np.ones((3, 3))})
+    with pytest.raises(ValueError, match="not a Keras MobileNet"):
+        fs.MobileNetV1.from_dense(random_mobilenet_v2_weights(0.35, 10))
+    with pytest.raises(TypeError, match="source"):
+        fs.MobileNetV2.from_dense(42)
+    sd = random_mobilenet_v2_weights(0.35, 10)
+    with pytest.raises(ValueError, match="sparsity"):
+        fs.MobileNetV2.from_dense(sd, sparsity=1.5)
+    with pytest.raises(ValueError, match="block_size"):
+        fs.MobileNetV2.from_dense(sd, block_size=3)
+    net = fs.MobileNetV2.from_dense(sd)
+    with pytest.raises(TypeError, match="images"):
+        net(np.ones((1, 3, 32, 32)))
+    with pytest.raises(ValueError, match="3 channels"):
+        net(np.ones((1, 4, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="layout"):
+        net(np.ones((1, 3, 32, 32), np.float32), layout="CHW")
+
+
+# -- PyTorch as an independent oracle --------------------------------------------------------
+
+@pytest.mark.parametrize("width,sparsity", [(1.0, 0.9), (0.5, 0.0), (1.4, 0.7)])
+def test_mobilenet_v2_matches_pytorch(width, sparsity):
+    torch = pytest.importorskip("torch")
+    from fastsparse._torch_models import mobilenet_v2_module
+    sd = _pruned_v2(width, sparsity, None, classes=100, seed=9)
+    model = mobilenet_v2_module(width, 100, sd)
+    x = _images(np.random.default_rng(10), 2, 96, 80)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    net = fs.MobileNetV2.from_dense(model)  # the module itself: eps read from its BN layers
+    got = net(x)
+    err = _rel_err(got, expected)
+    print(f"max relative error vs PyTorch (width {width}, sparsity {sparsity}): {err:.2e}")
+    assert err < RTOL
