@@ -6,12 +6,14 @@ with SIMD kernels chosen at run time (scalar, SSE2, AVX2+FMA, AVX-512F).
 from . import prune, reference
 from ._dispatch import (available_isas, get_num_threads, isa, set_isa, set_num_threads,
                         spmm_kernels)
+from .chw import add, chw_kernels, conv2d, depthwise_conv2d, global_avg_pool
 from .ops import linear, sparse_conv1x1
 from .sparse import SparseMatrix
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "SparseMatrix", "available_isas", "get_num_threads", "isa", "linear", "prune",
+    "SparseMatrix", "add", "available_isas", "chw_kernels", "conv2d",
+    "depthwise_conv2d", "global_avg_pool", "get_num_threads", "isa", "linear", "prune",
     "reference", "set_isa", "set_num_threads", "sparse_conv1x1", "spmm_kernels",
 ]
