@@ -229,9 +229,13 @@ cdef extern from "csrc/fs_kernels.h" nogil:
 from cython.parallel cimport threadid
 
 
+# cpuid traps to the hypervisor in a VM (~75 us measured on a KVM guest): ask once per ISA.
+_SUPPORTED = [bool(fs_isa_supported(i)) for i in range(FS_ISA_COUNT)]
+
+
 cdef const fs_chw_ops* _chw_ops(int isa) except NULL:
-    cdef const fs_chw_ops* ops = fs_chw_ops_for(isa)
-    if ops == NULL or not fs_isa_supported(isa):
+    cdef const fs_chw_ops* ops = fs_chw_ops_for(isa) if 0 <= isa < FS_ISA_COUNT else NULL
+    if ops == NULL or not _SUPPORTED[isa]:
         raise ValueError(f"no runnable CHW kernels for ISA {isa}")
     return ops
 
@@ -287,7 +291,7 @@ def dwconv2d(int isa, const float[:, :, :, ::1] x, const float[:, ::1] w, bias,
         num_threads = 1
     cdef fs_dwconv2d_fn fn = ops.dwconv2d[k == 5][stride == 2]
     cdef Py_ssize_t sf = fs_dwconv2d_scratch_floats(k, stride, iw, ow, pad_left)
-    scratch_arr = np.empty(sf * num_threads, dtype=np.float32)
+    scratch_arr = np.zeros(sf * num_threads, dtype=np.float32)  # the kernels' contract
     cdef float[::1] scratch = scratch_arr
     cdef float* sptr = &scratch[0]
     cdef const float* xptr = &x[0, 0, 0, 0]
@@ -345,7 +349,7 @@ def conv2d(int isa, x, bint nhwc, const float[:, ::1] w, bias, float[:, :, :, ::
         num_threads = 1
     cdef fs_conv2d_fn fn = ops.conv2d[stride == 2]
     cdef Py_ssize_t sf = fs_conv2d_scratch_floats(cin, stride, iw, ow, pad_left)
-    scratch_arr = np.empty(sf * num_threads, dtype=np.float32)
+    scratch_arr = np.zeros(sf * num_threads, dtype=np.float32)  # the kernels' contract
     cdef float[::1] scratch = scratch_arr
     cdef float* sptr = &scratch[0]
     # Bands of rows: ~2 per thread and image (each band restages up to 2 extra input rows).

@@ -50,7 +50,12 @@ def output_size(size, k, stride, pad_a, pad_b, axis):
 
 
 def _conv_weights(w, name, shape_hint):
-    w = finite_float32(w, name)
+    if isinstance(w, np.ndarray) and w.dtype == np.float32:  # the common case, without a copy
+        if not np.isfinite(w).all():
+            raise ValueError(f"{name} must be finite in float32 (found NaN, inf or an overflow)")
+        w = np.ascontiguousarray(w)
+    else:
+        w = finite_float32(w, name)
     if w.ndim != 4:
         raise ValueError(f"{name} must have shape {shape_hint}, got {w.shape}")
     return w

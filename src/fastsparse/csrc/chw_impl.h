@@ -119,7 +119,6 @@ FS_INLINE void fs_conv2d_chw(size_t s, size_t cin, size_t ih, size_t iw, size_t 
   const size_t rowlen = fs_chw_row_floats(3, s, iw, ow, pad_left);
   const size_t half = rowlen / 2;
   float* zero = scratch + 3 * cin * rowlen;
-  fs_chw_zero(scratch, (3 * cin + 1) * rowlen);
   ptrdiff_t tags[3] = {-1, -1, -1};
   const fs_vec vlo = fs_vset1(lo), vhi = fs_vset1(hi);
   for (size_t oy = oy_begin; oy < oy_end; oy++) {

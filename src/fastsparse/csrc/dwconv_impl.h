@@ -3,7 +3,7 @@
  * this file also uses fs_vdeinterleave).
  *
  * Scheme: output rows are produced top to bottom. The K input rows an output row needs are
- * copied, each exactly once, into a ring of K padded scratch rows (slot = input row mod K):
+ * copied, each exactly once, into a ring of K + 2 padded scratch rows (slot = input row mod (K + 2)):
  * the copy puts the row at column pad_left of a zeroed row, so horizontal padding and
  * right-edge reads need no masks in the inner loop; for stride 2 the copy also splits the
  * padded row into its even and odd columns, so that every tap of a stride-2 output vector
@@ -13,7 +13,7 @@
  *
  * Out-of-bounds contract: the input plane is read only inside ih x iw (the last partial
  * vector of a row is a masked load), output is written only inside oh x ow (the last partial
- * vector is a masked store); everything else happens in the caller's scratch
+ * vector is a masked store); everything else happens in the caller's zero-filled scratch
  * (fs_dwconv2d_scratch_floats(), fs_kernels.h).
  */
 #ifndef FS_DWCONV_IMPL_H
@@ -70,11 +70,6 @@ FS_INLINE void fs_chw_load_row(size_t s, float* dst, size_t rowlen, const float*
   }
 }
 
-/* Zeroes n floats (n a multiple of 16, so of FS_VLEN). */
-FS_INLINE void fs_chw_zero(float* p, size_t n) {
-  for (size_t i = 0; i < n; i += FS_VLEN) fs_vstore(p + i, fs_vzero());
-}
-
 /* Address of padded column ox*s + kx of a scratch row (for s = 2: in its even or odd half). */
 FS_INLINE const float* fs_chw_tap(size_t s, const float* row, size_t half, size_t ox, size_t kx) {
   return s == 1 ? row + ox + kx : row + (kx & 1) * half + ox + kx / 2;
@@ -98,28 +93,39 @@ FS_INLINE fs_vec fs_dw_vector(size_t k, size_t s, const float* const* rows, size
   return y;
 }
 
-/* Points rows[0..k) at the scratch rows holding input rows oy*s - pad_top + ky (copying the
- * ones the ring does not hold yet), or at the zero row outside the image. */
-FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t pad_top, size_t ih,
-                                size_t iw, size_t pad_left, const char* plane, size_t row_stride,
-                                float* scratch, size_t rowlen, ptrdiff_t* tags,
-                                const float** rows) {
-  const float* zero = scratch + k * rowlen;
+/* Stages input row iy (if inside the image and not yet in the ring) into slot iy % nslots. */
+FS_INLINE void fs_chw_stage_row(size_t s, ptrdiff_t iy, size_t ih, size_t iw, size_t pad_left,
+                                const char* plane, size_t row_stride, float* scratch,
+                                size_t rowlen, size_t nslots, ptrdiff_t* tags) {
+  if (iy < 0 || iy >= (ptrdiff_t)ih) return;
+  const size_t slot = (size_t)iy % nslots;
+  if (tags[slot] != iy) {
+    fs_chw_load_row(s, scratch + slot * rowlen, rowlen,
+                    (const float*)(plane + (size_t)iy * row_stride), iw, pad_left);
+    tags[slot] = iy;
+  }
+}
+
+/* Points rows[0..k) at the scratch rows of input rows oy*s - pad_top + ky, or at the zero
+ * row (after the nslots = k + 2 ring slots) outside the image. The rows of output row oy + 1
+ * are staged now too: reading a row right after storing it with a misaligned offset would
+ * stall on store forwarding, which dominates small images. k + s <= k + 2 consecutive rows
+ * get distinct slots. */
+FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t oh, size_t pad_top,
+                                size_t ih, size_t iw, size_t pad_left, const char* plane,
+                                size_t row_stride, float* scratch, size_t rowlen,
+                                ptrdiff_t* tags, const float** rows) {
+  const size_t nslots = k + 2;
+  const float* zero = scratch + nslots * rowlen;
+  const ptrdiff_t top = (ptrdiff_t)(oy * s) - (ptrdiff_t)pad_top;
+  const ptrdiff_t last = top + (ptrdiff_t)(k - 1 + (oy + 1 < oh ? s : 0));
+  for (ptrdiff_t iy = top; iy <= last; iy++) {
+    fs_chw_stage_row(s, iy, ih, iw, pad_left, plane, row_stride, scratch, rowlen, nslots, tags);
+  }
 #pragma GCC unroll 5
   for (size_t ky = 0; ky < k; ky++) {
-    const ptrdiff_t iy = (ptrdiff_t)(oy * s + ky) - (ptrdiff_t)pad_top;
-    if (iy < 0 || iy >= (ptrdiff_t)ih) {
-      rows[ky] = zero;
-      continue;
-    }
-    const size_t slot = (size_t)iy % k;
-    float* dst = scratch + slot * rowlen;
-    if (tags[slot] != iy) {
-      fs_chw_load_row(s, dst, rowlen, (const float*)(plane + (size_t)iy * row_stride), iw,
-                      pad_left);
-      tags[slot] = iy;
-    }
-    rows[ky] = dst;
+    const ptrdiff_t iy = top + (ptrdiff_t)ky;
+    rows[ky] = (iy < 0 || iy >= (ptrdiff_t)ih) ? zero : scratch + ((size_t)iy % nslots) * rowlen;
   }
 }
 
@@ -133,16 +139,14 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   assert(!(lo > hi));
   const size_t rowlen = fs_chw_row_floats(k, s, iw, ow, pad_left);
   const size_t half = rowlen / 2;
-  /* The padding columns of the ring and the whole zero row must read as zeros. */
-  fs_chw_zero(scratch, (k + 1) * rowlen);
-  ptrdiff_t tags[5] = {-1, -1, -1, -1, -1};
+  ptrdiff_t tags[7] = {-1, -1, -1, -1, -1, -1, -1};
   fs_vec wv[25];
   for (size_t i = 0; i < k * k; i++) wv[i] = fs_vset1(weights[i]);
   const fs_vec vbias = fs_vset1(bias), vlo = fs_vset1(lo), vhi = fs_vset1(hi);
   const float* rows[5];
   for (size_t oy = 0; oy < oh; oy++) {
-    fs_chw_ring_rows(k, s, oy, pad_top, ih, iw, pad_left, (const char*)input, input_stride,
-                     scratch, rowlen, tags, rows);
+    fs_chw_ring_rows(k, s, oy, oh, pad_top, ih, iw, pad_left, (const char*)input,
+                     input_stride, scratch, rowlen, tags, rows);
     float* out = (float*)((char*)output + oy * output_stride);
     size_t ox = 0;
     for (; ox + 2 * FS_VLEN <= ow; ox += 2 * FS_VLEN) {

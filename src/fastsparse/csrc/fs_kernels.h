@@ -142,8 +142,11 @@ typedef struct fs_spmm_kernel {
  * `output_stride` bytes apart; a row is contiguous. The kernel never reads x outside its
  * ih x iw plane nor writes output outside oh x ow (tails are masked). Horizontal padding and
  * the stride-2 deinterleave happen while each input row is copied, exactly once, into
- * `scratch`: fs_dwconv2d_scratch_floats() floats owned by the caller (one per thread), whose
- * contents need not be initialised. Vertical padding reads a zero row kept in the scratch.
+ * `scratch`: fs_dwconv2d_scratch_floats() floats owned by the caller (one per thread), which
+ * the caller zero-fills once; calls with the same (iw, ow, pad_left) may then reuse it
+ * without clearing, because a kernel writes only the data columns of its rows (and zeros
+ * right after them), so the padding columns and the zero row stay zero. Vertical padding
+ * reads that zero row.
  */
 typedef void (*fs_dwconv2d_fn)(
     size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
@@ -169,10 +172,11 @@ static inline size_t fs_chw_row_floats(size_t k, size_t stride, size_t iw, size_
   return stride == 1 ? len : 2 * len;
 }
 
-/* K ring rows (the input rows of the current output row) and one zero row. */
+/* A ring of K + 2 rows (the input rows of the current output row and of the next one, staged
+ * ahead so their stores have retired before they are read) and one zero row. */
 static inline size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t iw, size_t ow,
                                                 size_t pad_left) {
-  return (k + 1) * fs_chw_row_floats(k, stride, iw, ow, pad_left);
+  return (k + 3) * fs_chw_row_floats(k, stride, iw, ow, pad_left);
 }
 
 /* Dense 3x3 convolution, stride S in {1, 2}, for output rows [oy_begin, oy_end) of one image,
@@ -184,8 +188,9 @@ static inline size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t 
  * x[ci, iy, ix] is at input + ci*channel_stride + iy*row_stride + ix*pixel_stride bytes, so
  * the same kernel reads CHW (pixel_stride = 4) and HWC (channel_stride = 4, pixel_stride =
  * 4*cin) images. output[co, oy, ox] is at output + co*output_channel_stride +
- * oy*output_row_stride + 4*ox bytes. bias may be NULL. Same scratch and out-of-bounds
- * contract as the depthwise kernel, with fs_conv2d_scratch_floats() floats. */
+ * oy*output_row_stride + 4*ox bytes. bias may be NULL. Same scratch (zero-filled once by the
+ * caller) and out-of-bounds contract as the depthwise kernel, with fs_conv2d_scratch_floats()
+ * floats. */
 typedef void (*fs_conv2d_fn)(
     size_t cin, size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
     size_t oy_begin, size_t oy_end, const float* input, size_t channel_stride,
