@@ -113,3 +113,48 @@ def spmm_kernel_params():
     return [(isa, name, nr)
             for isa in fs.available_isas()
             for name, _, nr, _ in _kernels.spmm_kernels(_dispatch.isa_id(isa))]
+
+
+# --- CHW ops ---------------------------------------------------------------------------------
+
+ACTIVATIONS = [None, "relu", "relu6", ("clamp", -0.5, 0.25)]
+# Widths around every vector length in use (1, 4, 8, 16) and the stride-2 pair width (32).
+CHW_EDGE_SIZES = sorted({1, 2, 3, 4, 5, 6, 7} | {m + d for m in (8, 16, 32, 48) for d in (-1, 0, 1)})
+
+
+def conv_magnitude(x, w, stride, padding, layout="NCHW"):
+    """Taps of |x| and |w| in float64 with the reference's geometry: dw_magnitude and
+    dense_magnitude contract them into |w| (*) |x|, the scale of the rounding error."""
+    from fastsparse import reference
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    if layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    w = np.abs(np.asarray(w, dtype=np.float64))
+    k, s, oh, ow, xp = reference._conv_geometry(x, w, stride, padding, (3, 5))
+    taps = reference._taps(xp, k, s, oh, ow)
+    return taps, w
+
+
+def dw_magnitude(x, w, stride, padding):
+    taps, wa = conv_magnitude(x, w, stride, padding)
+    return np.einsum("yxncij,cyx->ncij", taps, wa[:, 0])
+
+
+def dense_magnitude(x, w, stride, padding, layout="NCHW"):
+    taps, wa = conv_magnitude(x, w, stride, padding, layout)
+    return np.einsum("yxncij,ocyx->noij", taps, wa)
+
+
+def padding_span(padding):
+    if isinstance(padding, int):
+        return padding, padding, padding, padding
+    return tuple(padding)
+
+
+@st.composite
+def padding_forms(draw, k):
+    """An int (usually k // 2) or a 4-tuple, including the Keras 'same' stride-2 forms."""
+    return draw(st.one_of(
+        st.sampled_from([k // 2, 0, k - 1]),
+        st.sampled_from([(0, 0, 1, 1), (1, 1, 2, 2), (k // 2,) * 4]),
+        st.tuples(*[st.integers(0, k)] * 4)))

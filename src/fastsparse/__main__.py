@@ -16,7 +16,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="a few MobileNet v2 layers, sparse vs dense, one thread")
     bench = sub.add_parser("bench", help="benchmarks (tables, not pass/fail)")
-    bench.add_argument("what", choices=["spmm"])
+    bench.add_argument("what", choices=["spmm", "dwconv"])
     bench.add_argument("--net", default="mobilenet_v2,mobilenet_v1")
     bench.add_argument("--sparsity", type=_floats, default=(0.7, 0.8, 0.9, 0.95))
     bench.add_argument("--block-size", type=lambda t: tuple(int(v) for v in t.split(",")),
@@ -35,6 +35,9 @@ def main(argv=None):
         return 0
     if args.isa:
         set_isa(args.isa)
+    if args.what == "dwconv":
+        b.bench_dwconv(repeat=args.repeat)
+        return 0
     b.bench_spmm(networks=tuple(args.net.split(",")), sparsities=args.sparsity,
                  threads=args.threads, block_sizes=args.block_size, repeat=args.repeat,
                  kernel=args.kernel)

@@ -193,3 +193,223 @@ def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bi
             res_off = img * cout * hw + m0
             fn(min(chunk, hw - m0), cout, xptr + img_off, vptr, mptr, optr, bptr,
                rptr + res_off if rptr != NULL else NULL, stride, yptr + res_off, stride, lo, hi)
+
+
+# ---- CHW companion ops: depthwise conv, first-layer conv, global average pooling, add ----
+
+cdef extern from "csrc/fs_kernels.h" nogil:
+    ctypedef void (*fs_dwconv2d_fn)(
+        size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
+        const float* input, size_t input_stride, const float* weights, float bias,
+        float* scratch, float* output, size_t output_stride, float lo, float hi) noexcept nogil
+    ctypedef void (*fs_conv2d_fn)(
+        size_t cin, size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
+        size_t oy_begin, size_t oy_end, const float* input, size_t channel_stride,
+        size_t row_stride, size_t pixel_stride, size_t cout, const float* weights,
+        const float* bias, float* scratch, float* output, size_t output_channel_stride,
+        size_t output_row_stride, float lo, float hi) noexcept nogil
+    ctypedef void (*fs_gavgpool_fn)(size_t channels, size_t hw, const float* input,
+                                    size_t input_stride, float scale, float* output) noexcept nogil
+    ctypedef void (*fs_vadd_fn)(size_t n, const float* a, const float* b, float* y, float lo,
+                                float hi) noexcept nogil
+    ctypedef struct fs_chw_ops:
+        const char* dwconv2d_names[2][2]
+        fs_dwconv2d_fn dwconv2d[2][2]
+        const char* conv2d_names[2]
+        fs_conv2d_fn conv2d[2]
+        const char* gavgpool_name
+        fs_gavgpool_fn gavgpool
+        const char* vadd_name
+        fs_vadd_fn vadd
+    const fs_chw_ops* fs_chw_ops_for(int isa)
+    size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t iw, size_t ow,
+                                      size_t pad_left)
+    size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
+                                    size_t pad_left)
+
+from cython.parallel cimport threadid
+
+
+# cpuid traps to the hypervisor in a VM (~75 us measured on a KVM guest): ask once per ISA.
+_SUPPORTED = [bool(fs_isa_supported(i)) for i in range(FS_ISA_COUNT)]
+
+
+cdef const fs_chw_ops* _chw_ops(int isa) except NULL:
+    cdef const fs_chw_ops* ops = fs_chw_ops_for(isa) if 0 <= isa < FS_ISA_COUNT else NULL
+    if ops == NULL or not _SUPPORTED[isa]:
+        raise ValueError(f"no runnable CHW kernels for ISA {isa}")
+    return ops
+
+
+def chw_kernels(int isa):
+    """Names of the CHW kernels of `isa`: {op: name} (dwconv2d keyed by (k, stride))."""
+    cdef const fs_chw_ops* ops = _chw_ops(isa)
+    out = {}
+    for a, k in enumerate((3, 5)):
+        for b, s in enumerate((1, 2)):
+            out[("dwconv2d", k, s)] = ops.dwconv2d_names[a][b].decode()
+    out[("conv2d", 3, 1)] = ops.conv2d_names[0].decode()
+    out[("conv2d", 3, 2)] = ops.conv2d_names[1].decode()
+    out["gavgpool"] = ops.gavgpool_name.decode()
+    out["vadd"] = ops.vadd_name.decode()
+    return out
+
+
+def dwconv2d(int isa, const float[:, :, :, ::1] x, const float[:, ::1] w, bias,
+             float[:, :, :, ::1] out, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad_top,
+             Py_ssize_t pad_left, float lo, float hi, int num_threads):
+    """out[n, c] = clamp(depthwise KxK conv of x[n, c] with w[c] (k*k floats) + bias[c]).
+
+    Threads split (image, channel) planes; each plane is one kernel call, so the result does
+    not depend on the thread count."""
+    cdef const fs_chw_ops* ops = _chw_ops(isa)
+    if k != 3 and k != 5:
+        raise ValueError(f"k must be 3 or 5, got {k}")
+    if stride != 1 and stride != 2:
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if pad_top < 0 or pad_left < 0:
+        raise ValueError("padding must be >= 0")
+    if not (lo <= hi):
+        raise ValueError("lo must be <= hi")
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], ih = x.shape[2], iw = x.shape[3]
+    cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
+    if w.shape[0] != c or w.shape[1] != k * k:
+        raise ValueError(f"w must have shape ({c}, {k * k})")
+    if out.shape[0] != n or out.shape[1] != c:
+        raise ValueError("out must have shape (N, C, OH, OW)")
+    cdef const float[::1] b
+    cdef const float* bptr = NULL
+    if bias is not None:
+        b = bias
+        if b.shape[0] != c:
+            raise ValueError(f"bias must have {c} entries")
+        bptr = &b[0]
+    if n == 0 or c == 0 or oh == 0 or ow == 0:
+        return
+    if ih == 0 or iw == 0:
+        raise ValueError("x must have H, W >= 1")
+    if num_threads < 1:
+        num_threads = 1
+    cdef fs_dwconv2d_fn fn = ops.dwconv2d[k == 5][stride == 2]
+    cdef Py_ssize_t sf = fs_dwconv2d_scratch_floats(k, stride, iw, ow, pad_left)
+    scratch_arr = np.zeros(sf * num_threads, dtype=np.float32)  # the kernels' contract
+    cdef float[::1] scratch = scratch_arr
+    cdef float* sptr = &scratch[0]
+    cdef const float* xptr = &x[0, 0, 0, 0]
+    cdef const float* wptr = &w[0, 0]
+    cdef float* yptr = &out[0, 0, 0, 0]
+    cdef Py_ssize_t t, ch, total = n * c
+    with nogil:
+        for t in prange(total, num_threads=num_threads, schedule="static"):
+            ch = t % c
+            fn(ih, iw, oh, ow, pad_top, pad_left, xptr + t * ih * iw, iw * sizeof(float),
+               wptr + ch * k * k, bptr[ch] if bptr != NULL else 0.0,
+               sptr + threadid() * sf, yptr + t * oh * ow, ow * sizeof(float), lo, hi)
+
+
+def conv2d(int isa, x, bint nhwc, const float[:, ::1] w, bias, float[:, :, :, ::1] out,
+           Py_ssize_t stride, Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi,
+           int num_threads):
+    """Dense 3x3 convolution, NCHW output; x is (N, Cin, H, W), or (N, H, W, Cin) if nhwc.
+
+    Threads split (image, band of output rows) pairs; a row's result does not depend on the
+    band it falls in."""
+    cdef const fs_chw_ops* ops = _chw_ops(isa)
+    cdef const float[:, :, :, ::1] xv = x
+    if stride != 1 and stride != 2:
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if pad_top < 0 or pad_left < 0:
+        raise ValueError("padding must be >= 0")
+    if not (lo <= hi):
+        raise ValueError("lo must be <= hi")
+    cdef Py_ssize_t n = xv.shape[0], cin, ih, iw
+    cdef size_t cs, rs, ps
+    if nhwc:
+        ih, iw, cin = xv.shape[1], xv.shape[2], xv.shape[3]
+        cs, rs, ps = sizeof(float), iw * cin * sizeof(float), cin * sizeof(float)
+    else:
+        cin, ih, iw = xv.shape[1], xv.shape[2], xv.shape[3]
+        cs, rs, ps = ih * iw * sizeof(float), iw * sizeof(float), sizeof(float)
+    cdef Py_ssize_t cout = w.shape[0], oh = out.shape[2], ow = out.shape[3]
+    if w.shape[1] != cin * 9:
+        raise ValueError(f"w must have shape (Cout, {cin * 9})")
+    if out.shape[0] != n or out.shape[1] != cout:
+        raise ValueError("out must have shape (N, Cout, OH, OW)")
+    cdef const float[::1] b
+    cdef const float* bptr = NULL
+    if bias is not None:
+        b = bias
+        if b.shape[0] != cout:
+            raise ValueError(f"bias must have {cout} entries")
+        bptr = &b[0]
+    if n == 0 or cout == 0 or oh == 0 or ow == 0:
+        return
+    if cin == 0 or ih == 0 or iw == 0:
+        raise ValueError("x must have Cin, H, W >= 1")
+    if num_threads < 1:
+        num_threads = 1
+    cdef fs_conv2d_fn fn = ops.conv2d[stride == 2]
+    cdef Py_ssize_t sf = fs_conv2d_scratch_floats(cin, stride, iw, ow, pad_left)
+    scratch_arr = np.zeros(sf * num_threads, dtype=np.float32)  # the kernels' contract
+    cdef float[::1] scratch = scratch_arr
+    cdef float* sptr = &scratch[0]
+    # Bands of rows: ~2 per thread and image (each band restages up to 2 extra input rows).
+    cdef Py_ssize_t pieces = min(oh, max(1, _ceil_div(2 * num_threads, n))) if num_threads > 1 else 1
+    cdef Py_ssize_t band = _ceil_div(oh, pieces)
+    pieces = _ceil_div(oh, band)
+    cdef const float* xptr = &xv[0, 0, 0, 0]
+    cdef const float* wptr = &w[0, 0]
+    cdef float* yptr = &out[0, 0, 0, 0]
+    cdef Py_ssize_t t, img, oy0, total = n * pieces, img_in = cin * ih * iw
+    with nogil:
+        for t in prange(total, num_threads=num_threads, schedule="static"):
+            img = t // pieces
+            oy0 = (t % pieces) * band
+            fn(cin, ih, iw, oh, ow, pad_top, pad_left, oy0, min(oy0 + band, oh),
+               xptr + img * img_in, cs, rs, ps, cout, wptr, bptr, sptr + threadid() * sf,
+               yptr + img * cout * oh * ow, oh * ow * sizeof(float), ow * sizeof(float), lo, hi)
+
+
+def gavgpool(int isa, const float[:, :, ::1] x, float[:, ::1] out):
+    """out[n, c] = mean of x[n, c, :] for x of shape (N, C, HW), HW >= 1."""
+    cdef const fs_chw_ops* ops = _chw_ops(isa)
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], hw = x.shape[2], i
+    if out.shape[0] != n or out.shape[1] != c:
+        raise ValueError("out must have shape (N, C)")
+    if n == 0 or c == 0:
+        return
+    if hw == 0:
+        raise ValueError("x must have H * W >= 1")
+    cdef fs_gavgpool_fn fn = ops.gavgpool
+    cdef float scale = 1.0 / hw
+    with nogil:
+        for i in range(n):
+            fn(c, hw, &x[i, 0, 0], hw * sizeof(float), scale, &out[i, 0])
+
+
+def vadd(int isa, const float[::1] a, const float[::1] b, float[::1] y, float lo, float hi,
+         int num_threads):
+    """y = clamp(a + b, lo, hi), split in chunks of whole 64-float blocks across threads."""
+    cdef const fs_chw_ops* ops = _chw_ops(isa)
+    cdef Py_ssize_t n = a.shape[0]
+    if b.shape[0] != n or y.shape[0] != n:
+        raise ValueError("a, b and y must have the same length")
+    if not (lo <= hi):
+        raise ValueError("lo must be <= hi")
+    if n == 0:
+        return
+    if num_threads < 1:
+        num_threads = 1
+    cdef fs_vadd_fn fn = ops.vadd
+    # Threads only pay off past ~64K floats; chunks are multiples of 64 floats.
+    cdef Py_ssize_t pieces = min(num_threads, max(1, n // 65536))
+    cdef Py_ssize_t chunk = _ceil_div(_ceil_div(n, pieces), 64) * 64
+    pieces = _ceil_div(n, chunk)
+    cdef const float* ap = &a[0]
+    cdef const float* bp = &b[0]
+    cdef float* yp = &y[0]
+    cdef Py_ssize_t t, i0
+    with nogil:
+        for t in prange(pieces, num_threads=num_threads, schedule="static"):
+            i0 = t * chunk
+            fn(min(chunk, n - i0), ap + i0, bp + i0, yp + i0, lo, hi)

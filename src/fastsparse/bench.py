@@ -227,3 +227,115 @@ def demo(out=print, repeat=20):
         for name, ts in times.items():
             out(f"| {name} | {t} | {np.median(ts) * 1e3:.2f} ({ts.min() * 1e3:.2f}-{ts.max() * 1e3:.2f})"
                 f" | {np.median(ts) / base:.2f}x |")
+
+
+
+# --- depthwise and first conv ---------------------------------------------------------------
+
+# Every depthwise layer at 224x224 input, in order: (C, H=W of the input, stride, padding).
+# MobileNet v2 (torchvision): symmetric padding 1. MobileNet v1 (Keras): stride 2 pads only
+# bottom/right.
+MOBILENET_V2_DW = [
+    (32, 112, 1, 1), (96, 112, 2, 1), (144, 56, 1, 1), (144, 56, 2, 1),
+    (192, 28, 1, 1), (192, 28, 1, 1), (192, 28, 2, 1),
+    (384, 14, 1, 1), (384, 14, 1, 1), (384, 14, 1, 1), (384, 14, 1, 1),
+    (576, 14, 1, 1), (576, 14, 1, 1), (576, 14, 2, 1),
+    (960, 7, 1, 1), (960, 7, 1, 1), (960, 7, 1, 1),
+]
+_KERAS_S2 = (0, 0, 1, 1)
+MOBILENET_V1_DW = [
+    (32, 112, 1, 1), (64, 112, 2, _KERAS_S2), (128, 56, 1, 1), (128, 56, 2, _KERAS_S2),
+    (256, 28, 1, 1), (256, 28, 2, _KERAS_S2), *[(512, 14, 1, 1)] * 5, (512, 14, 2, _KERAS_S2),
+    (1024, 7, 1, 1),
+]
+
+
+def copy_bandwidth(nbytes=256 << 20, repeat=7):
+    """Bytes moved per second (read + written) by np.copyto on arrays far larger than cache."""
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / float(np.median(times))
+
+
+def bench_dwconv(repeat=15, seed=0, out=print):
+    """Depthwise layers of MobileNet v1/v2 and the first conv at 224x224, one thread:
+    fastsparse vs torch.nn.functional.conv2d (if installed), and vs a memory-bandwidth bound
+    (bytes read + written) / (np.copyto bandwidth)."""
+    from .chw import conv2d, depthwise_conv2d, output_size, padding_tuple
+    try:
+        import torch
+        import torch.nn.functional as F
+        torch.set_num_threads(1)
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(seed)
+    out(machine_description())
+    bw = copy_bandwidth()
+    out(f"np.copyto bandwidth (read + write): {bw / 1e9:.1f} GB/s; 1 thread; "
+        f"torch {torch.__version__ if torch else 'not installed'}\n")
+    layers = []  # (net, label, fastsparse fn, torch fn or None, bytes)
+    for net, specs in (("mobilenet_v2", MOBILENET_V2_DW), ("mobilenet_v1", MOBILENET_V1_DW)):
+        for c, hw, s, pad in specs:
+            x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+            w = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+            b = rng.standard_normal(c).astype(np.float32)
+            pt, pl, pb, pr = padding_tuple(pad)
+            o = output_size(hw, 3, s, pt, pb, "H")
+            nbytes = x.nbytes + c * o * o * 4 + w.nbytes + b.nbytes
+            fsf = (lambda x=x, w=w, b=b, s=s, pad=pad:
+                   depthwise_conv2d(x, w, b, stride=s, padding=pad, num_threads=1))
+            tf = None
+            if torch is not None:
+                tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+                # Symmetric padding 1 gives torch the same output size without a pad copy.
+                tf = (lambda tx=tx, tw=tw, tb=tb, s=s, c=c:
+                      F.conv2d(tx, tw, tb, stride=s, padding=1, groups=c))
+            layers.append((net, f"dw {c}x{hw}x{hw} s{s} pad {pad}", fsf, tf, nbytes))
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    w = rng.standard_normal((32, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    nbytes = x.nbytes + 32 * 112 * 112 * 4 + w.nbytes + b.nbytes
+    tf = None
+    if torch is not None:
+        tf = (lambda tx=torch.from_numpy(x), tw=torch.from_numpy(w), tb=torch.from_numpy(b):
+              F.conv2d(tx, tw, tb, stride=2, padding=1))
+    layers.append(("first", "conv 3->32 224x224 s2 NCHW", lambda: conv2d(x, w, b, 2, 1, num_threads=1),
+                   tf, nbytes))
+    layers.append(("first", "conv 3->32 224x224 s2 NHWC in", lambda: conv2d(
+        xh, w, b, 2, 1, layout="NHWC", num_threads=1), None, nbytes))
+    fns = {}
+    for i, (_, _, fsf, tf, _) in enumerate(layers):
+        fns[(i, "fs")] = fsf
+        if tf is not None:
+            fns[(i, "torch")] = tf
+    ctx = torch.no_grad() if torch is not None else contextlib.nullcontext()
+    with ctx:
+        times = time_interleaved(fns, repeat)
+    out("| net | layer | fastsparse ms | torch ms | torch / fs | bandwidth bound ms | fs / bound |")
+    out("|---|---|---|---|---|---|---|")
+    sums = {}
+    for i, (net, label, _, tf, nbytes) in enumerate(layers):
+        f = np.median(times[(i, "fs")])
+        t = np.median(times[(i, "torch")]) if tf is not None else float("nan")
+        bound = nbytes / bw
+        s = sums.setdefault(net, [0.0, 0.0, 0.0, 0])
+        s[0] += f
+        s[1] += t
+        s[2] += bound
+        s[3] = max(s[3], f / bound)
+        ts = f"{t * 1e3:.3f}" if tf is not None else "-"
+        ratio = f"{t / f:.2f}" if tf is not None else "-"
+        out(f"| {net} | {label} | {f * 1e3:.3f} | {ts} | {ratio} | {bound * 1e3:.3f} | {f / bound:.2f} |")
+    out("\n| net | fastsparse ms | torch ms | torch / fs | bandwidth bound ms | fs / bound | worst layer fs / bound |")
+    out("|---|---|---|---|---|---|---|")
+    for net, (f, t, bound, worst) in sums.items():
+        out(f"| {net} | {f * 1e3:.3f} | {t * 1e3:.3f} | {t / f:.2f} | {bound * 1e3:.3f} | "
+            f"{f / bound:.2f} | {worst:.2f} |")
+    return sums

@@ -47,6 +47,59 @@ def linear(x2d, W, bias=None, activation=None, num_threads=None):
     return apply_activation(y, activation).astype(np.float32)
 
 
+def _conv_geometry(x, w, stride, padding, k_allowed):
+    from .chw import output_size, padding_tuple, stride_value
+    s = stride_value(stride)
+    pt, pl, pb, pr = padding_tuple(padding)
+    k = w.shape[2]
+    if k not in k_allowed or w.shape[3] != k:
+        raise ValueError(f"w: kernel size must be one of {k_allowed}, got {w.shape[2:]}")
+    h, wd = x.shape[2], x.shape[3]
+    oh = output_size(h, k, s, pt, pb, "H")
+    ow = output_size(wd, k, s, pl, pr, "W")
+    # Zero padding; extra padding at the bottom/right beyond what the output uses is harmless.
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    return k, s, oh, ow, xp
+
+
+def _taps(xp, k, s, oh, ow):
+    """xp[..., oy*s + ky, ox*s + kx] for every tap: shape (k, k, N, C, oh, ow)."""
+    return np.stack([np.stack([xp[:, :, ky:ky + s * (oh - 1) + 1:s, kx:kx + s * (ow - 1) + 1:s]
+                               for kx in range(k)]) for ky in range(k)])
+
+
+def depthwise_conv2d(x, w, bias=None, stride=1, padding=1, activation=None, num_threads=None):
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    k, s, oh, ow, xp = _conv_geometry(x, w, stride, padding, (3, 5))
+    y = np.einsum("yxncij,cyx->ncij", _taps(xp, k, s, oh, ow), w[:, 0])
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return apply_activation(y, activation).astype(np.float32)
+
+
+def conv2d(x, w, bias=None, stride=2, padding=1, activation=None, layout="NCHW",
+           num_threads=None):
+    x = np.asarray(x, dtype=np.float64)
+    if layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    w = np.asarray(w, dtype=np.float64)
+    k, s, oh, ow, xp = _conv_geometry(x, w, stride, padding, (3,))
+    y = np.einsum("yxncij,ocyx->noij", _taps(xp, k, s, oh, ow), w)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return apply_activation(y, activation).astype(np.float32)
+
+
+def global_avg_pool(x):
+    return np.asarray(x, dtype=np.float64).mean(axis=(2, 3)).astype(np.float32)
+
+
+def add(a, b, activation=None, num_threads=None):
+    y = np.asarray(a, dtype=np.float64) + np.asarray(b, dtype=np.float64)
+    return apply_activation(y, activation).astype(np.float32)
+
+
 def _magnitude(w, sparsity, block_size=1):
     """Block magnitude pruning, written as the plain loop over blocks (see fastsparse.prune)."""
     w = finite_float32(w, "w")
@@ -71,3 +124,6 @@ def _magnitude(w, sparsity, block_size=1):
 
 
 prune = types.SimpleNamespace(magnitude=_magnitude)
+
+
+from ._reference_nets import mobilenet_v1, mobilenet_v2  # noqa: E402  (dense networks)

@@ -140,3 +140,47 @@ const fs_spmm_kernel* fs_spmm_kernel_at(int isa, size_t index) {
   const fs_spmm_kernel* table = fs_table(isa, &count);
   return index < count ? &table[index] : NULL;
 }
+
+
+/* ---- CHW companion ops ---- */
+#define FS_CHW_TABLE(ISA)                                                                      \
+  {{{"fs_f32_dwconv2d_chw_3x3s1__" #ISA, "fs_f32_dwconv2d_chw_3x3s2__" #ISA},                  \
+    {"fs_f32_dwconv2d_chw_5x5s1__" #ISA, "fs_f32_dwconv2d_chw_5x5s2__" #ISA}},                 \
+   {{fs_f32_dwconv2d_chw_3x3s1__##ISA, fs_f32_dwconv2d_chw_3x3s2__##ISA},                      \
+    {fs_f32_dwconv2d_chw_5x5s1__##ISA, fs_f32_dwconv2d_chw_5x5s2__##ISA}},                     \
+   {"fs_f32_conv2d_chw_3x3s1_4x2v__" #ISA, "fs_f32_conv2d_chw_3x3s2_4x2v__" #ISA},             \
+   {fs_f32_conv2d_chw_3x3s1_4x2v__##ISA, fs_f32_conv2d_chw_3x3s2_4x2v__##ISA},                 \
+   "fs_f32_gavgpool_chw_4v__" #ISA, fs_f32_gavgpool_chw_4v__##ISA,                             \
+   "fs_f32_vadd_minmax_4v__" #ISA, fs_f32_vadd_minmax_4v__##ISA}
+
+static const fs_chw_ops fs_scalar_chw = FS_CHW_TABLE(scalar);
+#if defined(FS_HAVE_SSE2)
+static const fs_chw_ops fs_sse2_chw = FS_CHW_TABLE(sse2);
+#endif
+#if defined(FS_HAVE_AVX2)
+static const fs_chw_ops fs_avx2_chw = FS_CHW_TABLE(avx2);
+#endif
+#if defined(FS_HAVE_AVX512)
+static const fs_chw_ops fs_avx512_chw = FS_CHW_TABLE(avx512);
+#endif
+
+const fs_chw_ops* fs_chw_ops_for(int isa) {
+  switch (isa) {
+    case FS_ISA_SCALAR:
+      return &fs_scalar_chw;
+#if defined(FS_HAVE_SSE2)
+    case FS_ISA_SSE2:
+      return &fs_sse2_chw;
+#endif
+#if defined(FS_HAVE_AVX2)
+    case FS_ISA_AVX2:
+      return &fs_avx2_chw;
+#endif
+#if defined(FS_HAVE_AVX512)
+    case FS_ISA_AVX512:
+      return &fs_avx512_chw;
+#endif
+    default:
+      return NULL;
+  }
+}

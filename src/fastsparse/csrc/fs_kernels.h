@@ -131,6 +131,137 @@ typedef struct fs_spmm_kernel {
   fs_spmm_fn fn;
 } fs_spmm_kernel;
 
+/* ---- CHW companion ops: depthwise conv, first-layer conv, global average pooling, add ----
+ *
+ * Depthwise KxK convolution of ONE channel plane, stride S (K in {3, 5}, S in {1, 2}):
+ *
+ *   output[oy, ox] = clamp(bias + sum_{ky,kx} w[ky*K + kx] * x[oy*S + ky - pad_top,
+ *                                                              ox*S + kx - pad_left], lo, hi)
+ *
+ * with x = 0 outside [0, ih) x [0, iw). Rows of x and of output are `input_stride` and
+ * `output_stride` bytes apart; a row is contiguous. The kernel never reads x outside its
+ * ih x iw plane nor writes output outside oh x ow (tails are masked). Horizontal padding and
+ * the stride-2 deinterleave happen while each input row is copied, exactly once, into
+ * `scratch`: fs_dwconv2d_scratch_floats() floats owned by the caller (one per thread), which
+ * the caller zero-fills once; calls with the same (iw, ow, pad_left) may then reuse it
+ * without clearing, because a kernel writes only the data columns of its rows (and zeros
+ * right after them), so the padding columns and the zero row stay zero. Vertical padding
+ * reads that zero row.
+ */
+typedef void (*fs_dwconv2d_fn)(
+    size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
+    const float* input, size_t input_stride, const float* weights, float bias, float* scratch,
+    float* output, size_t output_stride, float lo, float hi);
+
+/* Floats in one padded scratch row; the widest vector (16 floats) and every tap of the last
+ * output vector, whatever the ISA, fit. For stride 2 a row is two halves: the even padded
+ * columns, then the odd ones. */
+static inline size_t fs_chw_row_floats(size_t k, size_t stride, size_t iw, size_t ow,
+                                       size_t pad_left) {
+  const size_t slack = 32, ow16 = (ow + 15) / 16 * 16;
+  size_t need, data;
+  if (stride == 1) {
+    need = ow16 + k;
+    data = pad_left + iw + slack;
+  } else {
+    need = ow16 + k / 2 + 1;
+    data = (pad_left + iw + 1) / 2 + slack;
+  }
+  size_t len = (need > data ? need : data);
+  len = (len + 15) / 16 * 16;
+  return stride == 1 ? len : 2 * len;
+}
+
+/* A ring of K + 2 rows (the input rows of the current output row and of the next one, staged
+ * ahead so their stores have retired before they are read) and one zero row. */
+static inline size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t iw, size_t ow,
+                                                size_t pad_left) {
+  return (k + 3) * fs_chw_row_floats(k, stride, iw, ow, pad_left);
+}
+
+/* Dense 3x3 convolution, stride S in {1, 2}, for output rows [oy_begin, oy_end) of one image,
+ * all `cout` output channels (the first layer of a MobileNet: cin = 3):
+ *
+ *   output[co, oy, ox] = clamp(bias[co] + sum_{ci,ky,kx} w[((co*cin + ci)*3 + ky)*3 + kx] *
+ *                              x[ci, oy*S + ky - pad_top, ox*S + kx - pad_left], lo, hi)
+ *
+ * x[ci, iy, ix] is at input + ci*channel_stride + iy*row_stride + ix*pixel_stride bytes, so
+ * the same kernel reads CHW (pixel_stride = 4) and HWC (channel_stride = 4, pixel_stride =
+ * 4*cin) images. output[co, oy, ox] is at output + co*output_channel_stride +
+ * oy*output_row_stride + 4*ox bytes. bias may be NULL. Same scratch (zero-filled once by the
+ * caller) and out-of-bounds contract as the depthwise kernel, with fs_conv2d_scratch_floats()
+ * floats. */
+typedef void (*fs_conv2d_fn)(
+    size_t cin, size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
+    size_t oy_begin, size_t oy_end, const float* input, size_t channel_stride,
+    size_t row_stride, size_t pixel_stride, size_t cout, const float* weights,
+    const float* bias, float* scratch, float* output, size_t output_channel_stride,
+    size_t output_row_stride, float lo, float hi);
+
+static inline size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
+                                              size_t pad_left) {
+  return (3 * cin + 1) * fs_chw_row_floats(3, stride, iw, ow, pad_left);
+}
+
+/* Global average pooling: output[c] = scale * sum_{i < hw} x[c, i] for c < channels, channel c
+ * at input + c * input_stride bytes. */
+typedef void (*fs_gavgpool_fn)(size_t channels, size_t hw, const float* input,
+                               size_t input_stride, float scale, float* output);
+
+/* Elementwise y[i] = clamp(a[i] + b[i], lo, hi), i < n (y may alias a or b). */
+typedef void (*fs_vadd_fn)(size_t n, const float* a, const float* b, float* y, float lo,
+                           float hi);
+
+/* Variant lists: the CHW ops of one ISA, X(ISA). One variant per op and ISA; tiles are fixed
+ * in the templates (see dwconv_impl.h, chw_impl.h). */
+#define FS_CHW_NAMES(ISA)                                                              \
+  void fs_f32_dwconv2d_chw_3x3s1__##ISA(FS_DWCONV_PARAMS);                             \
+  void fs_f32_dwconv2d_chw_3x3s2__##ISA(FS_DWCONV_PARAMS);                             \
+  void fs_f32_dwconv2d_chw_5x5s1__##ISA(FS_DWCONV_PARAMS);                             \
+  void fs_f32_dwconv2d_chw_5x5s2__##ISA(FS_DWCONV_PARAMS);                             \
+  void fs_f32_conv2d_chw_3x3s1_4x2v__##ISA(FS_CONV2D_PARAMS);                          \
+  void fs_f32_conv2d_chw_3x3s2_4x2v__##ISA(FS_CONV2D_PARAMS);                          \
+  void fs_f32_gavgpool_chw_4v__##ISA(size_t channels, size_t hw, const float* input,   \
+                                     size_t input_stride, float scale, float* output); \
+  void fs_f32_vadd_minmax_4v__##ISA(size_t n, const float* a, const float* b, float* y, \
+                                    float lo, float hi);
+
+#define FS_DWCONV_PARAMS                                                                  \
+  size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,            \
+      const float *input, size_t input_stride, const float *weights, float bias,          \
+      float *scratch, float *output, size_t output_stride, float lo, float hi
+#define FS_CONV2D_PARAMS                                                                   \
+  size_t cin, size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left, \
+      size_t oy_begin, size_t oy_end, const float *input, size_t channel_stride,           \
+      size_t row_stride, size_t pixel_stride, size_t cout, const float *weights,           \
+      const float *bias, float *scratch, float *output, size_t output_channel_stride,      \
+      size_t output_row_stride, float lo, float hi
+
+FS_CHW_NAMES(scalar)
+#if defined(FS_HAVE_SSE2)
+FS_CHW_NAMES(sse2)
+#endif
+#if defined(FS_HAVE_AVX2)
+FS_CHW_NAMES(avx2)
+#endif
+#if defined(FS_HAVE_AVX512)
+FS_CHW_NAMES(avx512)
+#endif
+
+typedef struct fs_chw_ops {
+  const char* dwconv2d_names[2][2]; /* [k == 5][stride == 2] */
+  fs_dwconv2d_fn dwconv2d[2][2];
+  const char* conv2d_names[2]; /* [stride == 2] */
+  fs_conv2d_fn conv2d[2];
+  const char* gavgpool_name;
+  fs_gavgpool_fn gavgpool;
+  const char* vadd_name;
+  fs_vadd_fn vadd;
+} fs_chw_ops;
+
+/* The CHW ops compiled for `isa`, or NULL. */
+const fs_chw_ops* fs_chw_ops_for(int isa);
+
 /* Dispatch (dispatch.c). */
 const char* fs_isa_name(int isa);
 /* 1 if the variant was compiled in and this CPU and OS can run it. */

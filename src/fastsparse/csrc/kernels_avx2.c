@@ -4,5 +4,7 @@
 #include "vec_avx2.h"
 
 #include "spmm_impl.h"
+#include "chw_impl.h"
 
 FS_SPMM_AVX2_LIST(FS_SPMM_DEFINE)
+FS_CHW_DEFINE(avx2)

@@ -4,5 +4,7 @@
 #include "vec_avx512.h"
 
 #include "spmm_impl.h"
+#include "chw_impl.h"
 
 FS_SPMM_AVX512_LIST(FS_SPMM_DEFINE)
+FS_CHW_DEFINE(avx512)

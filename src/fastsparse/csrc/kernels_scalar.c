@@ -4,5 +4,7 @@
 #include "vec_scalar.h"
 
 #include "spmm_impl.h"
+#include "chw_impl.h"
 
 FS_SPMM_SCALAR_LIST(FS_SPMM_DEFINE)
+FS_CHW_DEFINE(scalar)

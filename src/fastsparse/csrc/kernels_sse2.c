@@ -4,5 +4,7 @@
 #include "vec_sse2.h"
 
 #include "spmm_impl.h"
+#include "chw_impl.h"
 
 FS_SPMM_SSE2_LIST(FS_SPMM_DEFINE)
+FS_CHW_DEFINE(sse2)

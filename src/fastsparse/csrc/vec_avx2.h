@@ -32,4 +32,20 @@ static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
   return _mm256_min_ps(hi, _mm256_max_ps(lo, x));
 }
 
+/* Used by the CHW companion ops (dwconv_impl.h, chw_impl.h). */
+static inline fs_vec fs_vmul(fs_vec a, fs_vec b) { return _mm256_mul_ps(a, b); }
+/* (a, b) = 16 consecutive floats -> their even-indexed and odd-indexed halves, in order. */
+static inline void fs_vdeinterleave(fs_vec a, fs_vec b, fs_vec* even, fs_vec* odd) {
+  const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); /* a0 a2 b0 b2 | a4 a6 b4 b6 */
+  const __m256 o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+static inline float fs_vhsum(fs_vec v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
 #endif /* FS_VEC_AVX2_H */

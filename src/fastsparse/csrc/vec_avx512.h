@@ -29,4 +29,22 @@ static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
   return _mm512_min_ps(hi, _mm512_max_ps(lo, x));
 }
 
+/* Used by the CHW companion ops (dwconv_impl.h, chw_impl.h). */
+static inline fs_vec fs_vmul(fs_vec a, fs_vec b) { return _mm512_mul_ps(a, b); }
+/* (a, b) = 32 consecutive floats -> their even-indexed and odd-indexed halves, in order. */
+static inline void fs_vdeinterleave(fs_vec a, fs_vec b, fs_vec* even, fs_vec* odd) {
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  *even = _mm512_permutex2var_ps(a, ie, b);
+  *odd = _mm512_permutex2var_ps(a, io, b);
+}
+static inline float fs_vhsum(fs_vec v) {
+  __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                           _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
 #endif /* FS_VEC_AVX512_H */

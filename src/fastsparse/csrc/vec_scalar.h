@@ -25,4 +25,13 @@ static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
   return x < lo ? lo : (x > hi ? hi : x);
 }
 
+/* Used by the CHW companion ops (dwconv_impl.h, chw_impl.h). */
+static inline fs_vec fs_vmul(fs_vec a, fs_vec b) { return a * b; }
+/* (a, b) = 2 consecutive floats -> the even-indexed one and the odd-indexed one. */
+static inline void fs_vdeinterleave(fs_vec a, fs_vec b, fs_vec* even, fs_vec* odd) {
+  *even = a;
+  *odd = b;
+}
+static inline float fs_vhsum(fs_vec v) { return v; }
+
 #endif /* FS_VEC_SCALAR_H */

@@ -46,4 +46,17 @@ static inline fs_vec fs_vclamp(fs_vec x, fs_vec lo, fs_vec hi) {
   return _mm_min_ps(hi, _mm_max_ps(lo, x));
 }
 
+/* Used by the CHW companion ops (dwconv_impl.h, chw_impl.h). */
+static inline fs_vec fs_vmul(fs_vec a, fs_vec b) { return _mm_mul_ps(a, b); }
+/* (a, b) = 8 consecutive floats -> their even-indexed and odd-indexed halves, in order. */
+static inline void fs_vdeinterleave(fs_vec a, fs_vec b, fs_vec* even, fs_vec* odd) {
+  *even = _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+  *odd = _mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+}
+static inline float fs_vhsum(fs_vec v) {
+  __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
 #endif /* FS_VEC_SSE2_H */

@@ -1,0 +1,175 @@
+/* Depthwise KxK convolution of one CHW channel plane (K in {3, 5}, stride 1 or 2), written
+ * once for every ISA over the vector vocabulary of vec_<isa>.h (see spmm_impl.h for the list;
+ * this file also uses fs_vdeinterleave).
+ *
+ * Scheme: output rows are produced top to bottom. The K input rows an output row needs are
+ * copied, each exactly once, into a ring of K + 2 padded scratch rows (slot = input row mod (K + 2)):
+ * the copy puts the row at column pad_left of a zeroed row, so horizontal padding and
+ * right-edge reads need no masks in the inner loop; for stride 2 the copy also splits the
+ * padded row into its even and odd columns, so that every tap of a stride-2 output vector
+ * is ONE contiguous load (padded column 2*ox + kx lives at half[kx & 1][ox + kx/2]). Rows
+ * above or below the image read a zero row. Each output vector keeps one accumulator per
+ * kernel row (K independent FMA chains) and two output vectors are computed side by side.
+ *
+ * Out-of-bounds contract: the input plane is read only inside ih x iw (the last partial
+ * vector of a row is a masked load), output is written only inside oh x ow (the last partial
+ * vector is a masked store); everything else happens in the caller's zero-filled scratch
+ * (fs_dwconv2d_scratch_floats(), fs_kernels.h).
+ */
+#ifndef FS_DWCONV_IMPL_H
+#define FS_DWCONV_IMPL_H
+
+#include <assert.h>
+#include <stddef.h>
+
+#include "fs_kernels.h"
+
+#ifndef FS_INLINE
+#define FS_INLINE static inline __attribute__((always_inline))
+#endif
+
+/* dst[0, n) = src[0, n). The last partial vector is a masked load stored in full: the lanes
+ * past n are zeros, which is what the padded row holds there (the row has the slack). */
+FS_INLINE void fs_chw_copy_row(float* dst, const float* src, size_t n) {
+  size_t i = 0;
+  for (; i + FS_VLEN <= n; i += FS_VLEN) fs_vstore(dst + i, fs_vload(src + i));
+  if (i < n) fs_vstore(dst + i, fs_vload_tail(src + i, fs_tail_make(n - i)));
+}
+
+/* Padded column j = pad_left + i of x (i < n) goes to even[j / 2] or odd[j / 2] by the parity
+ * of j; x's even elements all land in one half, its odd elements in the other. */
+FS_INLINE void fs_chw_split_row(float* even, float* odd, const float* src, size_t n,
+                                size_t pad_left) {
+  float* to_e = (pad_left & 1) ? odd + (pad_left - 1) / 2 : even + pad_left / 2;
+  float* to_o = (pad_left & 1) ? even + (pad_left + 1) / 2 : odd + pad_left / 2;
+  size_t i = 0;
+  fs_vec e, o;
+  for (; i + 2 * FS_VLEN <= n; i += 2 * FS_VLEN) {
+    fs_vdeinterleave(fs_vload(src + i), fs_vload(src + i + FS_VLEN), &e, &o);
+    fs_vstore(to_e + i / 2, e);
+    fs_vstore(to_o + i / 2, o);
+  }
+  if (i < n) {
+    const size_t rem = n - i;
+    const fs_vec a = rem >= FS_VLEN ? fs_vload(src + i) : fs_vload_tail(src + i, fs_tail_make(rem));
+    const fs_vec b = rem > FS_VLEN ? fs_vload_tail(src + i + FS_VLEN, fs_tail_make(rem - FS_VLEN))
+                                   : fs_vzero();
+    fs_vdeinterleave(a, b, &e, &o);
+    fs_vstore(to_e + i / 2, e); /* lanes past the data are zeros: the padding */
+    fs_vstore(to_o + i / 2, o);
+  }
+}
+
+/* Copy of one input row into a scratch row of `rowlen` floats, padded or split for stride s. */
+FS_INLINE void fs_chw_load_row(size_t s, float* dst, size_t rowlen, const float* src, size_t n,
+                               size_t pad_left) {
+  if (s == 1) {
+    fs_chw_copy_row(dst + pad_left, src, n);
+  } else {
+    fs_chw_split_row(dst, dst + rowlen / 2, src, n, pad_left);
+  }
+}
+
+/* Address of padded column ox*s + kx of a scratch row (for s = 2: in its even or odd half). */
+FS_INLINE const float* fs_chw_tap(size_t s, const float* row, size_t half, size_t ox, size_t kx) {
+  return s == 1 ? row + ox + kx : row + (kx & 1) * half + ox + kx / 2;
+}
+
+/* One output vector at column ox: K chains (one per kernel row), summed at the end. */
+FS_INLINE fs_vec fs_dw_vector(size_t k, size_t s, const float* const* rows, size_t half,
+                              size_t ox, const fs_vec* wv, fs_vec vbias) {
+  fs_vec acc[5];
+#pragma GCC unroll 5
+  for (size_t ky = 0; ky < k; ky++) {
+    acc[ky] = ky == 0 ? vbias : fs_vzero();
+#pragma GCC unroll 5
+    for (size_t kx = 0; kx < k; kx++) {
+      acc[ky] = fs_vfma(wv[ky * k + kx], fs_vload(fs_chw_tap(s, rows[ky], half, ox, kx)), acc[ky]);
+    }
+  }
+  fs_vec y = fs_vadd(acc[0], acc[1]);
+#pragma GCC unroll 5
+  for (size_t ky = 2; ky < k; ky++) y = fs_vadd(y, acc[ky]);
+  return y;
+}
+
+/* Stages input row iy (if inside the image and not yet in the ring) into slot iy % nslots. */
+FS_INLINE void fs_chw_stage_row(size_t s, ptrdiff_t iy, size_t ih, size_t iw, size_t pad_left,
+                                const char* plane, size_t row_stride, float* scratch,
+                                size_t rowlen, size_t nslots, ptrdiff_t* tags) {
+  if (iy < 0 || iy >= (ptrdiff_t)ih) return;
+  const size_t slot = (size_t)iy % nslots;
+  if (tags[slot] != iy) {
+    fs_chw_load_row(s, scratch + slot * rowlen, rowlen,
+                    (const float*)(plane + (size_t)iy * row_stride), iw, pad_left);
+    tags[slot] = iy;
+  }
+}
+
+/* Points rows[0..k) at the scratch rows of input rows oy*s - pad_top + ky, or at the zero
+ * row (after the nslots = k + 2 ring slots) outside the image. The rows of output row oy + 1
+ * are staged now too: reading a row right after storing it with a misaligned offset would
+ * stall on store forwarding, which dominates small images. k + s <= k + 2 consecutive rows
+ * get distinct slots. */
+FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t oh, size_t pad_top,
+                                size_t ih, size_t iw, size_t pad_left, const char* plane,
+                                size_t row_stride, float* scratch, size_t rowlen,
+                                ptrdiff_t* tags, const float** rows) {
+  const size_t nslots = k + 2;
+  const float* zero = scratch + nslots * rowlen;
+  const ptrdiff_t top = (ptrdiff_t)(oy * s) - (ptrdiff_t)pad_top;
+  const ptrdiff_t last = top + (ptrdiff_t)(k - 1 + (oy + 1 < oh ? s : 0));
+  for (ptrdiff_t iy = top; iy <= last; iy++) {
+    fs_chw_stage_row(s, iy, ih, iw, pad_left, plane, row_stride, scratch, rowlen, nslots, tags);
+  }
+#pragma GCC unroll 5
+  for (size_t ky = 0; ky < k; ky++) {
+    const ptrdiff_t iy = top + (ptrdiff_t)ky;
+    rows[ky] = (iy < 0 || iy >= (ptrdiff_t)ih) ? zero : scratch + ((size_t)iy % nslots) * rowlen;
+  }
+}
+
+FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t oh, size_t ow,
+                               size_t pad_top, size_t pad_left, const float* input,
+                               size_t input_stride, const float* weights, float bias,
+                               float* scratch, float* output, size_t output_stride, float lo,
+                               float hi) {
+  assert(ih >= 1 && iw >= 1 && oh >= 1 && ow >= 1);
+  assert(input != NULL && weights != NULL && scratch != NULL && output != NULL);
+  assert(!(lo > hi));
+  const size_t rowlen = fs_chw_row_floats(k, s, iw, ow, pad_left);
+  const size_t half = rowlen / 2;
+  ptrdiff_t tags[7] = {-1, -1, -1, -1, -1, -1, -1};
+  fs_vec wv[25];
+  for (size_t i = 0; i < k * k; i++) wv[i] = fs_vset1(weights[i]);
+  const fs_vec vbias = fs_vset1(bias), vlo = fs_vset1(lo), vhi = fs_vset1(hi);
+  const float* rows[5];
+  for (size_t oy = 0; oy < oh; oy++) {
+    fs_chw_ring_rows(k, s, oy, oh, pad_top, ih, iw, pad_left, (const char*)input,
+                     input_stride, scratch, rowlen, tags, rows);
+    float* out = (float*)((char*)output + oy * output_stride);
+    size_t ox = 0;
+    for (; ox + 2 * FS_VLEN <= ow; ox += 2 * FS_VLEN) {
+      const fs_vec y0 = fs_dw_vector(k, s, rows, half, ox, wv, vbias);
+      const fs_vec y1 = fs_dw_vector(k, s, rows, half, ox + FS_VLEN, wv, vbias);
+      fs_vstore(out + ox, fs_vclamp(y0, vlo, vhi));
+      fs_vstore(out + ox + FS_VLEN, fs_vclamp(y1, vlo, vhi));
+    }
+    for (; ox < ow; ox += FS_VLEN) {
+      const fs_vec y = fs_vclamp(fs_dw_vector(k, s, rows, half, ox, wv, vbias), vlo, vhi);
+      if (ow - ox >= FS_VLEN) {
+        fs_vstore(out + ox, y);
+      } else {
+        fs_vstore_tail(out + ox, y, fs_tail_make(ow - ox));
+      }
+    }
+  }
+}
+
+#define FS_DWCONV_DEFINE(K, S, ISA)                                                          \
+  void fs_f32_dwconv2d_chw_##K##x##K##s##S##__##ISA(FS_DWCONV_PARAMS) {                      \
+    fs_dwconv2d_chw(K, S, ih, iw, oh, ow, pad_top, pad_left, input, input_stride, weights,  \
+                    bias, scratch, output, output_stride, lo, hi);                          \
+  }
+
+#endif /* FS_DWCONV_IMPL_H */

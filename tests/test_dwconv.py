@@ -1,0 +1,171 @@
+"""depthwise_conv2d: every kernel (k, stride) of every ISA against the NumPy reference."""
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+import fastsparse as fs
+from fastsparse import _dispatch, _kernels
+from _helpers import (ACTIVATIONS, CHW_EDGE_SIZES, assert_close_to_reference, dw_magnitude,
+                      padding_forms, padding_span)
+
+
+def _fits(h, w, k, padding):
+    pt, pl, pb, pr = padding_span(padding)
+    return h + pt + pb >= k and w + pl + pr >= k
+
+
+def check_dwconv(x, w, bias, stride, padding, activation, threads, what=""):
+    snapshot = [a.tobytes() if a is not None else None for a in (x, w, bias)]
+    out = fs.depthwise_conv2d(x, w, bias=bias, stride=stride, padding=padding,
+                              activation=activation, num_threads=threads)
+    assert [a.tobytes() if a is not None else None for a in (x, w, bias)] == snapshot, \
+        "inputs were modified"
+    ref = fs.reference.depthwise_conv2d(x, w, bias=bias, stride=stride, padding=padding,
+                                        activation=activation)
+    assert out.shape == ref.shape and out.dtype == np.float32 and out.flags.c_contiguous
+    mag = dw_magnitude(x, w, stride, padding)
+    extra = np.abs(bias.astype(np.float64))[None, :, None, None] if bias is not None else 0.0
+    k = w.shape[2]
+    assert_close_to_reference(out, ref, mag, extra_abs=extra, nnz_per_row=k * k,
+                              what=f"isa={fs.isa()} k={k} stride={stride} padding={padding} "
+                                   f"x.shape={x.shape} activation={activation} "
+                                   f"threads={threads} {what}")
+    return out
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@given(data=st.data())
+def test_matches_reference(isa, k, stride, data):
+    h = data.draw(st.one_of(st.sampled_from(CHW_EDGE_SIZES), st.integers(1, 40)), label="H")
+    w = data.draw(st.one_of(st.sampled_from(CHW_EDGE_SIZES), st.integers(1, 70)), label="W")
+    padding = data.draw(padding_forms(k), label="padding")
+    assume(_fits(h, w, k, padding))
+    n = data.draw(st.sampled_from([1, 2]), label="N")
+    c = data.draw(st.integers(1, 5), label="C")
+    scale = data.draw(st.sampled_from([1e-3, 1.0, 1e3]), label="scale")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((c, 1, k, k)) * scale).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32) if data.draw(st.booleans(), label="bias") else None
+    check_dwconv(x, wt, bias, stride, padding, data.draw(st.sampled_from(ACTIVATIONS)),
+                 data.draw(st.sampled_from([1, 2]), label="threads"))
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_width_and_padding(isa, k, stride):
+    """Every W from 1 to past two 32-float stride-2 pairs, every left/right padding up to k:
+    the copy tails, the deinterleave with both parities and the masked output stores. The
+    image sits in a NaN-filled buffer, so a read outside it would poison the result."""
+    rng = np.random.default_rng(k * 10 + stride)
+    wt = rng.standard_normal((2, 1, k, k)).astype(np.float32)
+    bias = rng.standard_normal(2).astype(np.float32)
+    for w in range(1, 68):
+        for pl, pr in [(0, 0), (k // 2, k // 2), (1, 2), (2, 1), (0, k), (k, 0)]:
+            h, pt, pb = 3, k // 2, (k + 1) // 2
+            if not _fits(h, w, k, (pt, pl, pb, pr)):
+                continue
+            size = 2 * 2 * h * w
+            buf = np.full(size + 64, np.nan, dtype=np.float32)
+            x = buf[32:32 + size].reshape(2, 2, h, w)
+            x[...] = rng.standard_normal(x.shape)
+            check_dwconv(x, wt, bias, stride, (pt, pl, pb, pr), ("clamp", -2.0, 2.0), 1,
+                         what="(guarded buffer)")
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_kernel_writes_only_its_output(isa, k, stride):
+    """Direct kernel call into an output with guard values on both sides."""
+    rng = np.random.default_rng(1)
+    for h, w in [(1, 1), (5, 7), (9, 17), (4, 33)]:
+        x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+        wt = rng.standard_normal((3, k * k)).astype(np.float32)
+        oh = (h + 2 * (k // 2) - k) // stride + 1
+        ow = (w + 2 * (k // 2) - k) // stride + 1
+        buf = np.full(3 * oh * ow + 64, 7.0, dtype=np.float32)
+        out = buf[32:32 + 3 * oh * ow].reshape(1, 3, oh, ow)
+        _kernels.dwconv2d(_dispatch.isa_id(isa), x, wt, None, out, k, stride, k // 2, k // 2,
+                          -np.inf, np.inf, 1)
+        assert np.all(buf[:32] == 7.0) and np.all(buf[32 + 3 * oh * ow:] == 7.0)
+        ref = fs.reference.depthwise_conv2d(x, wt.reshape(3, 1, k, k), stride=stride,
+                                            padding=k // 2)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_keras_same_padding_stride2(isa):
+    """TF/Keras 'same' with stride 2 on even sizes pads only bottom/right: (0, 0, 1, 1)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 4, 8, 10)).astype(np.float32)
+    wt = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    out = check_dwconv(x, wt, None, 2, (0, 0, 1, 1), None, 1)
+    assert out.shape == (1, 4, 4, 5)  # ceil(8 / 2), ceil(10 / 2)
+
+
+def test_thread_count_does_not_change_results(isa):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 7, 13, 29)).astype(np.float32)
+    wt = rng.standard_normal((7, 1, 5, 5)).astype(np.float32)
+    base = fs.depthwise_conv2d(x, wt, stride=2, padding=2, num_threads=1)
+    for t in (2, 3, 8):
+        assert fs.depthwise_conv2d(x, wt, stride=2, padding=2, num_threads=t).tobytes() == \
+            base.tobytes()
+
+
+def test_non_contiguous_input_and_weights(isa):
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
+    wt = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    ref = fs.reference.depthwise_conv2d(base, wt)
+    view = np.repeat(base, 2, axis=3)[..., ::2]
+    wview = np.repeat(wt, 2, axis=3)[..., ::2]
+    np.testing.assert_allclose(fs.depthwise_conv2d(view, wview), ref, rtol=1e-5, atol=1e-5)
+    # float64 weights are accepted (converted once); activations must be float32.
+    np.testing.assert_allclose(fs.depthwise_conv2d(base, wt.astype(np.float64)), ref,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_nan_propagates_through_the_clamp(isa):
+    x = np.zeros((1, 1, 5, 5), np.float32)
+    x[0, 0, 2, 2] = np.nan
+    out = fs.depthwise_conv2d(x, np.ones((1, 1, 3, 3), np.float32), activation="relu6")
+    assert np.isnan(out[0, 0, 1:4, 1:4]).all()
+    assert not np.isnan(out[0, 0, 0]).any()
+
+
+BAD = [
+    (dict(x=np.ones((1, 2, 5, 5))), TypeError, "x must have dtype float32"),
+    (dict(x=np.ones((2, 5, 5), np.float32)), ValueError, "x must have 4 dimensions"),
+    (dict(x=[[[[1.0]]]]), TypeError, "x must be a numpy.ndarray"),
+    (dict(w=np.ones((2, 1, 4, 4), np.float32)), ValueError, "kernel size must be 3 or 5"),
+    (dict(w=np.ones((2, 1, 2, 2), np.float32)), ValueError, "kernel size must be 3 or 5"),
+    (dict(w=np.ones((2, 1, 3, 5), np.float32)), ValueError, "w must have shape (C, 1, k, k)"),
+    (dict(w=np.ones((2, 2, 3, 3), np.float32)), ValueError, "w must have shape (C, 1, k, k)"),
+    (dict(w=np.ones((2, 3, 3), np.float32)), ValueError, "w must have shape"),
+    (dict(w=np.ones((3, 1, 3, 3), np.float32)), ValueError, "w has 3 channels but x has 2"),
+    (dict(w=np.full((2, 1, 3, 3), np.nan, np.float32)), ValueError, "w must be finite"),
+    (dict(w=np.array([["a"]])), TypeError, "w must hold real numbers"),
+    (dict(stride=3), ValueError, "stride must be 1 or 2"),
+    (dict(stride=0), ValueError, "stride must be >= 1"),
+    (dict(stride=1.0), TypeError, "stride must be an int"),
+    (dict(padding=-1), ValueError, "padding must be >= 0"),
+    (dict(padding=(1, 1, -1, 1)), ValueError, "padding[2] must be >= 0"),
+    (dict(padding=(1, 1)), TypeError, "padding must be an int or a 4-tuple"),
+    (dict(padding="same"), TypeError, "padding must be an int or a 4-tuple"),
+    (dict(padding=True), TypeError, "padding must be an int or a 4-tuple"),
+    (dict(bias=np.ones(3)), ValueError, "bias must have shape (2,)"),
+    (dict(activation="gelu"), ValueError, "activation must be None"),
+    (dict(num_threads=0), ValueError, "num_threads must be >= 1"),
+    (dict(x=np.ones((1, 2, 1, 1), np.float32), padding=0), ValueError, "smaller than the 3x3 kernel"),
+    (dict(x=np.ones((1, 2, 0, 4), np.float32)), ValueError, "x must have H, W >= 1"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,words", BAD, ids=[b[2] for b in BAD])
+def test_bad_input_names_the_argument(kwargs, exc, words):
+    args = dict(x=np.ones((1, 2, 5, 5), np.float32), w=np.ones((2, 1, 3, 3), np.float32))
+    args.update(kwargs)
+    with pytest.raises(exc) as info:
+        fs.depthwise_conv2d(args.pop("x"), args.pop("w"), **args)
+    assert words in str(info.value)
