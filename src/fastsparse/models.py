@@ -6,6 +6,7 @@ the projection 1x1's epilogue. Activation buffers are planned once per input sha
 whose lifetimes do not overlap share memory) and reused; a call allocates only the logits.
 """
 import threading
+import time
 
 import numpy as np
 
@@ -291,6 +292,21 @@ class Network:
     # -- running ----------------------------------------------------------------------------
 
     def __call__(self, images, layout="NCHW"):
+        return self._run(images, layout, None)
+
+    def profile(self, images, layout="NCHW", repeat=20):
+        """Median wall time of each layer over `repeat` calls, in milliseconds, and the median
+        time of whole calls: (per-layer list, total). The difference is executor overhead."""
+        per = np.zeros((repeat, len(self.layers)))
+        total = np.zeros(repeat)
+        self._run(images, layout, None)  # plan and warm up
+        for r in range(repeat):
+            t0 = time.perf_counter()
+            self._run(images, layout, per[r])
+            total[r] = time.perf_counter() - t0
+        return list(np.median(per, axis=0) * 1e3), float(np.median(total) * 1e3)
+
+    def _run(self, images, layout, times):
         if layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
         x = float32_array(images, "images", ndim=4)
@@ -308,15 +324,23 @@ class Network:
         ws = self._workspace(key, slots)
         try:
             tensors = {0: x}
-            for layer in self.layers[:-1]:
+            clock = time.perf_counter
+            for i, layer in enumerate(self.layers[:-1]):
+                t0 = clock()
                 shape = shapes[layer.dst]
                 out = ws[buffer_of[layer.dst]][: int(np.prod(shape))].reshape(shape)
                 res = tensors[layer.res] if layer.res is not None else None
                 tensors[layer.dst] = layer.run(tensors[layer.src], out, res, threads, layout)
                 layout = "NCHW"
+                if times is not None:
+                    times[i] = clock() - t0
+            t0 = clock()
             last = self.layers[-1]
             logits = np.empty(shapes[last.dst], dtype=np.float32)
-            return last.run(tensors[last.src], logits, None, threads, layout)
+            logits = last.run(tensors[last.src], logits, None, threads, layout)
+            if times is not None:
+                times[-1] = clock() - t0
+            return logits
         finally:
             self._release(key, ws)
 
