@@ -167,6 +167,16 @@ def test_unknown_architecture_and_bad_arguments():
         net(np.ones((1, 4, 32, 32), np.float32))
     with pytest.raises(ValueError, match="layout"):
         net(np.ones((1, 3, 32, 32), np.float32), layout="CHW")
+    with pytest.raises(ValueError, match="too small"):
+        fs.MobileNetV1.from_dense(random_mobilenet_v1_weights(0.25, 5))(np.ones((1, 3, 1, 1), np.float32))
+
+
+def test_smallest_images_run(isa):
+    sd = random_mobilenet_v2_weights(0.35, 10)
+    net = fs.MobileNetV2.from_dense(sd)
+    for h, w in [(1, 1), (2, 3), (5, 1)]:
+        x = _images(np.random.default_rng(h * 7 + w), 2, h, w)
+        assert _rel_err(net(x), fs.reference.mobilenet_v2(sd, x)) < RTOL
 
 
 # -- PyTorch as an independent oracle --------------------------------------------------------

@@ -12,7 +12,6 @@ import numpy as np
 
 from . import _dispatch, _kernels, _reference_nets as refnets
 from ._validate import finite_float32, float32_array
-from .chw import conv2d, depthwise_conv2d, global_avg_pool
 from .ops import _spmm
 from .prune import magnitude
 from .sparse import SparseMatrix
@@ -52,6 +51,7 @@ class _Conv(_Layer):
 
     def __init__(self, w, b, stride, padding, act):
         self.w, self.b, self.stride, self.padding, self.act = w, b, stride, padding, act
+        self.w2 = np.ascontiguousarray(w, dtype=np.float32).reshape(w.shape[0], -1)
 
     def pads(self, h, w):
         if self.padding == "same":
@@ -72,10 +72,12 @@ class _Conv(_Layer):
         return m, m
 
     def run(self, x, out, res, threads, layout):
-        n, h, w = (x.shape[0], x.shape[1], x.shape[2]) if layout == "NHWC" else (
-            x.shape[0], x.shape[2], x.shape[3])
-        return conv2d(x, self.w, bias=self.b, stride=self.stride, padding=self.pads(h, w),
-                      activation=("clamp",) + self.act, layout=layout, out=out)
+        h, w = (x.shape[1], x.shape[2]) if layout == "NHWC" else (x.shape[2], x.shape[3])
+        t, l, _, _ = self.pads(h, w)
+        # Shapes were checked when the network was planned: straight to the kernel layer.
+        _kernels.conv2d(_dispatch.isa_id(_dispatch.isa()), x, layout == "NHWC", self.w2, self.b,
+                        out, self.stride, t, l, self.act[0], self.act[1], threads)
+        return out
 
     def describe(self, shape):
         return "0.00", "", "dense", "first conv (dense by design)"
@@ -86,6 +88,7 @@ class _Depthwise(_Layer):
 
     def __init__(self, w, b, stride, padding, act):
         self.w, self.b, self.stride, self.padding, self.act = w, b, stride, padding, act
+        self.w2 = np.ascontiguousarray(w, dtype=np.float32).reshape(w.shape[0], -1)
 
     def out_shape(self, shape):
         n, c, h, w = shape
@@ -99,8 +102,10 @@ class _Depthwise(_Layer):
         return m, m
 
     def run(self, x, out, res, threads, layout):
-        return depthwise_conv2d(x, self.w, bias=self.b, stride=self.stride, padding=self.padding,
-                                activation=("clamp",) + self.act, num_threads=threads, out=out)
+        _kernels.dwconv2d(_dispatch.isa_id(_dispatch.isa()), x, self.w2, self.b, out,
+                          self.w.shape[2], self.stride, self.padding[0], self.padding[1],
+                          self.act[0], self.act[1], threads)
+        return out
 
     def describe(self, shape):
         k = self.w.shape[2]
@@ -167,7 +172,9 @@ class _Pool(_Layer):
         return 0, 0
 
     def run(self, x, out, res, threads, layout):
-        return global_avg_pool(x, out=out)
+        _kernels.gavgpool(_dispatch.isa_id(_dispatch.isa()), x.reshape(x.shape[0], x.shape[1], -1),
+                          out)
+        return out
 
 
 class _Classifier(_Pointwise):
@@ -251,6 +258,11 @@ class Network:
         plan = self._plans.get(key)
         if plan is None:
             shapes = self._shapes(key[0])
+            for i, layer in enumerate(self.layers):
+                if min(shapes[layer.dst]) < 1:
+                    raise ValueError(
+                        f"images of {key[0][2]}x{key[0][3]} are too small for {self.arch}: layer "
+                        f"{i} ({layer.op}) would produce an empty output {shapes[layer.dst]}")
             last_use = {}
             for i, layer in enumerate(self.layers):
                 last_use[layer.src] = i
