@@ -106,6 +106,10 @@ int fs_isa_supported(int isa) {
       return fs_cpu_has_avx2_fma();
     case FS_ISA_AVX512:
       return fs_cpu_has_avx512f();
+#if defined(FS_NEON_VIA_SIMDE)
+    case FS_ISA_NEON:
+      return fs_cpu_has_avx2_fma(); /* test build: the NEON source through SIMDe, -mavx2 -mfma */
+#endif
 #endif
 #if defined(__aarch64__)
     case FS_ISA_NEON:
