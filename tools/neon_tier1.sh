@@ -49,7 +49,7 @@ if want b || want c; then
   fs_step "tier 1: a Python environment for the test builds"
   "$PYTHON" -m venv "$work/venv"
   "$work/venv/bin/python" -m pip install --quiet --upgrade pip
-  "$work/venv/bin/python" -m pip install --quiet numpy pytest hypothesis "cython>=3.0" \
+  "$work/venv/bin/python" -m pip install --quiet numpy pytest hypothesis "cython>=3.0" wheel \
     "setuptools>=64"
   fs_step_done
 fi
