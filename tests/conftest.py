@@ -17,7 +17,7 @@ settings.register_profile(
 # "small": for emulated CPUs (qemu: the no-AVX2 fallback run, the AArch64 chroot), where Python
 # runs 10-100x slower; still derandomized, so a failure reproduces.
 settings.register_profile(
-    "small", max_examples=6, deadline=None, derandomize=True, print_blob=True,
+    "small", max_examples=12, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("FASTSPARSE_HYPOTHESIS_PROFILE",
                                      "ci" if os.environ.get("CI") else "dev"))

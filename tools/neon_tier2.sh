@@ -72,10 +72,10 @@ trap cleanup EXIT
 fs_step "tier 2: debootstrap an arm64 Debian root (several minutes under qemu)"
 # The mirror of this machine's own apt sources (deb822 .sources or one-line .list format).
 mirror="$({
-  grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{ print $2 }'
-  grep -hsE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-    | sed -E 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?//' | awk '{ print $1 }'
-} | grep -v -- '-security' | head -n 1)"
+  cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ { print $2 }'
+  cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+    | sed -nE 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p'
+} | awk '!/-security/ { print; exit }' || true)"
 [ -n "$mirror" ] || { echo "ERROR: no Debian mirror found in /etc/apt/sources*" >&2; exit 1; }
 # shellcheck disable=SC1091
 suite="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
@@ -129,11 +129,12 @@ pyinc="$root/usr/include/python$pyver"
   CC=aarch64-linux-gnu-gcc LDSHARED="aarch64-linux-gnu-gcc -shared" \
     _PYTHON_HOST_PLATFORM=linux-aarch64 \
     CFLAGS="-O2 -I$pyinc -idirafter $root/usr/include" LDFLAGS="" \
-    "$work/hostvenv/bin/python" setup.py -q build_ext --inplace 2>&1 \
-    | grep -E '^fastsparse build|error|Error' || true
+    "$work/hostvenv/bin/python" setup.py -q build_ext --inplace > "$work/build.log" 2>&1 \
+    || { cat "$work/build.log"; echo "ERROR: the cross-build failed" >&2; exit 1; }
 )
+grep '^fastsparse build' "$work/build.log"  # one line per ISA unit: the x86 ones are skipped
 so=("$work"/pkg/src/fastsparse/_kernels*.so)
-[ -f "${so[0]}" ] || { echo "ERROR: the cross-build produced no extension" >&2; exit 1; }
+[ -f "${so[0]}" ] || { cat "$work/build.log"; echo "ERROR: no extension built" >&2; exit 1; }
 # The host's suffix (cpython-3XY-x86_64-linux-gnu) -> the arm64 interpreter's.
 suffix="$(in_root /usr/bin/python3 -c \
   'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
