@@ -33,27 +33,13 @@ fs_step "tier 2: packages"
 fs_apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static debootstrap
 fs_step_done
 
-fs_step "tier 2: qemu-aarch64 in binfmt_misc"
-binfmt=/proc/sys/fs/binfmt_misc
-if ! mountpoint -q "$binfmt"; then
-  mount -t binfmt_misc binfmt_misc "$binfmt" 2>/tmp/fs-binfmt-err.$$ \
-    || skip "cannot mount binfmt_misc on $binfmt: $(cat /tmp/fs-binfmt-err.$$)"
-fi
-rm -f /tmp/fs-binfmt-err.$$
-if [ ! -e "$binfmt/qemu-aarch64" ]; then
-  conf=/usr/lib/binfmt.d/qemu-aarch64.conf
-  [ -r "$conf" ] || { echo "ERROR: $conf missing (qemu-user-static)" >&2; exit 1; }
-  # The F flag in the entry makes the kernel keep the interpreter open: it works in a chroot.
-  cat "$conf" > "$binfmt/register" || skip "cannot register qemu-aarch64 with binfmt_misc"
-fi
-grep -q '^enabled' "$binfmt/qemu-aarch64" || skip "the qemu-aarch64 binfmt entry is disabled"
-grep -q '^flags:.*F' "$binfmt/qemu-aarch64" \
-  || echo "warning: qemu-aarch64 registered without the F flag; the chroot may not find it"
-fs_step_done
-
+# What this script sets up it takes down at exit, so the machine is left as it was found.
 work="$(mktemp -d /tmp/fastsparse-tier2.XXXXXX)"
 root="$work/root"
 mkdir -p "$root"
+mounted_binfmt=0
+registered_aarch64=0
+binfmt=/proc/sys/fs/binfmt_misc
 # Unmount whatever is mounted under the chroot (ours, or debootstrap's if it died), deepest
 # first, and only then remove it; never remove a tree that still has a mount in it.
 cleanup() {
@@ -66,8 +52,29 @@ cleanup() {
   else
     rm -rf --one-file-system "$work"
   fi
+  [ "$registered_aarch64" = 1 ] && { echo -1 > "$binfmt/qemu-aarch64" || true; }
+  [ "$mounted_binfmt" = 1 ] && { umount "$binfmt" || true; }
+  return 0
 }
 trap cleanup EXIT
+
+fs_step "tier 2: qemu-aarch64 in binfmt_misc"
+if ! mountpoint -q "$binfmt"; then
+  err="$(mount -t binfmt_misc binfmt_misc "$binfmt" 2>&1)" \
+    || skip "cannot mount binfmt_misc on $binfmt: ${err:-mount failed}"
+  mounted_binfmt=1
+fi
+if [ ! -e "$binfmt/qemu-aarch64" ]; then
+  conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+  [ -r "$conf" ] || { echo "ERROR: $conf missing (qemu-user-static)" >&2; exit 1; }
+  # The F flag in the entry makes the kernel keep the interpreter open: it works in a chroot.
+  cat "$conf" > "$binfmt/register" || skip "cannot register qemu-aarch64 with binfmt_misc"
+  registered_aarch64=1
+fi
+grep -q '^enabled' "$binfmt/qemu-aarch64" || skip "the qemu-aarch64 binfmt entry is disabled"
+grep -q '^flags:.*F' "$binfmt/qemu-aarch64" \
+  || echo "warning: qemu-aarch64 registered without the F flag; the chroot may not find it"
+fs_step_done
 
 fs_step "tier 2: debootstrap an arm64 Debian root (several minutes under qemu)"
 # The mirror of this machine's own apt sources (deb822 .sources or one-line .list format).
