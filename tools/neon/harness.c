@@ -31,12 +31,11 @@ float fs_rng_sym(fs_rng* r) {
 static const uint32_t CANARY_BITS = 0x7FA5A5A5u; /* a NaN no kernel produces */
 
 void fs_guarded_alloc(fs_guarded* g, size_t rows) {
-  g->page = (size_t)sysconf(_SC_PAGESIZE);
-  /* One data page must hold a whole row. */
-  size_t data = g->page;
-  while (data < FS_ROW_CAPACITY * sizeof(float)) data += g->page;
-  g->page = data;
   const size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+  /* Whole pages that hold the widest row. */
+  size_t data = guard;
+  while (data < FS_ROW_CAPACITY * sizeof(float)) data += guard;
+  g->data = data;
   g->rows = rows;
   const size_t stride = data + guard;
   void* p = mmap(NULL, rows * stride, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -59,7 +58,7 @@ void fs_guarded_free(fs_guarded* g) {
 }
 
 size_t fs_guarded_stride(const fs_guarded* g) {
-  return g->page + (size_t)sysconf(_SC_PAGESIZE);
+  return g->data + (size_t)sysconf(_SC_PAGESIZE);
 }
 
 float* fs_guarded_row(const fs_guarded* g, size_t r, size_t len) {
@@ -67,13 +66,13 @@ float* fs_guarded_row(const fs_guarded* g, size_t r, size_t len) {
     fprintf(stderr, "test bug: row %zu of %zu, len %zu\n", r, g->rows, len);
     exit(2);
   }
-  return (float*)(g->base + r * fs_guarded_stride(g) + g->page) - len;
+  return (float*)(g->base + r * fs_guarded_stride(g) + g->data) - len;
 }
 
 void fs_guarded_fill_canary(fs_guarded* g) {
   for (size_t r = 0; r < g->rows; r++) {
     uint32_t* p = (uint32_t*)(g->base + r * fs_guarded_stride(g));
-    for (size_t i = 0; i < g->page / sizeof(uint32_t); i++) p[i] = CANARY_BITS;
+    for (size_t i = 0; i < g->data / sizeof(uint32_t); i++) p[i] = CANARY_BITS;
   }
 }
 

@@ -30,7 +30,7 @@ float fs_rng_sym(fs_rng* r);
 typedef struct {
   char* base;  /* mapping: per row one data page then one PROT_NONE page */
   size_t rows;
-  size_t page;
+  size_t data;  /* bytes of one row page */
 } fs_guarded;
 void fs_guarded_alloc(fs_guarded* g, size_t rows);
 void fs_guarded_free(fs_guarded* g);
