@@ -30,7 +30,23 @@ ISA_UNITS = [
      "#include <immintrin.h>\nint main(void){float f[16]={0};__m512 a=_mm512_set1_ps(1.f);"
      "a=_mm512_fmadd_ps(a,a,_mm512_maskz_loadu_ps((__mmask16)3,f));"
      "return (int)_mm512_reduce_add_ps(a);}"),
+    ("neon", "kernels_neon.c", [],
+     "#include <arm_neon.h>\nint main(void){float32x4_t a=vdupq_n_f32(1.f);"
+     "a=vfmaq_f32(a,a,a);return (int)vgetq_lane_f32(a,0);}"),
 ]
+
+# Test build only: FASTSPARSE_SIMDE_NEON=1 compiles the NEON unit on x86-64 through SIMDe
+# (libsimde-dev) and registers "neon" as an ISA this build supports (when the CPU has AVX2+FMA,
+# which the unit is compiled for so that vfmaq_f32 stays fused), so the whole test suite can run
+# with FASTSPARSE_ISA=neon at native speed. Never for a release build.
+SIMDE_NEON = os.environ.get("FASTSPARSE_SIMDE_NEON", "") not in ("", "0")
+if SIMDE_NEON:
+    ISA_UNITS = [u for u in ISA_UNITS if u[0] != "neon"] + [
+        ("neon", "kernels_neon.c", ["-mavx2", "-mfma", "-DFS_NEON_VIA_SIMDE"],
+         "#define SIMDE_ENABLE_NATIVE_ALIASES\n#include <simde/arm/neon.h>\n"
+         "int main(void){float32x4_t a=vdupq_n_f32(1.f);"
+         "a=vfmaq_f32(a,a,a);return (int)vgetq_lane_f32(a,0);}"),
+    ]
 
 OPENMP_PROBE = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}"
 
@@ -63,6 +79,9 @@ class BuildExt(build_ext):
             objects, macros = [], []
             for name, source, flags, probe in ISA_UNITS:
                 if probe is not None and not self._try_compile(probe, flags):
+                    if SIMDE_NEON and name == "neon":
+                        raise RuntimeError("FASTSPARSE_SIMDE_NEON=1 but the NEON unit does not "
+                                           "compile through SIMDe (apt-get install libsimde-dev)")
                     log(f"{name} kernels: skipped (the compiler cannot target {name})")
                     continue
                 objects += self.compiler.compile(
@@ -70,7 +89,10 @@ class BuildExt(build_ext):
                     extra_postargs=COMMON_FLAGS + flags, depends=ext.depends)
                 if name != "scalar":
                     macros.append((f"FS_HAVE_{name.upper()}", "1"))
-                log(f"{name} kernels: built with {' '.join(flags)}")
+                if SIMDE_NEON and name == "neon":
+                    macros.append(("FS_NEON_VIA_SIMDE", "1"))
+                    log("neon kernels: TEST BUILD through SIMDe on x86-64 (FASTSPARSE_SIMDE_NEON)")
+                log(f"{name} kernels: built with {' '.join(flags) or 'no extra flags'}")
             ext.extra_objects = objects + list(ext.extra_objects or [])
             ext.define_macros = list(ext.define_macros or []) + macros
             if self._try_compile(OPENMP_PROBE, ["-fopenmp"], link=True):

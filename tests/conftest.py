@@ -6,13 +6,18 @@ from hypothesis import HealthCheck, settings
 
 import fastsparse as fs
 
-# Two profiles: "dev" (fast, random) and "ci" (derandomized, more examples, no deadline).
+# Profiles: "dev" (fast, random) and "ci" (derandomized, more examples, no deadline).
 # FASTSPARSE_HYPOTHESIS_PROFILE chooses; by default "ci" when the CI variable is set.
 settings.register_profile(
     "dev", max_examples=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile(
     "ci", max_examples=80, deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+# "small": for emulated CPUs (qemu: the no-AVX2 fallback run, the AArch64 chroot), where Python
+# runs 10-100x slower; still derandomized, so a failure reproduces.
+settings.register_profile(
+    "small", max_examples=12, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("FASTSPARSE_HYPOTHESIS_PROFILE",
                                      "ci" if os.environ.get("CI") else "dev"))

@@ -102,6 +102,9 @@ _PREFERRED = {
     ("avx2", 8): ("avx2", 8),
     ("sse2", 1): ("sse2", 16), ("sse2", 2): ("sse2", 8), ("sse2", 4): ("sse2", 8),
     ("sse2", 8): ("sse2", 4),
+    # NEON (32 q registers): not measured on ARM hardware yet; 8-16 accumulators per tile.
+    ("neon", 1): ("neon", 32), ("neon", 2): ("neon", 16), ("neon", 4): ("neon", 16),
+    ("neon", 8): ("neon", 8),
     ("scalar", 1): ("scalar", 8), ("scalar", 2): ("scalar", 8), ("scalar", 4): ("scalar", 8),
     ("scalar", 8): ("scalar", 4),
 }

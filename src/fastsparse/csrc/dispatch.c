@@ -106,6 +106,10 @@ static int fs_detect(int isa) {
       return fs_cpu_has_avx2_fma();
     case FS_ISA_AVX512:
       return fs_cpu_has_avx512f();
+#if defined(FS_NEON_VIA_SIMDE)
+    case FS_ISA_NEON:
+      return fs_cpu_has_avx2_fma(); /* test build: the NEON source through SIMDe, -mavx2 -mfma */
+#endif
 #endif
 #if defined(__aarch64__)
     case FS_ISA_NEON:
@@ -163,6 +167,9 @@ static const fs_chw_ops fs_avx2_chw = FS_CHW_TABLE(avx2);
 #if defined(FS_HAVE_AVX512)
 static const fs_chw_ops fs_avx512_chw = FS_CHW_TABLE(avx512);
 #endif
+#if defined(FS_HAVE_NEON)
+static const fs_chw_ops fs_neon_chw = FS_CHW_TABLE(neon);
+#endif
 
 const fs_chw_ops* fs_chw_ops_for(int isa) {
   switch (isa) {
@@ -179,6 +186,10 @@ const fs_chw_ops* fs_chw_ops_for(int isa) {
 #if defined(FS_HAVE_AVX512)
     case FS_ISA_AVX512:
       return &fs_avx512_chw;
+#endif
+#if defined(FS_HAVE_NEON)
+    case FS_ISA_NEON:
+      return &fs_neon_chw;
 #endif
     default:
       return NULL;

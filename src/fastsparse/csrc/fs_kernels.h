@@ -99,7 +99,18 @@ typedef void (*fs_spmm_fn)(
   X(16, 8, 1, avx512)          \
   X(32, 8, 1, avx512)
 
-#define FS_SPMM_NEON_LIST(X) /* NEON variants land with the AArch64 issue. */
+/* 32 q registers of 4 lanes: up to 16 accumulators plus the loaded activations and the
+ * broadcast weights. 16x8 and 32x4 would need 32 accumulators and spill, hence 8x8. */
+#define FS_SPMM_NEON_LIST(X) \
+  X(8, 1, 2, neon)           \
+  X(16, 1, 2, neon)          \
+  X(32, 1, 2, neon)          \
+  X(8, 2, 2, neon)           \
+  X(16, 2, 2, neon)          \
+  X(32, 2, 1, neon)          \
+  X(8, 4, 2, neon)           \
+  X(16, 4, 1, neon)          \
+  X(8, 8, 1, neon)
 
 #define FS_SPMM_NAME(MR, NR, ISA) fs_f32_spmm_minmax_##MR##x##NR##__##ISA
 
@@ -246,6 +257,9 @@ FS_CHW_NAMES(avx2)
 #endif
 #if defined(FS_HAVE_AVX512)
 FS_CHW_NAMES(avx512)
+#endif
+#if defined(FS_HAVE_NEON)
+FS_CHW_NAMES(neon)
 #endif
 
 typedef struct fs_chw_ops {

@@ -1,0 +1,41 @@
+# Helpers shared by tools/neon_tier1.sh and tools/neon_tier2.sh (sourced, not run).
+
+# fs_step NAME: prints a banner and starts the step's clock; fs_step_done prints its time.
+fs_step() {
+  FS_STEP_NAME="$1"
+  FS_STEP_START=$(date +%s)
+  echo "== $FS_STEP_NAME"
+}
+fs_step_done() {
+  local t=$(( $(date +%s) - FS_STEP_START ))
+  echo "== $FS_STEP_NAME: done in ${t} s"
+  FS_TIMES="${FS_TIMES:-}${FS_STEP_NAME}: ${t} s"$'\n'
+}
+
+# fs_apt_install PKG...: installs the Debian packages that are missing (apt-get update first),
+# nothing when all are there. CI may run on a fresh machine: the scripts bring what they use.
+fs_apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && { echo "apt: $* already installed"; return 0; }
+  if [ "$(id -u)" != 0 ]; then
+    echo "ERROR: missing Debian packages ${missing[*]} and not root to install them" >&2
+    return 1
+  fi
+  echo "apt: installing ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    >/dev/null
+}
+
+# fs_copy_tree DEST: the package sources and tests, without build products, so that a build
+# with other settings never reuses this checkout's build/ (setuptools skips "up-to-date"
+# extensions).
+fs_copy_tree() {
+  mkdir -p "$1"
+  cp -r setup.py pyproject.toml MANIFEST.in README.md src tests "$1"/
+  rm -rf "$1"/src/*.egg-info "$1"/src/fastsparse/*.so "$1"/src/fastsparse/_kernels.c
+  find "$1" -name __pycache__ -prune -exec rm -rf {} +
+}
