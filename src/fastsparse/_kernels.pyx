@@ -76,7 +76,9 @@ cdef class SpmmWeights:
     """
     cdef readonly object values, nnzmap, columns
     cdef readonly Py_ssize_t rows, cols, nr
-    cdef dict _offsets
+    cdef dict _offsets, _groups
+    # Per block b (and b = nblocks): first row, first value, first non-zero column.
+    cdef object _starts
 
     def __init__(self, values, nnzmap, columns, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t nr):
         if nr not in (1, 2, 4, 8):
@@ -107,6 +109,25 @@ cdef class SpmmWeights:
         self.values, self.nnzmap, self.columns = values, nnzmap, columns
         self.rows, self.cols, self.nr = rows, cols, nr
         self._offsets = {}
+        self._groups = {}
+        rows_of = np.concatenate([np.full(nfull, nr, np.int64), np.ones(rows % nr, np.int64)])
+        starts = np.zeros((3, nnzmap.shape[0] + 1), dtype=np.int64)
+        np.cumsum(rows_of, out=starts[0, 1:])
+        np.cumsum(counts * rows_of, out=starts[1, 1:])
+        np.cumsum(counts, out=starts[2, 1:])
+        self._starts = starts
+
+    def groups(self, Py_ssize_t count):
+        """`count` + 1 block indices splitting the blocks into runs of about equal work (the
+        values to multiply, plus a row's epilogue), for threads that split output channels."""
+        bounds = self._groups.get(count)
+        if bounds is None:
+            work = self._starts[1] + 8 * self._starts[0]  # cumulative work at each block start
+            targets = work[-1] * np.arange(count + 1) / count
+            bounds = np.searchsorted(work, targets).astype(np.int64)
+            bounds[0], bounds[-1] = 0, self.nnzmap.shape[0]
+            self._groups[count] = bounds
+        return bounds
 
     def offsets(self, Py_ssize_t hw):
         """Byte offsets of each non-zero's input row for images of `hw` positions (cached)."""
@@ -183,16 +204,32 @@ def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bi
     cdef Py_ssize_t pieces = min(tiles, max(1, _ceil_div(4 * num_threads, n))) if num_threads > 1 else 1
     cdef Py_ssize_t chunk = _ceil_div(tiles, pieces) * mr
     pieces = _ceil_div(hw, chunk)
-    cdef Py_ssize_t total = n * pieces, t, img, m0, img_off, res_off
+    # Small images (7x7 is one tile) leave threads idle: then threads also split the output
+    # blocks, in runs of equal work. Rows are independent, so results stay bit-identical.
+    cdef Py_ssize_t nblocks = nnzmap.shape[0], groups = 1
+    if num_threads > 1 and n * pieces < 2 * num_threads and nblocks > 1:
+        groups = min(nblocks, _ceil_div(2 * num_threads, n * pieces))
+    cdef const int64_t[::1] bounds = w.groups(groups)
+    cdef const int64_t[:, ::1] starts = w._starts
+    cdef Py_ssize_t total = n * pieces * groups, t, g, rest, img, m0, img_off, res_off
+    cdef Py_ssize_t b0, b1, r0
     num_threads = <int>min(<Py_ssize_t>num_threads, total)
     with nogil:
         for t in prange(total, num_threads=num_threads, schedule="static"):
-            img = t // pieces
-            m0 = (t % pieces) * chunk
-            img_off = img * cin * hw + m0
-            res_off = img * cout * hw + m0
-            fn(min(chunk, hw - m0), cout, xptr + img_off, vptr, mptr, optr, bptr,
-               rptr + res_off if rptr != NULL else NULL, stride, yptr + res_off, stride, lo, hi)
+            g = t % groups
+            rest = t // groups
+            img = rest // pieces
+            m0 = (rest % pieces) * chunk
+            b0 = bounds[g]
+            b1 = bounds[g + 1]
+            if b1 > b0:
+                r0 = starts[0, b0]
+                img_off = img * cin * hw + m0
+                res_off = img * cout * hw + r0 * hw + m0
+                fn(min(chunk, hw - m0), starts[0, b1] - r0, xptr + img_off, vptr + starts[1, b0],
+                   mptr + b0, optr + starts[2, b0], bptr + r0 if bptr != NULL else NULL,
+                   rptr + res_off if rptr != NULL else NULL, stride, yptr + res_off, stride,
+                   lo, hi)
 
 
 # ---- CHW companion ops: depthwise conv, first-layer conv, global average pooling, add ----
