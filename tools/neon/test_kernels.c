@@ -21,6 +21,7 @@ static const struct {
   size_t (*run)(int isa);
 } OPS[] = {
     {"spmm", fs_test_spmm},
+    {"dwconv", fs_test_dwconv},
 };
 
 int main(int argc, char** argv) {
