@@ -22,6 +22,7 @@ static const struct {
 } OPS[] = {
     {"spmm", fs_test_spmm},
     {"dwconv", fs_test_dwconv},
+    {"conv2d", fs_test_conv2d},
 };
 
 int main(int argc, char** argv) {
