@@ -23,6 +23,8 @@ static const struct {
     {"spmm", fs_test_spmm},
     {"dwconv", fs_test_dwconv},
     {"conv2d", fs_test_conv2d},
+    {"gavgpool", fs_test_gavgpool},
+    {"vadd", fs_test_vadd},
 };
 
 int main(int argc, char** argv) {
