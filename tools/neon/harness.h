@@ -8,7 +8,11 @@
  *
  * Guarded buffers: every row of every operand sits at the END of its own page, followed by a
  * PROT_NONE page, so any read or write past the end of a row faults (qemu-user keeps the guest's
- * page protections); the bytes in front of each output row hold a canary that must survive. */
+ * page protections); the bytes in front of each output row hold a canary that must survive.
+ * Every row page is also preceded by a PROT_NONE page, so a test may put a row at the START of
+ * its page instead (fs_guarded_row_at) to make reads in front of it fault; the CHW op tests
+ * alternate between the two, and check the canary on the whole page around each output row.
+ * Flat operands (scratch, weights, contiguous planes) use fs_block the same way. */
 #ifndef FS_TEST_HARNESS_H
 #define FS_TEST_HARNESS_H
 
