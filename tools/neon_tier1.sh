@@ -3,7 +3,8 @@
 #
 #  a) real AArch64 code under qemu: the C driver tools/neon/test_kernels.c, cross-compiled with
 #     aarch64-linux-gnu-gcc -static together with the scalar and NEON kernel units, compares
-#     every NEON variant with the scalar one (qemu-aarch64-static).
+#     every NEON variant with the scalar one (qemu-aarch64-static): spmm, depthwise, first conv,
+#     global average pooling, add.
 #  b) the NEON source through SIMDe on x86: a test build (FASTSPARSE_SIMDE_NEON=1) that adds
 #     "neon" as a dispatch target; the whole pytest suite runs with FASTSPARSE_ISA=neon.
 #  c) the no-AVX2 fallback: the release build's whole suite (small hypothesis profile) under

@@ -38,12 +38,14 @@ void fs_guarded_alloc(fs_guarded* g, size_t rows) {
   g->data = data;
   g->rows = rows;
   const size_t stride = data + guard;
-  void* p = mmap(NULL, rows * stride, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) {
+  /* One more PROT_NONE page in front of row 0: every row page is preceded by a guard too. */
+  void* p = mmap(NULL, guard + rows * stride, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED || mprotect(p, guard, PROT_NONE) != 0) {
     perror("mmap");
     exit(2);
   }
-  g->base = (char*)p;
+  g->base = (char*)p + guard;
   for (size_t r = 0; r < rows; r++) {
     if (mprotect(g->base + r * stride + data, guard, PROT_NONE) != 0) {
       perror("mprotect");
@@ -53,7 +55,8 @@ void fs_guarded_alloc(fs_guarded* g, size_t rows) {
 }
 
 void fs_guarded_free(fs_guarded* g) {
-  munmap(g->base, g->rows * fs_guarded_stride(g));
+  const size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+  munmap(g->base - guard, guard + g->rows * fs_guarded_stride(g));
   g->base = NULL;
 }
 
@@ -69,8 +72,16 @@ float* fs_guarded_row(const fs_guarded* g, size_t r, size_t len) {
   return (float*)(g->base + r * fs_guarded_stride(g) + g->data) - len;
 }
 
-void fs_guarded_fill_canary(fs_guarded* g) {
-  for (size_t r = 0; r < g->rows; r++) {
+float* fs_guarded_row_at(const fs_guarded* g, size_t r, size_t len, int front) {
+  float* row = fs_guarded_row(g, r, len);
+  return front ? (float*)(g->base + r * fs_guarded_stride(g)) : row;
+}
+
+void fs_guarded_fill_canary(fs_guarded* g) { fs_guarded_fill_canary_rows(g, g->rows); }
+
+void fs_guarded_fill_canary_rows(fs_guarded* g, size_t rows) {
+  if (rows > g->rows) rows = g->rows;
+  for (size_t r = 0; r < rows; r++) {
     uint32_t* p = (uint32_t*)(g->base + r * fs_guarded_stride(g));
     for (size_t i = 0; i < g->data / sizeof(uint32_t); i++) p[i] = CANARY_BITS;
   }
@@ -94,6 +105,75 @@ int fs_guarded_canary_before(const fs_guarded* g, size_t r, size_t len, size_t n
 
 int fs_guarded_canary_row(const fs_guarded* g, size_t r, size_t len) {
   return is_canary(fs_guarded_row(g, r, len), len);
+}
+
+int fs_guarded_canary_outside(const fs_guarded* g, size_t r, size_t len, int front) {
+  const float* page = (const float*)(g->base + r * fs_guarded_stride(g));
+  const size_t n = g->data / sizeof(float);
+  const float* row = fs_guarded_row_at(g, r, len, front);
+  const size_t at = (size_t)(row - page);
+  return is_canary(page, at) && is_canary(row + len, n - at - len);
+}
+
+/* --- guarded blocks -------------------------------------------------------------------------- */
+void fs_block_alloc(fs_block* b, size_t floats) {
+  const size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+  size_t data = guard;
+  while (data < floats * sizeof(float)) data += guard;
+  char* p = mmap(NULL, data + 2 * guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+  if (p == MAP_FAILED || mprotect(p, guard, PROT_NONE) != 0 ||
+      mprotect(p + guard + data, guard, PROT_NONE) != 0) {
+    perror("mmap");
+    exit(2);
+  }
+  b->map = p;
+  b->page = (float*)(p + guard);
+  b->capacity = data / sizeof(float);
+}
+
+void fs_block_free(fs_block* b) {
+  const size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+  munmap(b->map, b->capacity * sizeof(float) + 2 * guard);
+  b->map = NULL;
+}
+
+float* fs_block_at(const fs_block* b, size_t n, int front) {
+  if (n > b->capacity) {
+    fprintf(stderr, "test bug: block of %zu floats, %zu asked\n", b->capacity, n);
+    exit(2);
+  }
+  return front ? b->page : b->page + b->capacity - n;
+}
+
+void fs_block_fill_canary(fs_block* b) {
+  uint32_t* p = (uint32_t*)b->page;
+  for (size_t i = 0; i < b->capacity; i++) p[i] = CANARY_BITS;
+}
+
+int fs_block_canary_outside(const fs_block* b, size_t n, int front) {
+  const float* at = fs_block_at(b, n, front);
+  const size_t before = (size_t)(at - b->page);
+  return is_canary(b->page, before) && is_canary(at + n, b->capacity - before - n);
+}
+
+int fs_is_canary(float x) { return is_canary(&x, 1); }
+
+/* --- clamps ------------------------------------------------------------------------------- */
+const char* const fs_clamp_names[FS_CLAMP_COUNT] = {"none", "relu6", "tight", "lo=hi"};
+
+void fs_clamp_bounds(int clamp, float scale, float* lo, float* hi) {
+  switch (clamp) {
+    case FS_CLAMP_RELU6: *lo = 0.0f; *hi = 6.0f * scale; break;
+    case FS_CLAMP_TIGHT: *lo = -0.5f * scale; *hi = 0.25f * scale; break;
+    case FS_CLAMP_POINT: *lo = *hi = 0.125f * scale; break;
+    default: *lo = -INFINITY; *hi = INFINITY;
+  }
+}
+
+float fs_rng_scale(fs_rng* r) {
+  static const float scales[] = {1.0f, 1.0f, 1e-3f, 1e3f};
+  return scales[fs_rng_below(r, 4)];
 }
 
 /* --- reporting ----------------------------------------------------------------------------- */

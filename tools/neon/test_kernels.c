@@ -7,9 +7,13 @@
  * Prints one line per variant and the number of kernel x shape cases compared; exits 1 on any
  * mismatch, and 128+signal if a kernel touches a guard page.
  *
- * Adding an op (depthwise, first conv, pooling, add, ...): write tools/neon/test_<op>.c with a
- * `size_t fs_test_<op>(int isa)` over that op's dispatch table, declare it in harness.h and add
- * it to OPS below; tools/neon_tier1.sh compiles every .c file in tools/neon/. */
+ * Ops: spmm (test_spmm.c), and the CHW companion ops from fs_chw_ops_for(): depthwise 3x3/5x5
+ * (test_dwconv.c), the first 3x3 conv (test_conv2d.c), global average pooling
+ * (test_gavgpool.c) and the clamped add (test_vadd.c).
+ *
+ * Adding an op: write tools/neon/test_<op>.c with a `size_t fs_test_<op>(int isa)` over that
+ * op's dispatch table, declare it in harness.h and add it to OPS below; tools/neon_tier1.sh
+ * compiles every .c file in tools/neon/. */
 #include <stdio.h>
 #include <string.h>
 
@@ -21,6 +25,10 @@ static const struct {
   size_t (*run)(int isa);
 } OPS[] = {
     {"spmm", fs_test_spmm},
+    {"dwconv", fs_test_dwconv},
+    {"conv2d", fs_test_conv2d},
+    {"gavgpool", fs_test_gavgpool},
+    {"vadd", fs_test_vadd},
 };
 
 int main(int argc, char** argv) {
