@@ -68,7 +68,7 @@ import fastsparse as fs
 assert fs.isa() == 'neon', fs.isa()
 print('SIMDe test build:', fs.available_isas(), 'active', fs.isa(),
       len(fs._dispatch.spmm_kernels('neon')), 'neon spmm variants')"
-    FASTSPARSE_HYPOTHESIS_PROFILE="${FASTSPARSE_HYPOTHESIS_PROFILE:-ci}" \
+    FASTSPARSE_HYPOTHESIS_PROFILE="${FASTSPARSE_HYPOTHESIS_PROFILE:-small}" \
       "$work/venv/bin/python" -m pytest -q -p no:cacheprovider tests
   )
   fs_step_done
