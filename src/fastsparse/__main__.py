@@ -4,7 +4,7 @@ import sys
 
 
 def _floats(text):
-    return tuple(float(v) for v in text.split(","))
+    return tuple(float(v) for v in text.split(",") if v.strip())
 
 
 def _threads(text):

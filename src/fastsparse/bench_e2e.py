@@ -449,6 +449,16 @@ def run_e2e(archs=ARCHS, configs=CONFIGS, batches=(1, 8), threads=(1, 2), repeat
             width=1.0, input_size=(224, 224), engines=None, plot="bench_e2e.png", seed=0,
             out=print):
     """The whole benchmark; returns the results as a dict (also used by the tests)."""
+    previous_threads = _dispatch.get_num_threads()
+    try:
+        return _run_e2e(archs, configs, batches, threads, repeat, width, input_size, engines,
+                        plot, seed, out)
+    finally:
+        _dispatch.set_num_threads(previous_threads)
+
+
+def _run_e2e(archs, configs, batches, threads, repeat, width, input_size, engines, plot, seed,
+             out):
     engines = [e for e in (engines or ENGINES) if e in available_engines()]
     if FS not in engines:
         engines.insert(0, FS)
@@ -533,6 +543,7 @@ def _detail(out, arch, width, input_size, threads, seed):
     """Per model at 90 %, batch 1: Python overhead, packed bytes, top layers."""
     w = pruned_weights(arch, 0.9, 1, width, 1000, seed)
     net = build_fastsparse(arch, w, block_size=1, num_threads=threads)
+    _dispatch.set_num_threads(threads)  # the first conv's threads (see _callables)
     x = np.random.default_rng(seed + 7).uniform(-1, 1, (1, 3, *input_size)).astype(np.float32)
     ov = python_overhead(net, x)
     wb = weight_bytes(net)
