@@ -546,6 +546,10 @@ def _detail(out, arch, width, input_size, threads, seed):
     _dispatch.set_num_threads(threads)  # the first conv's threads (see _callables)
     x = np.random.default_rng(seed + 7).uniform(-1, 1, (1, 3, *input_size)).astype(np.float32)
     ov = python_overhead(net, x)
+    # Cross-check: on an 8x8 image the kernels have almost nothing to do, so what remains
+    # outside them is the per-call Python cost alone (without the cache misses that large
+    # activations inflict on the interpreter between kernels).
+    ov8 = python_overhead(net, x[:, :, :8, :8].copy())
     wb = weight_bytes(net)
     top, layers_sum, total = top_layers(net, x)
     out(f"\n## {arch} at 90 % (block 1), batch 1, {threads} thread(s): where the time goes\n")
@@ -553,7 +557,9 @@ def _detail(out, arch, width, input_size, threads, seed):
         f"= {ov['fraction']:.1%} (target < {TARGET_PYTHON_OVERHEAD:.0%}); measured by timing the "
         f"{ov['calls']} kernel entry-point calls per network call (wrapper cost "
         f"{ov['wrapper_us']:.2f} us/call subtracted). net.profile(): total - sum of layers = "
-        f"{(total - layers_sum) * 1e3:.0f} us (executor loop only).")
+        f"{(total - layers_sum) * 1e3:.0f} us (executor loop only). The same on an 8x8 input "
+        f"(kernels nearly idle): {ov8['overhead_ms'] * 1e3:.0f} us outside the kernels, "
+        f"{ov8['total_ms'] * 1e3:.0f} us per call.")
     if ov["dense_layers"]:
         out(f"(layers {ov['dense_layers']} ran dense sgemm: their numpy time counts as overhead)")
     out(f"Weights: 1x1 + classifier packed {wb['pw_packed'] / 1e6:.2f} MB vs dense float32 "
@@ -572,7 +578,7 @@ def _detail(out, arch, width, input_size, threads, seed):
         by_op[layer.op] = by_op.get(layer.op, 0.0) + ms
     out("\nBy op: " + ", ".join(f"{op} {ms:.2f} ms ({ms / total:.0%})"
                                 for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])))
-    return dict(overhead=ov, bytes=wb, top=top, total_ms=total, by_op=by_op)
+    return dict(overhead=ov, overhead_8x8=ov8, bytes=wb, top=top, total_ms=total, by_op=by_op)
 
 
 def _targets(out, res, archs):
