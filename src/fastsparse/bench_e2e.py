@@ -89,6 +89,7 @@ class _OnnxGraph:
         from onnx import helper, numpy_helper
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes, self.inits, self.count = [], [], 0
+        self._clip = None  # the (min, max) initializers of ReLU6, shared by every Clip
 
     def const(self, array, name=None):
         name = name or f"c{len(self.inits)}"
@@ -112,7 +113,7 @@ class _OnnxGraph:
                          epsilon=float(eps))
 
     def relu6(self, x):
-        if not hasattr(self, "_clip"):
+        if self._clip is None:
             self._clip = (self.const(np.float32(0.0), "relu6_min"),
                           self.const(np.float32(6.0), "relu6_max"))
         return self.node("Clip", [x, *self._clip])
