@@ -97,9 +97,6 @@ def test_python_overhead_restores_kernels():
     assert ov["calls"] == len(net.layers)  # one kernel call per layer at 90 %: all sparse
 
 
-@pytest.mark.xfail(strict=True, reason="executor bug: _Conv.run (models.py) does not pass the "
-                   "network's num_threads to conv2d, so the first conv runs on the global "
-                   "default (all CPUs) inside a num_threads=1 network")
 def test_network_num_threads_reaches_every_kernel(monkeypatch):
     if not _kernels.OPENMP:
         pytest.skip("built without OpenMP: every call runs on one thread")
