@@ -71,11 +71,11 @@ class _Conv(_Layer):
         m = n * o * oh * ow * self.w[0].size
         return m, m
 
-    def run(self, x, out, res, threads, layout):
+    def run(self, x, out, res, threads, layout, isa):
         h, w = (x.shape[1], x.shape[2]) if layout == "NHWC" else (x.shape[2], x.shape[3])
         t, l, _, _ = self.pads(h, w)
         # Shapes were checked when the network was planned: straight to the kernel layer.
-        _kernels.conv2d(_dispatch.isa_id(_dispatch.isa()), x, layout == "NHWC", self.w2, self.b,
+        _kernels.conv2d(isa, x, layout == "NHWC", self.w2, self.b,
                         out, self.stride, t, l, self.act[0], self.act[1], threads)
         return out
 
@@ -101,8 +101,8 @@ class _Depthwise(_Layer):
         m = n * c * oh * ow * self.w.shape[2] * self.w.shape[3]
         return m, m
 
-    def run(self, x, out, res, threads, layout):
-        _kernels.dwconv2d(_dispatch.isa_id(_dispatch.isa()), x, self.w2, self.b, out,
+    def run(self, x, out, res, threads, layout, isa):
+        _kernels.dwconv2d(isa, x, self.w2, self.b, out,
                           self.w.shape[2], self.stride, self.padding[0], self.padding[1],
                           self.act[0], self.act[1], threads)
         return out
@@ -130,7 +130,7 @@ class _Pointwise(_Layer):
         executed = self.W.stored if self.sparse else cout * cin
         return n * h * w * cout * cin, n * h * w * executed
 
-    def run(self, x, out, res, threads, layout):
+    def run(self, x, out, res, threads, layout, isa):
         n, c, h, w = x.shape
         x3, o3 = x.reshape(n, c, h * w), out.reshape(n, out.shape[1], h * w)
         r3 = res.reshape(o3.shape) if res is not None else None
@@ -171,9 +171,8 @@ class _Pool(_Layer):
     def macs(self, shape):
         return 0, 0
 
-    def run(self, x, out, res, threads, layout):
-        _kernels.gavgpool(_dispatch.isa_id(_dispatch.isa()), x.reshape(x.shape[0], x.shape[1], -1),
-                          out)
+    def run(self, x, out, res, threads, layout, isa):
+        _kernels.gavgpool(isa, x.reshape(x.shape[0], x.shape[1], -1), out)
         return out
 
 
@@ -189,7 +188,7 @@ class _Classifier(_Pointwise):
         cout, cin = self.W.shape
         return shape[0] * cout * cin, shape[0] * (self.W.stored if self.sparse else cout * cin)
 
-    def run(self, x, out, res, threads, layout):
+    def run(self, x, out, res, threads, layout, isa):
         if self.sparse:
             xt = np.ascontiguousarray(x.T)[None]  # (1, C, N): the batch is the spatial axis
             y = _spmm(xt, self.W, self.b, None, -np.inf, np.inf, threads, None)
@@ -290,12 +289,17 @@ class Network:
             self._plans[key] = plan
         return plan
 
-    def _workspace(self, key, slots):
+    def _workspace(self, key, plan):
+        """Output views of every layer but the last, over the planned buffers; one workspace
+        per concurrent call."""
         with self._lock:
             stack = self._free.setdefault(key, [])
             if stack:
                 return stack.pop()
-        return [np.empty(s, dtype=np.float32) for s in slots]
+        shapes, slots, buffer_of = plan
+        buffers = [np.empty(s, dtype=np.float32) for s in slots]
+        return {layer.dst: buffers[buffer_of[layer.dst]][: int(np.prod(shapes[layer.dst]))]
+                .reshape(shapes[layer.dst]) for layer in self.layers[:-1]}
 
     def _release(self, key, ws):
         with self._lock:
@@ -331,25 +335,25 @@ class Network:
         if n < 1 or h < 1 or w < 1:
             raise ValueError(f"images must be non-empty, got shape {x.shape}")
         key = ((n, 3, h, w), layout)
-        shapes, slots, buffer_of = self._plan(key)
+        plan = self._plan(key)
         threads = _dispatch.resolve_threads(self.num_threads)
-        ws = self._workspace(key, slots)
+        isa = _dispatch.isa_id(_dispatch.isa())
+        ws = self._workspace(key, plan)
         try:
             tensors = {0: x}
             clock = time.perf_counter
             for i, layer in enumerate(self.layers[:-1]):
                 t0 = clock()
-                shape = shapes[layer.dst]
-                out = ws[buffer_of[layer.dst]][: int(np.prod(shape))].reshape(shape)
                 res = tensors[layer.res] if layer.res is not None else None
-                tensors[layer.dst] = layer.run(tensors[layer.src], out, res, threads, layout)
+                tensors[layer.dst] = layer.run(tensors[layer.src], ws[layer.dst], res, threads,
+                                               layout, isa)
                 layout = "NCHW"
                 if times is not None:
                     times[i] = clock() - t0
             t0 = clock()
             last = self.layers[-1]
-            logits = np.empty(shapes[last.dst], dtype=np.float32)
-            logits = last.run(tensors[last.src], logits, None, threads, layout)
+            logits = np.empty(plan[0][last.dst], dtype=np.float32)
+            logits = last.run(tensors[last.src], logits, None, threads, layout, isa)
             if times is not None:
                 times[-1] = clock() - t0
             return logits
