@@ -100,6 +100,7 @@ def linear(x2d, W, bias=None, activation=None, num_threads=None):
         return np.ascontiguousarray(_spmm(xt, W, b, None, lo, hi, num_threads, None)[0].T)
     if not isinstance(W, np.ndarray):
         raise TypeError(f"W must be a SparseMatrix or a numpy.ndarray, got {type(W).__name__}")
+    _dispatch.resolve_threads(num_threads)  # checked as on the sparse path (NumPy's sgemm runs)
     Wd = float32_array(W, "W", ndim=2)
     if x2d.shape[1] != Wd.shape[1]:
         raise ValueError(f"x2d has {x2d.shape[1]} features but W expects {Wd.shape[1]} (W.shape={Wd.shape})")
