@@ -1,4 +1,6 @@
 """SparseMatrix: the packed, block-sparse weights of a 1x1 convolution or a linear layer."""
+import numbers
+
 import numpy as np
 
 from . import _kernels
@@ -65,7 +67,8 @@ class SparseMatrix:
         mask = w != 0
         if block_size is None:
             block_size = choose_block_size(mask)
-        elif isinstance(block_size, bool) or block_size not in BLOCK_SIZES:
+        elif (isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral)
+              or int(block_size) not in BLOCK_SIZES):  # (an array must not reach `in`)
             raise ValueError(f"block_size must be one of {BLOCK_SIZES} or None, got {block_size!r}")
         b = int(block_size)
         nfull = rows // b
