@@ -56,6 +56,11 @@ class SparseMatrix:
         w2d: (rows, cols) real array, or a (rows, cols, 1, 1) 1x1-convolution weight.
         block_size: 1, 2, 4, 8, or None to choose from the pattern (choose_block_size).
         """
+        shape = getattr(w2d, "shape", None)
+        if isinstance(shape, tuple) and len(shape) >= 2 and max(shape[:2]) >= 2**31:
+            # Before any copy: a (1, 2**31) broadcast view would otherwise be materialized.
+            raise ValueError(f"w2d has shape {shape}: rows and cols must be < 2**31 (the "
+                             "packed format's int32 indices)")
         w = finite_float32(w2d, "w2d")
         if w.ndim == 4 and w.shape[2:] == (1, 1):
             w = w.reshape(w.shape[:2])
