@@ -6,7 +6,7 @@ mutates some of its arguments: the dtype (float16/64, ints, bool, object, comple
 number of dimensions, one size (mismatched or zero), the memory layout (transposed, sliced,
 negative strides, misaligned views from np.frombuffer at offset 1..3, read-only), the values
 (NaN, inf), and the keywords (wrong types, num_threads 0/-1/huge, out= arrays that are wrong,
-overlapping or read-only). Layout mutations keep a call valid; the rest make it invalid
+overlapping or read-only), with one of the CPU's ISAs active. Layout mutations keep a call valid; the rest make it invalid
 unless they happen to leave it legal. A valid call must succeed and match
 fastsparse.reference (or, for networks, the same call on a clean copy of the input); an
 invalid one may succeed only if the reference accepts it too and agrees.
@@ -16,6 +16,7 @@ Examples per test: FASTSPARSE_FUZZ_EXAMPLES if set (the full run: 1000 per test,
 calls made is printed at the end of the session.
 """
 import collections
+import contextlib
 import os
 
 import numpy as np
@@ -74,6 +75,16 @@ def attempt(target, fn, args, kwargs, protect=None):
         result = (False, exc)
     assert snapshot(watched) == before, f"{target} modified an input"
     return result
+
+
+@contextlib.contextmanager
+def some_isa(draw):
+    """Runs the body with one of the ISAs this CPU supports active (drawn per example)."""
+    previous = fs.set_isa(draw(st.sampled_from(fs.available_isas())))
+    try:
+        yield
+    finally:
+        fs.set_isa(previous)
 
 
 def reference_or_none(fn, *args, **kwargs):
@@ -259,7 +270,11 @@ def spatial_hw(draw):
 @FUZZ
 @given(st.data())
 def test_fuzz_sparse_conv1x1(data):
-    d = data.draw
+    with some_isa(data.draw):
+        _fuzz_sparse_conv1x1(data.draw)
+
+
+def _fuzz_sparse_conv1x1(d):
     rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
     n = d(st.sampled_from([0, 1, 1, 2, 3]))
     cin, cout = d(st.integers(1, 40)), d(st.integers(1, 40))
@@ -308,7 +323,11 @@ def test_fuzz_sparse_conv1x1(data):
 @FUZZ
 @given(st.data())
 def test_fuzz_linear(data):
-    d = data.draw
+    with some_isa(data.draw):
+        _fuzz_linear(data.draw)
+
+
+def _fuzz_linear(d):
     rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
     n, cin, cout = d(st.integers(0, 40)), d(st.integers(1, 50)), d(st.integers(1, 30))
     wd = values(rng.integers(1 << 30), (cout, cin))
@@ -340,7 +359,11 @@ def test_fuzz_linear(data):
 @FUZZ
 @given(st.data())
 def test_fuzz_depthwise_conv2d(data):
-    d = data.draw
+    with some_isa(data.draw):
+        _fuzz_depthwise_conv2d(data.draw)
+
+
+def _fuzz_depthwise_conv2d(d):
     rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
     n, c = d(st.sampled_from([0, 1, 1, 2])), d(st.integers(1, 12))
     h, w = d(spatial_hw())
@@ -386,7 +409,11 @@ def test_fuzz_depthwise_conv2d(data):
 @FUZZ
 @given(st.data())
 def test_fuzz_conv2d(data):
-    d = data.draw
+    with some_isa(data.draw):
+        _fuzz_conv2d(data.draw)
+
+
+def _fuzz_conv2d(d):
     rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
     n, cin, cout = d(st.sampled_from([0, 1, 1, 2])), d(st.sampled_from([3, 3, 1, 4])), d(st.integers(1, 10))
     h, w = d(spatial_hw())
@@ -433,7 +460,11 @@ def test_fuzz_conv2d(data):
 @FUZZ
 @given(st.data())
 def test_fuzz_global_avg_pool(data):
-    d = data.draw
+    with some_isa(data.draw):
+        _fuzz_global_avg_pool(data.draw)
+
+
+def _fuzz_global_avg_pool(d):
     rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
     n, c = d(st.sampled_from([0, 1, 2, 3])), d(st.integers(0, 20))
     h, w = d(st.one_of(spatial_hw(), st.sampled_from([(0, 3), (100, 200)])))
@@ -454,7 +485,11 @@ def test_fuzz_global_avg_pool(data):
 @FUZZ
 @given(st.data())
 def test_fuzz_add(data):
-    d = data.draw
+    with some_isa(data.draw):
+        _fuzz_add(data.draw)
+
+
+def _fuzz_add(d):
     rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
     shape = d(st.one_of(st.lists(st.integers(0, 7), max_size=4).map(tuple),
                         st.sampled_from([(70000,), (3, 100, 257)])))
@@ -599,7 +634,11 @@ def test_fuzz_network_from_dense(data):
 @FUZZ
 @given(st.data())
 def test_fuzz_network_call(data):
-    d = data.draw
+    with some_isa(data.draw):
+        _fuzz_network_call(data.draw)
+
+
+def _fuzz_network_call(d):
     rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
     net = small_net(d(st.sampled_from(["v2", "v1"])))
     n = d(st.sampled_from([1, 1, 2, 0]))
