@@ -350,7 +350,8 @@ def _fuzz_linear(d):
         ref = reference_or_none(reference.linear, x, W, bias, act)
         assert ref is not None or not valid
         if ref is not None:
-            mag = np.abs(np.asarray(x, np.float64)) @ np.abs(wd.astype(np.float64)).T
+            wm = W.to_dense() if isinstance(W, fs.SparseMatrix) else W  # W as called
+            mag = np.abs(np.asarray(x, np.float64)) @ np.abs(np.asarray(wm, np.float64)).T
             if bias is not None:
                 mag = mag + np.abs(np.asarray(bias, np.float64))
             check_close(y, ref, mag, cin, "linear")
