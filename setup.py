@@ -15,6 +15,9 @@ from setuptools.command.build_ext import build_ext
 CSRC = os.path.join("src", "fastsparse", "csrc")
 # Flags every kernel translation unit gets: only explicit FMAs fuse.
 COMMON_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off"]
+# Appended last to every compile (kernels and the Cython module), e.g. "-O1" for the
+# sanitizer build in tools/sanitize.sh, where -O3 makes the instrumented kernels slow to build.
+EXTRA_FLAGS = os.environ.get("FASTSPARSE_CFLAGS", "").split()
 
 # (name, source, flags, probe): the probe is a tiny program using the ISA's intrinsics.
 ISA_UNITS = [
@@ -86,7 +89,7 @@ class BuildExt(build_ext):
                     continue
                 objects += self.compiler.compile(
                     [os.path.join(CSRC, source)], output_dir=self.build_temp,
-                    extra_postargs=COMMON_FLAGS + flags, depends=ext.depends)
+                    extra_postargs=COMMON_FLAGS + flags + EXTRA_FLAGS, depends=ext.depends)
                 if name != "scalar":
                     macros.append((f"FS_HAVE_{name.upper()}", "1"))
                 if SIMDE_NEON and name == "neon":
@@ -109,7 +112,7 @@ extension = Extension(
     "fastsparse._kernels",
     sources=["src/fastsparse/_kernels.pyx", os.path.join(CSRC, "dispatch.c")],
     depends=HEADERS + [os.path.join(CSRC, u[1]) for u in ISA_UNITS],
-    extra_compile_args=["-O3", "-ffp-contract=off"],
+    extra_compile_args=["-O3", "-ffp-contract=off"] + EXTRA_FLAGS,
 )
 
 setup(

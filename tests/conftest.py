@@ -19,6 +19,10 @@ settings.register_profile(
 settings.register_profile(
     "small", max_examples=12, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+# "sanitize": tools/sanitize.sh, where the instrumented build runs several times slower.
+settings.register_profile(
+    "sanitize", max_examples=15, deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("FASTSPARSE_HYPOTHESIS_PROFILE",
                                      "ci" if os.environ.get("CI") else "dev"))
 
@@ -39,3 +43,12 @@ def isa(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many calls the fuzz tests (tests/test_fuzz.py) made, per target."""
+    import sys
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and sum(fuzz.CALLS.values()):
+        per = ", ".join(f"{k} {v}" for k, v in sorted(fuzz.CALLS.items()))
+        terminalreporter.write_line(f"fastsparse fuzz: {sum(fuzz.CALLS.values())} calls ({per})")

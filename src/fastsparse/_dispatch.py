@@ -47,17 +47,25 @@ def isa_id(name):
 
 # --- threads -------------------------------------------------------------------------------
 
-def _default_threads():
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+def _cpus():
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
 
 
-_num_threads = _default_threads() if _kernels.OPENMP else 1
+def _default_threads():
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return _cpus()
+
+
+# Thread counts above this are clamped to it: the kernels are compute bound, so more threads
+# than CPUs only add overhead, and an unbounded request (num_threads=2**40) must neither
+# overflow the C int the kernel layer takes nor ask OpenMP for a team it cannot create.
+MAX_THREADS = max(64, 4 * _cpus())
+_num_threads = min(_default_threads(), MAX_THREADS) if _kernels.OPENMP else 1
 
 
 def get_num_threads():
@@ -68,14 +76,14 @@ def get_num_threads():
 def set_num_threads(n):
     """Default thread count for all calls; OMP_NUM_THREADS sets it at import."""
     global _num_threads
-    _num_threads = count(n, "n") if _kernels.OPENMP else 1
+    _num_threads = min(count(n, "n"), MAX_THREADS) if _kernels.OPENMP else 1
 
 
 def resolve_threads(num_threads):
     if num_threads is None:
         return _num_threads
     thread_count(num_threads)
-    return num_threads if _kernels.OPENMP else 1
+    return min(int(num_threads), MAX_THREADS) if _kernels.OPENMP else 1
 
 
 # --- spmm variants -------------------------------------------------------------------------

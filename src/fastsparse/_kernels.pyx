@@ -85,9 +85,12 @@ cdef class SpmmWeights:
             raise ValueError(f"nr must be 1, 2, 4 or 8, got {nr}")
         if rows < 1 or cols < 1:
             raise ValueError(f"rows and cols must be >= 1, got {rows} x {cols}")
+        if rows > _OFFSET_LIMIT or cols > _OFFSET_LIMIT:
+            raise ValueError(f"rows and cols must be < 2**31 (int32 indices of the packed "
+                             f"format), got {rows} x {cols}")
         values = np.array(values, dtype=np.float32, order="C", copy=True).reshape(-1)
-        nnzmap = np.array(nnzmap, dtype=np.uint32, order="C", copy=True).reshape(-1)
-        columns = np.array(columns, dtype=np.int32, order="C", copy=True).reshape(-1)
+        nnzmap = _checked_ints(nnzmap, np.uint32, "nnzmap")
+        columns = _checked_ints(columns, np.int32, "columns")
         nfull = rows // nr
         if nnzmap.shape[0] != nfull + rows % nr:
             raise ValueError(f"nnzmap must have {nfull + rows % nr} entries, got {nnzmap.shape[0]}")
@@ -143,6 +146,18 @@ cdef class SpmmWeights:
             off.flags.writeable = False
             self._offsets[hw] = off
         return off
+
+
+def _checked_ints(a, dtype, name):
+    """A C-contiguous copy of `a` as `dtype`, refusing values the type cannot hold (an
+    int64 column index of 2**32 + 1 must not wrap around to 1)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu" and a.size:
+        raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
+    info = np.iinfo(dtype)
+    if a.size and (int(a.min()) < info.min or int(a.max()) > info.max):
+        raise ValueError(f"{name} must lie in [{info.min}, {info.max}] ({np.dtype(dtype).name})")
+    return np.array(a, dtype=dtype, order="C", copy=True).reshape(-1)
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:

@@ -16,6 +16,7 @@ from it, and packed sparse weights are re-validated by the kernel layer (column 
 exactly as when they were first built.
 """
 import json
+import math
 import os
 import struct
 
@@ -27,6 +28,7 @@ MAGIC = b"\x89FSNET\r\n"
 VERSION = 1
 MAX_HEADER = 1 << 24
 _DTYPES = {"float32": np.float32, "int32": np.int32, "uint32": np.uint32}
+_ARRAY_DTYPES = {"nnzmap": "uint32", "columns": "int32"}  # every other array is float32
 _ALIGN = 64
 
 
@@ -111,8 +113,10 @@ def load_network(path):
             _fail(path, f"header length {hlen} exceeds the file ({size} bytes) or the limit")
         try:
             header = json.loads(f.read(hlen).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            _fail(path, f"its header is not valid JSON ({exc})")
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            # ValueError: bad JSON, or an int literal beyond Python's digit limit;
+            # RecursionError: nesting deeper than the C stack allows.
+            _fail(path, f"its header is not valid JSON ({type(exc).__name__}: {exc})")
         if not isinstance(header, dict) or header.get("format") != "fastsparse.network":
             _fail(path, "its header does not describe a fastsparse network")
         if header.get("version") != VERSION:
@@ -137,14 +141,31 @@ def load_network(path):
                 or isinstance(spec[0], bool) or not isinstance(spec[0], int)):
             _fail(path, f"array {name!r} has a malformed description {spec!r}")
         offset, dtype, shape = spec
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if dtype != _ARRAY_DTYPES.get(name, "float32"):
+            _fail(path, f"array {name!r} has dtype {dtype}, expected {_ARRAY_DTYPES.get(name, 'float32')}")
+        count = math.prod(shape)  # exact: an int64 product of hostile sizes could wrap around
         nbytes = count * 4
         if offset < 0 or offset % _ALIGN or offset + nbytes > data_bytes:
             _fail(path, f"array {name!r} ({shape}, {dtype}) at offset {offset} lies outside "
                         f"the data section ({data_bytes} bytes)")
         a = np.frombuffer(data, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<"), count=count,
                           offset=offset).astype(_DTYPES[dtype]).reshape(shape)
+        if dtype == "float32" and not np.isfinite(a).all():
+            _fail(path, f"array {name!r} holds NaN or inf (weights must be finite)")
         return a
+
+    def activation(i, rec):
+        act = rec.get("act")
+        if not (isinstance(act, list) and len(act) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in act)):
+            _fail(path, f"layer {i} has a bad activation {act!r}")
+        try:
+            lo, hi = float(act[0]), float(act[1])
+        except OverflowError:
+            _fail(path, f"layer {i} has a bad activation {act!r}")
+        if not lo <= hi:  # also refuses NaN
+            _fail(path, f"layer {i} has a bad activation {act!r}")
+        return lo, hi
 
     arch = header.get("arch")
     cls = {"mobilenet_v2": MobileNetV2, "mobilenet_v1": MobileNetV1}.get(arch, Network)
@@ -159,21 +180,17 @@ def load_network(path):
         if op in ("conv3x3", "dwconv"):
             w, b = array(rec, "w"), array(rec, "b")
             pad = rec.get("padding")
-            if not (pad == "same" or (isinstance(pad, list) and len(pad) == 4
+            if not ((pad == "same" and op == "conv3x3") or (isinstance(pad, list) and len(pad) == 4
                                       and all(isinstance(p, int) and 0 <= p <= 8 for p in pad))):
                 _fail(path, f"layer {i} has a bad padding {pad!r}")
-            act = rec.get("act")
-            if not (isinstance(act, list) and len(act) == 2):
-                _fail(path, f"layer {i} has a bad activation {act!r}")
+            act = activation(i, rec)
             kind = _Conv if op == "conv3x3" else _Depthwise
             layer = kind(w, b, _int(rec, "stride", path, 1, 2),
-                         pad if pad == "same" else tuple(pad), (float(act[0]), float(act[1])))
+                         pad if pad == "same" else tuple(pad), act)
             if w.ndim != 4 or b.shape != (w.shape[0],):
                 _fail(path, f"layer {i} has weights of shape {w.shape} and bias {b.shape}")
         elif op in ("conv1x1", "linear"):
-            act = rec.get("act")
-            if not (isinstance(act, list) and len(act) == 2):
-                _fail(path, f"layer {i} has a bad activation {act!r}")
+            act = activation(i, rec)
             b = array(rec, "b", required=False)
             if rec.get("sparse") is True:
                 try:
@@ -189,7 +206,7 @@ def load_network(path):
                 if W.ndim != 2:
                     _fail(path, f"layer {i} has dense weights of shape {W.shape}")
             kind = _Classifier if rec.get("classifier") else _Pointwise
-            layer = kind(W, b, (float(act[0]), float(act[1])))
+            layer = kind(W, b, act)
             if not layer.sparse:
                 layer.why_dense = str(rec.get("why_dense", "dense"))
             if b is not None and b.shape != (W.shape[0],):

@@ -21,7 +21,11 @@ def activation_bounds(activation, name="activation"):
         _, lo, hi = activation
         if not (isinstance(lo, numbers.Real) and isinstance(hi, numbers.Real)):
             raise TypeError(f"{name}: clamp bounds must be real numbers, got {lo!r}, {hi!r}")
-        lo, hi = float(lo), float(hi)
+        try:
+            lo, hi = float(lo), float(hi)
+        except OverflowError:  # an int beyond the double range, e.g. 10**400
+            raise ValueError(f"{name}: clamp bounds must fit in a float, got {lo!r}, {hi!r}") \
+                from None
         if lo != lo or hi != hi or lo > hi:
             raise ValueError(f"{name}: clamp bounds must satisfy lo <= hi, got ({lo}, {hi})")
         return lo, hi

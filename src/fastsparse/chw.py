@@ -20,18 +20,31 @@ from ._validate import activation_bounds, bias_vector, count, finite_float32, fl
 from .ops import _output
 
 
+# Padding beyond this is refused: it only adds rows and columns of bias, and an unbounded one
+# (padding=2**63) would overflow the sizes the kernel layer computes with.
+MAX_PADDING = 1 << 16
+
+
 def padding_tuple(padding, name="padding"):
-    """(top, left, bottom, right) from an int (symmetric) or a 4-tuple of ints >= 0."""
+    """(top, left, bottom, right) from an int (symmetric) or a 4-tuple of ints in
+    [0, MAX_PADDING]."""
     if isinstance(padding, bool):
         raise TypeError(f"{name} must be an int or a 4-tuple (top, left, bottom, right) of "
                         f"ints, got {padding!r}")
     if isinstance(padding, numbers.Integral):
-        p = count(padding, name, minimum=0)
+        p = _pad(padding, name)
         return p, p, p, p
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
-        return tuple(count(p, f"{name}[{i}]", minimum=0) for i, p in enumerate(padding))
+        return tuple(_pad(p, f"{name}[{i}]") for i, p in enumerate(padding))
     raise TypeError(f"{name} must be an int or a 4-tuple (top, left, bottom, right) of ints, "
                     f"got {padding!r}")
+
+
+def _pad(p, name):
+    p = count(p, name, minimum=0)
+    if p > MAX_PADDING:
+        raise ValueError(f"{name} must be <= {MAX_PADDING}, got {p}")
+    return p
 
 
 def stride_value(stride, name="stride"):

@@ -5,6 +5,7 @@ float32 from the first conv to the pooling; the residual add of MobileNet v2 is 
 the projection 1x1's epilogue. Activation buffers are planned once per input shape (tensors
 whose lifetimes do not overlap share memory) and reused; a call allocates only the logits.
 """
+import numbers
 import threading
 import time
 
@@ -446,11 +447,25 @@ class _Builder:
         return self.add(_pointwise(w2d, b, act, self.sparsity, self.block_size), res=res)
 
 
+def _check_bn_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"bn_eps must be a real number, got {type(eps).__name__}")
+    try:
+        value = float(eps)
+    except OverflowError:
+        value = float("inf")
+    if not 0.0 <= value < float("inf"):
+        raise ValueError(f"bn_eps must be finite and >= 0, got {eps!r}")
+    return value
+
+
 def _check_sparsity_args(sparsity, block_size):
     if sparsity is not None:
         from .prune import _check_sparsity
         _check_sparsity(sparsity)
-    if block_size is not None and (isinstance(block_size, bool) or block_size not in (1, 2, 4, 8)):
+    if block_size is not None and (isinstance(block_size, bool)
+                                   or not isinstance(block_size, numbers.Integral)
+                                   or int(block_size) not in (1, 2, 4, 8)):
         raise ValueError(f"block_size must be 1, 2, 4, 8 or None, got {block_size!r}")
 
 
@@ -465,7 +480,7 @@ class MobileNetV2(Network):
         (chosen per layer from the pattern). bn_eps: BatchNorm eps (default: the module's, or
         1e-5 for a state dict)."""
         _check_sparsity_args(sparsity, block_size)
-        eps = bn_eps if bn_eps is not None else _torch_bn_eps(source)
+        eps = _check_bn_eps(bn_eps) if bn_eps is not None else _torch_bn_eps(source)
         sd = _state_dict(source)
         blocks = sorted({int(k.split(".")[1]) for k in sd if k.startswith("features.")})
         if not blocks or blocks != list(range(len(blocks))) or len(blocks) != 19:
@@ -539,6 +554,7 @@ class MobileNetV1(Network):
         """Build from Keras' applications.MobileNet weights (a model, or {variable path: array}
         with HWIO kernels; any width; classifier_activation=None, so the output is logits)."""
         _check_sparsity_args(sparsity, block_size)
+        bn_eps = _check_bn_eps(bn_eps)
         wt = _keras_weights(source)
         if "conv1/kernel" not in wt or "conv_pw_13/kernel" not in wt:
             raise ValueError("source is not a Keras MobileNet: missing weight "

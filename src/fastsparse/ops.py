@@ -29,6 +29,17 @@ def _output(out, shape, inputs):
     return out
 
 
+# The kernels address an input row by an int32 byte offset from the image's first row.
+_IMAGE_BYTES_LIMIT = 2**31 - 1
+
+
+def _check_image_size(W, hw, name):
+    if W.shape[1] * hw * 4 > _IMAGE_BYTES_LIMIT:
+        raise ValueError(
+            f"{name}: {W.shape[1]} input channels x {hw} positions exceed the 2 GiB per-image "
+            "limit of the packed format (int32 byte offsets); split the image or the batch")
+
+
 def _spmm(x3, W, bias, residual3, lo, hi, num_threads, kernel, out=None):
     """out (N, rows, HW) = clamp(W @ x3[n] + bias + residual3[n]) with the active ISA."""
     isa, hw = _dispatch.isa(), x3.shape[2]
@@ -66,6 +77,8 @@ def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=
     would make every output NaN. For finite x the two agree.
     """
     W = _sparse_matrix(W)
+    if isinstance(x, np.ndarray) and x.ndim == 4:
+        _check_image_size(W, x.shape[2] * x.shape[3], "x")  # before x may be copied
     x = float32_array(x, "x", ndim=4)
     cout, cin = W.shape
     n, c, h, w = x.shape
@@ -89,6 +102,8 @@ def linear(x2d, W, bias=None, activation=None, num_threads=None):
     """y = act(x2d @ W.T + bias) for x2d (N, Cin) float32 and W a SparseMatrix or a dense
     (Cout, Cin) array; returns (N, Cout) float32. Sparse W runs the spmm kernels with the
     batch as the spatial axis."""
+    if isinstance(W, SparseMatrix) and isinstance(x2d, np.ndarray) and x2d.ndim == 2:
+        _check_image_size(W, x2d.shape[0], "x2d")  # the batch is the spatial axis; before a copy
     x2d = float32_array(x2d, "x2d", ndim=2)
     lo, hi = activation_bounds(activation)
     if isinstance(W, SparseMatrix):
@@ -100,6 +115,7 @@ def linear(x2d, W, bias=None, activation=None, num_threads=None):
         return np.ascontiguousarray(_spmm(xt, W, b, None, lo, hi, num_threads, None)[0].T)
     if not isinstance(W, np.ndarray):
         raise TypeError(f"W must be a SparseMatrix or a numpy.ndarray, got {type(W).__name__}")
+    _dispatch.resolve_threads(num_threads)  # checked as on the sparse path (NumPy's sgemm runs)
     Wd = float32_array(W, "W", ndim=2)
     if x2d.shape[1] != Wd.shape[1]:
         raise ValueError(f"x2d has {x2d.shape[1]} features but W expects {Wd.shape[1]} (W.shape={Wd.shape})")

@@ -10,7 +10,10 @@ from ._validate import count, finite_float32
 def _check_sparsity(sparsity):
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
         raise TypeError(f"sparsity must be a real number in [0, 1], got {type(sparsity).__name__}")
-    s = float(sparsity)
+    try:
+        s = float(sparsity)
+    except OverflowError:  # an int beyond the double range
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}") from None
     if not 0.0 <= s <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     return s
@@ -33,6 +36,7 @@ def magnitude(w, sparsity, block_size=1):
     if w.size == 0:
         return out
     rows = w.shape[0]
+    b = min(b, rows)  # a block taller than w is one block of all rows (and keeps sizes small)
     flat = out.reshape(rows, -1)
     cols = flat.shape[1]
     target = int(round(s * w.size))

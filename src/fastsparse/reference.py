@@ -105,6 +105,8 @@ def _magnitude(w, sparsity, block_size=1):
     w = finite_float32(w, "w")
     b = count(block_size, "block_size")
     out = w.copy()
+    if w.size == 0:
+        return out
     flat = out.reshape(w.shape[0], -1) if w.ndim else out.reshape(1, 1)
     target = int(round(float(sparsity) * w.size))
     blocks = []  # (rms, position, row slice, column)

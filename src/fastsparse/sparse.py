@@ -1,4 +1,6 @@
 """SparseMatrix: the packed, block-sparse weights of a 1x1 convolution or a linear layer."""
+import numbers
+
 import numpy as np
 
 from . import _kernels
@@ -54,6 +56,11 @@ class SparseMatrix:
         w2d: (rows, cols) real array, or a (rows, cols, 1, 1) 1x1-convolution weight.
         block_size: 1, 2, 4, 8, or None to choose from the pattern (choose_block_size).
         """
+        shape = getattr(w2d, "shape", None)
+        if isinstance(shape, tuple) and len(shape) >= 2 and max(shape[:2]) >= 2**31:
+            # Before any copy: a (1, 2**31) broadcast view would otherwise be materialized.
+            raise ValueError(f"w2d has shape {shape}: rows and cols must be < 2**31 (the "
+                             "packed format's int32 indices)")
         w = finite_float32(w2d, "w2d")
         if w.ndim == 4 and w.shape[2:] == (1, 1):
             w = w.reshape(w.shape[:2])
@@ -65,7 +72,8 @@ class SparseMatrix:
         mask = w != 0
         if block_size is None:
             block_size = choose_block_size(mask)
-        elif isinstance(block_size, bool) or block_size not in BLOCK_SIZES:
+        elif (isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral)
+              or int(block_size) not in BLOCK_SIZES):  # (an array must not reach `in`)
             raise ValueError(f"block_size must be one of {BLOCK_SIZES} or None, got {block_size!r}")
         b = int(block_size)
         nfull = rows // b

@@ -18,20 +18,29 @@ typedef size_t fs_tail; /* number of lanes, 1..4 */
 static inline fs_tail fs_tail_make(size_t n) { return n; }
 static inline fs_vec fs_vload(const float* p) { return _mm_loadu_ps(p); }
 static inline void fs_vstore(float* p, fs_vec v) { _mm_storeu_ps(p, v); }
+/* Two floats move as one 64-bit lane with _mm_loadl_epi64/_mm_storel_epi64: they access
+ * memory through an unaligned, may-alias type. (_mm_load_sd/_mm_store_sd dereference a
+ * double*, which is undefined for the 4-byte aligned float rows they get; UBSan flags it.) */
+static inline fs_vec fs_vload_lo2(const float* p) {
+  return _mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)p));
+}
+static inline void fs_vstore_lo2(float* p, fs_vec v) {
+  _mm_storel_epi64((__m128i*)p, _mm_castps_si128(v));
+}
 static inline fs_vec fs_vload_tail(const float* p, fs_tail n) {
   switch (n) {
     case 1: return _mm_load_ss(p);
-    case 2: return _mm_castpd_ps(_mm_load_sd((const double*)p));
-    case 3: return _mm_movelh_ps(_mm_castpd_ps(_mm_load_sd((const double*)p)), _mm_load_ss(p + 2));
+    case 2: return fs_vload_lo2(p);
+    case 3: return _mm_movelh_ps(fs_vload_lo2(p), _mm_load_ss(p + 2));
     default: return _mm_loadu_ps(p);
   }
 }
 static inline void fs_vstore_tail(float* p, fs_vec v, fs_tail n) {
   switch (n) {
     case 1: _mm_store_ss(p, v); break;
-    case 2: _mm_store_sd((double*)p, _mm_castps_pd(v)); break;
+    case 2: fs_vstore_lo2(p, v); break;
     case 3:
-      _mm_store_sd((double*)p, _mm_castps_pd(v));
+      fs_vstore_lo2(p, v);
       _mm_store_ss(p + 2, _mm_movehl_ps(v, v));
       break;
     default: _mm_storeu_ps(p, v);
