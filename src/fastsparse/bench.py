@@ -183,6 +183,13 @@ def _engines(sd, threads):
             layer.W, layer.sparse, layer.why_dense = layer.W.to_dense(), False, "forced dense"
     engines["fastsparse (dense path)"] = net0
     try:
+        import onnxruntime  # noqa: F401  (optional: the `bench` extra)
+        from .bench_e2e import onnx_model, ort_session
+        sess = ort_session(onnx_model("mobilenet_v2", sd), threads)
+        engines["ONNX Runtime (dense)"] = lambda x, s=sess: s.run(None, {"images": x})[0]
+    except ImportError:
+        pass
+    try:
         import torch
     except ImportError:
         return engines, None
@@ -227,6 +234,10 @@ def demo(out=print, repeat=20):
         for name, ts in times.items():
             out(f"| {name} | {t} | {np.median(ts) * 1e3:.2f} ({ts.min() * 1e3:.2f}-{ts.max() * 1e3:.2f})"
                 f" | {np.median(ts) / base:.2f}x |")
+    if cpus > 1:
+        out("\nThe engines take turns, and each one's thread pool spins for a while after its call:"
+            "\non a machine with few cores the all-thread rows measure that interference as much as"
+            "\nthe engines (BENCHMARKS.md, 'Noise').")
 
 
 

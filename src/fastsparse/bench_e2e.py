@@ -264,10 +264,7 @@ def _callables(arch, weights, block, threads, engines, input_size, blas, width):
         net = build_fastsparse(arch, weights, block_size=block, num_threads=t)
 
         def run_fs(x, net=net, t=t):
-            # The executor's first conv ignores num_threads= and takes the global default
-            # (reported; tests/test_bench_e2e.py has the xfail), so set that too; the dense
-            # 1x1 path (sparsity 0) runs numpy's sgemm, whose threads are set here as well.
-            _dispatch.set_num_threads(t)
+            # The dense 1x1 path (sparsity 0) runs numpy's sgemm: its threads are set here.
             blas.set(t)
             return net(x)
         out[(t, FS)] = run_fs
@@ -544,7 +541,7 @@ def _detail(out, arch, width, input_size, threads, seed):
     """Per model at 90 %, batch 1: Python overhead, packed bytes, top layers."""
     w = pruned_weights(arch, 0.9, 1, width, 1000, seed)
     net = build_fastsparse(arch, w, block_size=1, num_threads=threads)
-    _dispatch.set_num_threads(threads)  # the first conv's threads (see _callables)
+    _dispatch.set_num_threads(threads)
     x = np.random.default_rng(seed + 7).uniform(-1, 1, (1, 3, *input_size)).astype(np.float32)
     ov = python_overhead(net, x)
     # Cross-check: on a 32x32 image (the smallest v1 takes) the kernels do 2 % of the work, so
