@@ -87,7 +87,8 @@ if want c; then
 import fastsparse as fs
 assert fs.isa() == 'sse2' and fs.available_isas() == ['sse2', 'scalar'], fs.available_isas()
 print('Nehalem: available', fs.available_isas(), 'active', fs.isa())"
-    FASTSPARSE_HYPOTHESIS_PROFILE=small "${nehalem[@]}" -m pytest -q -p no:cacheprovider tests
+    FASTSPARSE_HYPOTHESIS_PROFILE=small "${nehalem[@]}" -m pytest -q -p no:cacheprovider \
+      "${FS_EMULATED_PYTEST_SKIP[@]}" tests
   )
   fs_step_done
 fi

@@ -160,7 +160,8 @@ assert fs.available_isas() == ['neon', 'scalar'] and fs.isa() == 'neon', fs.avai
 print('AArch64:', fs.available_isas(), 'active', fs.isa(), fs._dispatch.spmm_kernels('neon'))"
 in_root /usr/bin/env PYTHONPATH=/fastsparse/src \
   FASTSPARSE_HYPOTHESIS_PROFILE="${FASTSPARSE_HYPOTHESIS_PROFILE:-small}" \
-  /venv/bin/python -m pytest -q -p no:cacheprovider /fastsparse/tests
+  /venv/bin/python -m pytest -q -p no:cacheprovider "${FS_EMULATED_PYTEST_SKIP[@]}" \
+  /fastsparse/tests
 fs_step_done
 
 echo "== tier 2 finished in $(( $(date +%s) - tier_start )) s"
