@@ -164,6 +164,17 @@ cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
+cdef const float* _bias_pointer(object bias, Py_ssize_t rows) except? NULL:
+    """The float32 data of a bias of `rows` entries, or NULL for None. The caller holds `bias`,
+    which keeps the buffer alive while the kernels read it."""
+    if bias is None:
+        return NULL
+    cdef const float[::1] b = bias
+    if b.shape[0] != rows:
+        raise ValueError(f"bias must have {rows} entries")
+    return &b[0]
+
+
 def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bias,
          residual, float[:, :, ::1] out, float lo, float hi, int num_threads):
     """out[n] = clamp(W @ x[n] + bias + residual[n], lo, hi) for x of shape (N, cols, HW).
@@ -182,13 +193,7 @@ def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bi
         raise ValueError("out must have shape (N, rows, HW)")
     if not (lo <= hi):
         raise ValueError("lo must be <= hi")
-    cdef const float[::1] b
-    cdef const float* bptr = NULL
-    if bias is not None:
-        b = bias
-        if b.shape[0] != cout:
-            raise ValueError(f"bias must have {cout} entries")
-        bptr = &b[0]
+    cdef const float* bptr = _bias_pointer(bias, cout)
     cdef const float[:, :, ::1] r
     cdef const float* rptr = NULL
     if residual is not None:
@@ -329,13 +334,7 @@ def dwconv2d(int isa, const float[:, :, :, ::1] x, const float[:, ::1] w, bias,
         raise ValueError(f"w must have shape ({c}, {k * k})")
     if out.shape[0] != n or out.shape[1] != c:
         raise ValueError("out must have shape (N, C, OH, OW)")
-    cdef const float[::1] b
-    cdef const float* bptr = NULL
-    if bias is not None:
-        b = bias
-        if b.shape[0] != c:
-            raise ValueError(f"bias must have {c} entries")
-        bptr = &b[0]
+    cdef const float* bptr = _bias_pointer(bias, c)
     if n == 0 or c == 0 or oh == 0 or ow == 0:
         return
     if ih == 0 or iw == 0:
@@ -387,13 +386,7 @@ def conv2d(int isa, x, bint nhwc, const float[:, ::1] w, bias, float[:, :, :, ::
         raise ValueError(f"w must have shape (Cout, {cin * 9})")
     if out.shape[0] != n or out.shape[1] != cout:
         raise ValueError("out must have shape (N, Cout, OH, OW)")
-    cdef const float[::1] b
-    cdef const float* bptr = NULL
-    if bias is not None:
-        b = bias
-        if b.shape[0] != cout:
-            raise ValueError(f"bias must have {cout} entries")
-        bptr = &b[0]
+    cdef const float* bptr = _bias_pointer(bias, cout)
     if n == 0 or cout == 0 or oh == 0 or ow == 0:
         return
     if cin == 0 or ih == 0 or iw == 0:
