@@ -8,8 +8,9 @@ O(1) against it.
 """
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memset
 
 cdef extern from "csrc/fs_kernels.h" nogil:
     ctypedef void (*fs_spmm_fn)(
@@ -175,83 +176,6 @@ cdef const float* _bias_pointer(object bias, Py_ssize_t rows) except? NULL:
     return &b[0]
 
 
-def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bias,
-         residual, float[:, :, ::1] out, float lo, float hi, int num_threads):
-    """out[n] = clamp(W @ x[n] + bias + residual[n], lo, hi) for x of shape (N, cols, HW).
-
-    Threads split (image, spatial chunk) pairs; chunks are whole tiles of the kernel's MR,
-    so the result does not depend on the thread count."""
-    if kernel < 0 or <size_t>kernel >= fs_spmm_kernel_count(isa) or not fs_isa_supported(isa):
-        raise ValueError(f"no runnable spmm kernel {kernel} for ISA {isa}")
-    cdef const fs_spmm_kernel* k = fs_spmm_kernel_at(isa, kernel)
-    if k.nr != w.nr:
-        raise ValueError(f"kernel {k.name.decode()} needs blocks of {k.nr}, weights have {w.nr}")
-    cdef Py_ssize_t n = x.shape[0], cin = x.shape[1], hw = x.shape[2], cout = w.rows
-    if cin != w.cols:
-        raise ValueError(f"x has {cin} channels, weights expect {w.cols}")
-    if out.shape[0] != n or out.shape[1] != cout or out.shape[2] != hw:
-        raise ValueError("out must have shape (N, rows, HW)")
-    if not (lo <= hi):
-        raise ValueError("lo must be <= hi")
-    cdef const float* bptr = _bias_pointer(bias, cout)
-    cdef const float[:, :, ::1] r
-    cdef const float* rptr = NULL
-    if residual is not None:
-        r = residual
-        if r.shape[0] != n or r.shape[1] != cout or r.shape[2] != hw:
-            raise ValueError("residual must have the shape of out")
-        rptr = &r[0, 0, 0]
-    if n == 0 or hw == 0:
-        return
-    cdef const float[::1] values = w.values
-    cdef const uint32_t[::1] nnzmap = w.nnzmap
-    cdef const int32_t[::1] offsets = w.offsets(hw)
-    # Non-empty placeholders keep &view[0] valid when a matrix has no non-zero at all.
-    cdef float fzero = 0.0
-    cdef int32_t izero = 0
-    cdef const float* vptr = &values[0] if values.shape[0] else &fzero
-    cdef const int32_t* optr = &offsets[0] if offsets.shape[0] else &izero
-    cdef const uint32_t* mptr = &nnzmap[0]
-    cdef const float* xptr = &x[0, 0, 0]
-    cdef float* yptr = &out[0, 0, 0]
-    cdef fs_spmm_fn fn = k.fn
-    cdef size_t stride = <size_t>hw * sizeof(float)
-    cdef Py_ssize_t mr = k.mr
-    if num_threads < 1:
-        num_threads = 1
-    # Enough chunks per image for ~4 per thread, each a whole number of tiles.
-    cdef Py_ssize_t tiles = _ceil_div(hw, mr)
-    cdef Py_ssize_t pieces = min(tiles, max(1, _ceil_div(4 * num_threads, n))) if num_threads > 1 else 1
-    cdef Py_ssize_t chunk = _ceil_div(tiles, pieces) * mr
-    pieces = _ceil_div(hw, chunk)
-    # Small images (7x7 is one tile) leave threads idle: then threads also split the output
-    # blocks, in runs of equal work. Rows are independent, so results stay bit-identical.
-    cdef Py_ssize_t nblocks = nnzmap.shape[0], groups = 1
-    if num_threads > 1 and n * pieces < 2 * num_threads and nblocks > 1:
-        groups = min(nblocks, _ceil_div(2 * num_threads, n * pieces))
-    cdef const int64_t[::1] bounds = w.groups(groups)
-    cdef const int64_t[:, ::1] starts = w._starts
-    cdef Py_ssize_t total = n * pieces * groups, t, g, rest, img, m0, img_off, res_off
-    cdef Py_ssize_t b0, b1, r0
-    num_threads = <int>min(<Py_ssize_t>num_threads, total)
-    with nogil:
-        for t in prange(total, num_threads=num_threads, schedule="static"):
-            g = t % groups
-            rest = t // groups
-            img = rest // pieces
-            m0 = (rest % pieces) * chunk
-            b0 = bounds[g]
-            b1 = bounds[g + 1]
-            if b1 > b0:
-                r0 = starts[0, b0]
-                img_off = img * cin * hw + m0
-                res_off = img * cout * hw + r0 * hw + m0
-                fn(min(chunk, hw - m0), starts[0, b1] - r0, xptr + img_off, vptr + starts[1, b0],
-                   mptr + b0, optr + starts[2, b0], bptr + r0 if bptr != NULL else NULL,
-                   rptr + res_off if rptr != NULL else NULL, stride, yptr + res_off, stride,
-                   lo, hi)
-
-
 # ---- CHW companion ops: depthwise conv, first-layer conv, global average pooling, add ----
 
 cdef extern from "csrc/fs_kernels.h" nogil:
@@ -284,7 +208,51 @@ cdef extern from "csrc/fs_kernels.h" nogil:
     size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
                                     size_t pad_left)
 
-from cython.parallel cimport threadid
+cdef extern from "csrc/fs_steps.h" nogil:
+    enum:
+        FS_STEP_SPMM
+        FS_STEP_DWCONV2D
+        FS_STEP_CONV2D
+        FS_STEP_GAVGPOOL
+        FS_STEP_VADD
+    ctypedef struct fs_spmm_args:
+        fs_spmm_fn fn
+        size_t hw, cin, cout, chunk, pieces, groups
+        const float* values
+        const uint32_t* nnzmap
+        const int32_t* offsets
+        const int64_t* bounds
+        const int64_t* row_start
+        const int64_t* value_start
+        const int64_t* nz_start
+    ctypedef struct fs_dwconv2d_args:
+        fs_dwconv2d_fn fn
+        size_t c, ih, iw, oh, ow, pad_top, pad_left, taps
+    ctypedef struct fs_conv2d_args:
+        fs_conv2d_fn fn
+        size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces
+        size_t channel_stride, row_stride, pixel_stride
+    ctypedef struct fs_gavgpool_args:
+        fs_gavgpool_fn fn
+        size_t c, hw
+    ctypedef struct fs_vadd_args:
+        fs_vadd_fn fn
+        size_t n, chunk
+    ctypedef struct fs_step:
+        int kind, src, res, dst
+        size_t items
+        const float* weights
+        const float* bias
+        float lo, hi
+        float* scratch
+        size_t scratch_floats
+        fs_spmm_args spmm
+        fs_dwconv2d_args dw
+        fs_conv2d_args conv
+        fs_gavgpool_args pool
+        fs_vadd_args vadd
+    void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
+                      double* times)
 
 
 # cpuid traps to the hypervisor in a VM (~75 us measured on a KVM guest): ask once per ISA.
@@ -312,13 +280,77 @@ def chw_kernels(int isa):
     return out
 
 
-def dwconv2d(int isa, const float[:, :, :, ::1] x, const float[:, ::1] w, bias,
-             float[:, :, :, ::1] out, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad_top,
-             Py_ssize_t pad_left, float lo, float hi, int num_threads):
-    """out[n, c] = clamp(depthwise KxK conv of x[n, c] with w[c] (k*k floats) + bias[c]).
+# ---- Steps: each op checks its arguments and fills one fs_step (csrc/fs_steps.h) ----------
+#
+# A step records kernel, sizes, thread split and weight pointers; its tensors are table
+# indices (src, res, dst), bound to data only when it runs. The one-op functions below run a
+# single step over the caller's arrays; a StepList runs a whole network's steps over planned
+# buffers. Either way the arrays a step was checked against have exactly the shapes of the
+# ones it runs on. Weight pointers stay valid because the caller keeps the weight objects.
 
-    Threads split (image, channel) planes; each plane is one kernel call, so the result does
-    not depend on the thread count."""
+# Non-empty placeholders: an all-zero matrix has no value or offset to point at.
+cdef float _ZERO_F = 0.0
+cdef int32_t _ZERO_I = 0
+
+
+cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
+                    const float[:, :, ::1] x, bias, residual, float[:, :, ::1] out, float lo,
+                    float hi, int num_threads) except -1:
+    if kernel < 0 or <size_t>kernel >= fs_spmm_kernel_count(isa) or not fs_isa_supported(isa):
+        raise ValueError(f"no runnable spmm kernel {kernel} for ISA {isa}")
+    cdef const fs_spmm_kernel* k = fs_spmm_kernel_at(isa, kernel)
+    if k.nr != w.nr:
+        raise ValueError(f"kernel {k.name.decode()} needs blocks of {k.nr}, weights have {w.nr}")
+    cdef Py_ssize_t n = x.shape[0], cin = x.shape[1], hw = x.shape[2], cout = w.rows
+    if cin != w.cols:
+        raise ValueError(f"x has {cin} channels, weights expect {w.cols}")
+    if out.shape[0] != n or out.shape[1] != cout or out.shape[2] != hw:
+        raise ValueError("out must have shape (N, rows, HW)")
+    if not (lo <= hi):
+        raise ValueError("lo must be <= hi")
+    st.bias = _bias_pointer(bias, cout)
+    cdef const float[:, :, ::1] r
+    if residual is not None:
+        r = residual
+        if r.shape[0] != n or r.shape[1] != cout or r.shape[2] != hw:
+            raise ValueError("residual must have the shape of out")
+    st.kind, st.lo, st.hi, st.items = FS_STEP_SPMM, lo, hi, 0
+    if n == 0 or hw == 0:
+        return 0
+    cdef const float[::1] values = w.values
+    cdef const uint32_t[::1] nnzmap = w.nnzmap
+    cdef const int32_t[::1] offsets = w.offsets(hw)
+    cdef Py_ssize_t mr = k.mr
+    if num_threads < 1:
+        num_threads = 1
+    # Enough chunks per image for ~4 per thread, each a whole number of tiles.
+    cdef Py_ssize_t tiles = _ceil_div(hw, mr)
+    cdef Py_ssize_t pieces = min(tiles, max(1, _ceil_div(4 * num_threads, n))) if num_threads > 1 else 1
+    cdef Py_ssize_t chunk = _ceil_div(tiles, pieces) * mr
+    pieces = _ceil_div(hw, chunk)
+    # Small images (7x7 is one tile) leave threads idle: then threads also split the output
+    # blocks, in runs of equal work. Rows are independent, so results stay bit-identical.
+    cdef Py_ssize_t nblocks = nnzmap.shape[0], groups = 1
+    if num_threads > 1 and n * pieces < 2 * num_threads and nblocks > 1:
+        groups = min(nblocks, _ceil_div(2 * num_threads, n * pieces))
+    cdef const int64_t[::1] bounds = w.groups(groups)
+    cdef const int64_t[:, ::1] starts = w._starts
+    st.spmm.fn = k.fn
+    st.spmm.hw, st.spmm.cin, st.spmm.cout = hw, cin, cout
+    st.spmm.chunk, st.spmm.pieces, st.spmm.groups = chunk, pieces, groups
+    st.spmm.values = &values[0] if values.shape[0] else <const float*>&_ZERO_F
+    st.spmm.nnzmap = &nnzmap[0]
+    st.spmm.offsets = &offsets[0] if offsets.shape[0] else <const int32_t*>&_ZERO_I
+    st.spmm.bounds = &bounds[0]
+    st.spmm.row_start, st.spmm.value_start, st.spmm.nz_start = &starts[0, 0], &starts[1, 0], &starts[2, 0]
+    st.items = n * pieces * groups
+    return 0
+
+
+cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] x, const float[:, ::1] w,
+                        bias, float[:, :, :, ::1] out, Py_ssize_t k, Py_ssize_t stride,
+                        Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi,
+                        int num_threads) except -1:
     cdef const fs_chw_ops* ops = _chw_ops(isa)
     if k != 3 and k != 5:
         raise ValueError(f"k must be 3 or 5, got {k}")
@@ -334,39 +366,26 @@ def dwconv2d(int isa, const float[:, :, :, ::1] x, const float[:, ::1] w, bias,
         raise ValueError(f"w must have shape ({c}, {k * k})")
     if out.shape[0] != n or out.shape[1] != c:
         raise ValueError("out must have shape (N, C, OH, OW)")
-    cdef const float* bptr = _bias_pointer(bias, c)
+    st.bias = _bias_pointer(bias, c)
+    st.kind, st.lo, st.hi, st.items = FS_STEP_DWCONV2D, lo, hi, 0
     if n == 0 or c == 0 or oh == 0 or ow == 0:
-        return
+        return 0
     if ih == 0 or iw == 0:
         raise ValueError("x must have H, W >= 1")
-    if num_threads < 1:
-        num_threads = 1
-    cdef fs_dwconv2d_fn fn = ops.dwconv2d[k == 5][stride == 2]
-    cdef Py_ssize_t sf = fs_dwconv2d_scratch_floats(k, stride, iw, ow, pad_left)
-    scratch_arr = np.zeros(sf * num_threads, dtype=np.float32)  # the kernels' contract
-    cdef float[::1] scratch = scratch_arr
-    cdef float* sptr = &scratch[0]
-    cdef const float* xptr = &x[0, 0, 0, 0]
-    cdef const float* wptr = &w[0, 0]
-    cdef float* yptr = &out[0, 0, 0, 0]
-    cdef Py_ssize_t t, ch, total = n * c
-    with nogil:
-        for t in prange(total, num_threads=num_threads, schedule="static"):
-            ch = t % c
-            fn(ih, iw, oh, ow, pad_top, pad_left, xptr + t * ih * iw, iw * sizeof(float),
-               wptr + ch * k * k, bptr[ch] if bptr != NULL else 0.0,
-               sptr + threadid() * sf, yptr + t * oh * ow, ow * sizeof(float), lo, hi)
+    st.weights = &w[0, 0]
+    st.dw.fn = ops.dwconv2d[k == 5][stride == 2]
+    st.dw.c, st.dw.ih, st.dw.iw, st.dw.oh, st.dw.ow = c, ih, iw, oh, ow
+    st.dw.pad_top, st.dw.pad_left, st.dw.taps = pad_top, pad_left, k * k
+    st.scratch_floats = fs_dwconv2d_scratch_floats(k, stride, iw, ow, pad_left)
+    st.items = n * c
+    return 0
 
 
-def conv2d(int isa, x, bint nhwc, const float[:, ::1] w, bias, float[:, :, :, ::1] out,
-           Py_ssize_t stride, Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi,
-           int num_threads):
-    """Dense 3x3 convolution, NCHW output; x is (N, Cin, H, W), or (N, H, W, Cin) if nhwc.
-
-    Threads split (image, band of output rows) pairs; a row's result does not depend on the
-    band it falls in."""
+cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] xv, bint nhwc,
+                      const float[:, ::1] w, bias, float[:, :, :, ::1] out, Py_ssize_t stride,
+                      Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi,
+                      int num_threads) except -1:
     cdef const fs_chw_ops* ops = _chw_ops(isa)
-    cdef const float[:, :, :, ::1] xv = x
     if stride != 1 and stride != 2:
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     if pad_top < 0 or pad_left < 0:
@@ -386,75 +405,302 @@ def conv2d(int isa, x, bint nhwc, const float[:, ::1] w, bias, float[:, :, :, ::
         raise ValueError(f"w must have shape (Cout, {cin * 9})")
     if out.shape[0] != n or out.shape[1] != cout:
         raise ValueError("out must have shape (N, Cout, OH, OW)")
-    cdef const float* bptr = _bias_pointer(bias, cout)
+    st.bias = _bias_pointer(bias, cout)
+    st.kind, st.lo, st.hi, st.items = FS_STEP_CONV2D, lo, hi, 0
     if n == 0 or cout == 0 or oh == 0 or ow == 0:
-        return
+        return 0
     if cin == 0 or ih == 0 or iw == 0:
         raise ValueError("x must have Cin, H, W >= 1")
     if num_threads < 1:
         num_threads = 1
-    cdef fs_conv2d_fn fn = ops.conv2d[stride == 2]
-    cdef Py_ssize_t sf = fs_conv2d_scratch_floats(cin, stride, iw, ow, pad_left)
-    scratch_arr = np.zeros(sf * num_threads, dtype=np.float32)  # the kernels' contract
-    cdef float[::1] scratch = scratch_arr
-    cdef float* sptr = &scratch[0]
     # Bands of rows: ~2 per thread and image (each band restages up to 2 extra input rows).
     cdef Py_ssize_t pieces = min(oh, max(1, _ceil_div(2 * num_threads, n))) if num_threads > 1 else 1
     cdef Py_ssize_t band = _ceil_div(oh, pieces)
     pieces = _ceil_div(oh, band)
-    cdef const float* xptr = &xv[0, 0, 0, 0]
-    cdef const float* wptr = &w[0, 0]
-    cdef float* yptr = &out[0, 0, 0, 0]
-    cdef Py_ssize_t t, img, oy0, total = n * pieces, img_in = cin * ih * iw
-    with nogil:
-        for t in prange(total, num_threads=num_threads, schedule="static"):
-            img = t // pieces
-            oy0 = (t % pieces) * band
-            fn(cin, ih, iw, oh, ow, pad_top, pad_left, oy0, min(oy0 + band, oh),
-               xptr + img * img_in, cs, rs, ps, cout, wptr, bptr, sptr + threadid() * sf,
-               yptr + img * cout * oh * ow, oh * ow * sizeof(float), ow * sizeof(float), lo, hi)
+    st.weights = &w[0, 0]
+    st.conv.fn = ops.conv2d[stride == 2]
+    st.conv.cin, st.conv.ih, st.conv.iw, st.conv.oh, st.conv.ow = cin, ih, iw, oh, ow
+    st.conv.pad_top, st.conv.pad_left, st.conv.cout = pad_top, pad_left, cout
+    st.conv.band, st.conv.pieces = band, pieces
+    st.conv.channel_stride, st.conv.row_stride, st.conv.pixel_stride = cs, rs, ps
+    st.scratch_floats = fs_conv2d_scratch_floats(cin, stride, iw, ow, pad_left)
+    st.items = n * pieces
+    return 0
 
 
-def gavgpool(int isa, const float[:, :, ::1] x, float[:, ::1] out):
-    """out[n, c] = mean of x[n, c, :] for x of shape (N, C, HW), HW >= 1."""
+cdef int _gavgpool_step(fs_step* st, int isa, const float[:, :, ::1] x,
+                        float[:, ::1] out) except -1:
     cdef const fs_chw_ops* ops = _chw_ops(isa)
-    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], hw = x.shape[2], i
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], hw = x.shape[2]
     if out.shape[0] != n or out.shape[1] != c:
         raise ValueError("out must have shape (N, C)")
+    st.kind, st.items = FS_STEP_GAVGPOOL, 0
     if n == 0 or c == 0:
-        return
+        return 0
     if hw == 0:
         raise ValueError("x must have H * W >= 1")
-    cdef fs_gavgpool_fn fn = ops.gavgpool
-    cdef float scale = 1.0 / hw
-    with nogil:
-        for i in range(n):
-            fn(c, hw, &x[i, 0, 0], hw * sizeof(float), scale, &out[i, 0])
+    st.pool.fn, st.pool.c, st.pool.hw = ops.gavgpool, c, hw
+    st.items = n
+    return 0
 
 
-def vadd(int isa, const float[::1] a, const float[::1] b, float[::1] y, float lo, float hi,
-         int num_threads):
-    """y = clamp(a + b, lo, hi), split in chunks of whole 64-float blocks across threads."""
+cdef int _vadd_step(fs_step* st, int isa, const float[::1] a, const float[::1] b,
+                    float[::1] y, float lo, float hi, int num_threads) except -1:
     cdef const fs_chw_ops* ops = _chw_ops(isa)
     cdef Py_ssize_t n = a.shape[0]
     if b.shape[0] != n or y.shape[0] != n:
         raise ValueError("a, b and y must have the same length")
     if not (lo <= hi):
         raise ValueError("lo must be <= hi")
+    st.kind, st.lo, st.hi, st.items = FS_STEP_VADD, lo, hi, 0
     if n == 0:
-        return
+        return 0
     if num_threads < 1:
         num_threads = 1
-    cdef fs_vadd_fn fn = ops.vadd
     # Threads only pay off past ~64K floats; chunks are multiples of 64 floats.
     cdef Py_ssize_t pieces = min(num_threads, max(1, n // 65536))
     cdef Py_ssize_t chunk = _ceil_div(_ceil_div(n, pieces), 64) * 64
-    pieces = _ceil_div(n, chunk)
-    cdef const float* ap = &a[0]
-    cdef const float* bp = &b[0]
-    cdef float* yp = &y[0]
-    cdef Py_ssize_t t, i0
+    st.vadd.fn, st.vadd.n, st.vadd.chunk = ops.vadd, n, chunk
+    st.items = _ceil_div(n, chunk)
+    return 0
+
+
+cdef void _run_one(fs_step* st, float* x, float* res, float* y, float* scratch,
+                   int num_threads) noexcept nogil:
+    """Runs one filled step over the caller's arrays (tensor table: x, res, y)."""
+    cdef float* table[3]
+    table[0], table[1], table[2] = x, res, y
+    st.src, st.res, st.dst = 0, 1 if res != NULL else -1, 2
+    st.scratch = scratch
+    if num_threads < 1:
+        num_threads = 1
+    fs_run_steps(st, 1, table, <int>min(<size_t>num_threads, st.items), NULL)
+
+
+cdef float* _data(object a, bint write) except? NULL:
+    """The float32 data of a C-contiguous array (checked), for the tensor table. Tensors
+    that are only read (the input) may be read-only arrays."""
+    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
+            and (a.flags.writeable or not write)):
+        raise ValueError(f"tensors must be {'writeable ' if write else ''}C-contiguous "
+                         "float32 numpy arrays")
+    if a.size == 0:
+        return NULL
+    cdef const float[::1] v = a.reshape(-1)
+    return <float*>&v[0]
+
+
+def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bias,
+         residual, float[:, :, ::1] out, float lo, float hi, int num_threads):
+    """out[n] = clamp(W @ x[n] + bias + residual[n], lo, hi) for x of shape (N, cols, HW).
+
+    Threads split (image, spatial chunk) pairs; chunks are whole tiles of the kernel's MR,
+    so the result does not depend on the thread count."""
+    cdef fs_step st
+    memset(&st, 0, sizeof(st))
+    _spmm_step(&st, isa, kernel, w, x, bias, residual, out, lo, hi, num_threads)
+    if st.items == 0:
+        return
+    cdef const float[:, :, ::1] r
+    cdef float* rptr = NULL
+    if residual is not None:
+        r = residual
+        rptr = <float*>&r[0, 0, 0]
     with nogil:
-        for t in prange(pieces, num_threads=num_threads, schedule="static"):
-            i0 = t * chunk
-            fn(min(chunk, n - i0), ap + i0, bp + i0, yp + i0, lo, hi)
+        _run_one(&st, <float*>&x[0, 0, 0], rptr, &out[0, 0, 0], NULL, num_threads)
+
+
+def dwconv2d(int isa, const float[:, :, :, ::1] x, const float[:, ::1] w, bias,
+             float[:, :, :, ::1] out, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad_top,
+             Py_ssize_t pad_left, float lo, float hi, int num_threads):
+    """out[n, c] = clamp(depthwise KxK conv of x[n, c] with w[c] (k*k floats) + bias[c]).
+
+    Threads split (image, channel) planes; each plane is one kernel call, so the result does
+    not depend on the thread count."""
+    cdef fs_step st
+    memset(&st, 0, sizeof(st))
+    _dwconv2d_step(&st, isa, x, w, bias, out, k, stride, pad_top, pad_left, lo, hi, num_threads)
+    if st.items == 0:
+        return
+    num_threads = <int>min(<size_t>max(num_threads, 1), st.items)
+    cdef float[::1] scratch = np.zeros(st.scratch_floats * num_threads, dtype=np.float32)
+    with nogil:
+        _run_one(&st, <float*>&x[0, 0, 0, 0], NULL, &out[0, 0, 0, 0], &scratch[0], num_threads)
+
+
+def conv2d(int isa, x, bint nhwc, const float[:, ::1] w, bias, float[:, :, :, ::1] out,
+           Py_ssize_t stride, Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi,
+           int num_threads):
+    """Dense 3x3 convolution, NCHW output; x is (N, Cin, H, W), or (N, H, W, Cin) if nhwc.
+
+    Threads split (image, band of output rows) pairs; a row's result does not depend on the
+    band it falls in."""
+    cdef const float[:, :, :, ::1] xv = x
+    cdef fs_step st
+    memset(&st, 0, sizeof(st))
+    _conv2d_step(&st, isa, xv, nhwc, w, bias, out, stride, pad_top, pad_left, lo, hi,
+                 num_threads)
+    if st.items == 0:
+        return
+    num_threads = <int>min(<size_t>max(num_threads, 1), st.items)
+    cdef float[::1] scratch = np.zeros(st.scratch_floats * num_threads, dtype=np.float32)
+    with nogil:
+        _run_one(&st, <float*>&xv[0, 0, 0, 0], NULL, &out[0, 0, 0, 0], &scratch[0], num_threads)
+
+
+def gavgpool(int isa, const float[:, :, ::1] x, float[:, ::1] out):
+    """out[n, c] = mean of x[n, c, :] for x of shape (N, C, HW), HW >= 1."""
+    cdef fs_step st
+    memset(&st, 0, sizeof(st))
+    _gavgpool_step(&st, isa, x, out)
+    if st.items == 0:
+        return
+    with nogil:
+        _run_one(&st, <float*>&x[0, 0, 0], NULL, &out[0, 0], NULL, 1)
+
+
+def vadd(int isa, const float[::1] a, const float[::1] b, float[::1] y, float lo, float hi,
+         int num_threads):
+    """y = clamp(a + b, lo, hi), split in chunks of whole 64-float blocks across threads."""
+    cdef fs_step st
+    memset(&st, 0, sizeof(st))
+    _vadd_step(&st, isa, a, b, y, lo, hi, num_threads)
+    if st.items == 0:
+        return
+    with nogil:
+        _run_one(&st, <float*>&a[0], <float*>&b[0], &y[0], NULL, num_threads)
+
+
+cdef class StepList:
+    """The kernel calls of a network over numbered tensors, run in one parallel region.
+
+    ``tensors[i]`` is the float32 array tensor i lives in (arrays may share memory when the
+    tensors' lifetimes do not overlap), or None if unused. Tensor 0 and the last tensor are
+    the network's input and output: their arrays here only fix the shapes; each run() is
+    given new ones. Not reentrant: one call at a time (the executor keeps one StepList per
+    concurrent call)."""
+    cdef fs_step* _steps
+    cdef Py_ssize_t _count, _cap, _ntensors
+    cdef float** _table
+    cdef list _tensors, _keep
+    cdef bint _busy
+    cdef readonly int num_threads
+
+    def __cinit__(self, list tensors, int num_threads):
+        self._ntensors = len(tensors)
+        if self._ntensors < 2:
+            raise ValueError("a step list needs at least an input and an output tensor")
+        self._table = <float**>calloc(self._ntensors, sizeof(float*))
+        if self._table == NULL:
+            raise MemoryError()
+        for i, a in enumerate(tensors):
+            if a is not None:
+                p = _data(a, True)
+                if 0 < i < self._ntensors - 1:
+                    self._table[i] = p
+        self._tensors = list(tensors)
+        self._keep = []
+        self.num_threads = max(1, num_threads)
+
+    def __dealloc__(self):
+        free(self._steps)
+        free(self._table)
+
+    def __len__(self):
+        return self._count
+
+    cdef object _tensor(self, int i, bint as3d):
+        """Tensor i's array, or its (N, C, -1) view."""
+        if not 0 <= i < self._ntensors or self._tensors[i] is None:
+            raise ValueError(f"no tensor {i}")
+        a = self._tensors[i]
+        return a.reshape(a.shape[0], a.shape[1], -1) if as3d else a
+
+    cdef int _append(self, fs_step* st, int src, int res, int dst, tuple keep) except -1:
+        if dst == 0:
+            raise ValueError("tensor 0 is the input: no step may write it")
+        for t in (src, res):
+            if t >= 0 and np.may_share_memory(self._tensors[t], self._tensors[dst]):
+                raise ValueError(f"tensor {dst} must not overlap tensor {t}")
+        if self._count == self._cap:
+            cap = max(16, 2 * self._cap)
+            grown = <fs_step*>realloc(self._steps, cap * sizeof(fs_step))
+            if grown == NULL:
+                raise MemoryError()
+            self._steps, self._cap = grown, cap
+        st.src, st.res, st.dst = src, res, dst
+        self._steps[self._count] = st[0]
+        self._count += 1
+        self._keep.append(keep)
+        return 0
+
+    cdef float* _scratch(self, fs_step* st):
+        if st.scratch_floats == 0:
+            return NULL
+        cdef float[::1] s = np.zeros(st.scratch_floats * self.num_threads, dtype=np.float32)
+        self._keep.append(s)
+        return &s[0]
+
+    def add_spmm(self, int isa, Py_ssize_t kernel, SpmmWeights w, int src, int res, int dst,
+                 bias, float lo, float hi):
+        """dst = clamp(W @ src + bias + res, lo, hi); src, res, dst viewed as (N, C, -1)
+        (a 2-D (N, C) tensor is N images of one position). res = -1: none."""
+        cdef fs_step st
+        memset(&st, 0, sizeof(st))
+        res_view = self._tensor(res, True) if res >= 0 else None
+        _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias, res_view,
+                   self._tensor(dst, True), lo, hi, self.num_threads)
+        self._append(&st, src, res, dst, (w, bias))
+
+    def add_dwconv2d(self, int isa, int src, int dst, w, bias, Py_ssize_t k, Py_ssize_t stride,
+                     Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi):
+        cdef fs_step st
+        memset(&st, 0, sizeof(st))
+        _dwconv2d_step(&st, isa, self._tensor(src, False), w, bias, self._tensor(dst, False), k,
+                       stride, pad_top, pad_left, lo, hi, self.num_threads)
+        st.scratch = self._scratch(&st)
+        self._append(&st, src, -1, dst, (w, bias))
+
+    def add_conv2d(self, int isa, int src, bint nhwc, int dst, w, bias, Py_ssize_t stride,
+                   Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi):
+        cdef fs_step st
+        memset(&st, 0, sizeof(st))
+        _conv2d_step(&st, isa, self._tensor(src, False), nhwc, w, bias, self._tensor(dst, False),
+                     stride, pad_top, pad_left, lo, hi, self.num_threads)
+        st.scratch = self._scratch(&st)
+        self._append(&st, src, -1, dst, (w, bias))
+
+    def add_gavgpool(self, int isa, int src, int dst):
+        cdef fs_step st
+        memset(&st, 0, sizeof(st))
+        _gavgpool_step(&st, isa, self._tensor(src, True), self._tensor(dst, False))
+        self._append(&st, src, -1, dst, ())
+
+    def run(self, x, y, Py_ssize_t begin=0, Py_ssize_t end=-1, double[::1] times=None):
+        """Runs steps [begin, end) (end = -1: to the last) with tensor 0 = x and the last
+        tensor = y, arrays of exactly the shapes the list was built with. If `times` is given
+        (end - begin + 1 floats), times[0] is the start and times[i + 1] the end of step
+        begin + i, in seconds."""
+        if end < 0:
+            end = self._count
+        if not 0 <= begin <= end <= self._count:
+            raise ValueError(f"steps [{begin}, {end}) are not in [0, {self._count})")
+        last = self._ntensors - 1
+        for a, i in ((x, 0), (y, last)):
+            if not isinstance(a, np.ndarray) or a.shape != self._tensors[i].shape:
+                raise ValueError(f"tensor {i} must be an array of shape {self._tensors[i].shape}")
+        if times is not None and times.shape[0] != end - begin + 1:
+            raise ValueError(f"times must have {end - begin + 1} entries")
+        if self._busy:
+            raise RuntimeError("StepList.run is not reentrant")
+        cdef double* tptr = &times[0] if times is not None else NULL
+        self._table[0] = _data(x, False)
+        self._table[last] = _data(y, True)
+        self._busy = True
+        try:
+            with nogil:
+                fs_run_steps(self._steps + begin, end - begin, self._table, self.num_threads,
+                             tptr)
+        finally:
+            self._busy = False
+            self._table[0] = self._table[last] = NULL

@@ -1,0 +1,191 @@
+/* Step lists: a run of kernel calls executed back to back inside ONE OpenMP parallel region.
+ *
+ * A network (or a single op) is a list of steps over numbered tensors. Each step is split into
+ * `items` independent work items (an image x spatial chunk x channel group for spmm, a channel
+ * plane for the depthwise conv, ...); the threads share the items of a step and meet at the
+ * step's barrier before the next one reads its output. One parallel region per list, instead
+ * of one per layer, saves the fork/join of every layer, and the loop over layers runs in C,
+ * without Python between layers.
+ *
+ * Work items are assigned to threads statically and each item's arithmetic does not depend on
+ * which thread runs it, so results are bit-identical for every thread count.
+ *
+ * Included only by the Cython module (_kernels.pyx), which builds the steps after checking
+ * every shape, pointer and size against the arrays it keeps alive.
+ */
+#ifndef FS_STEPS_H
+#define FS_STEPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "fs_kernels.h"
+
+enum fs_step_kind {
+  FS_STEP_SPMM = 0,
+  FS_STEP_DWCONV2D = 1,
+  FS_STEP_CONV2D = 2,
+  FS_STEP_GAVGPOOL = 3,
+  FS_STEP_VADD = 4
+};
+
+/* Sparse 1x1: item t = (image, spatial piece of `chunk` positions, group of output blocks). */
+typedef struct fs_spmm_args {
+  fs_spmm_fn fn;
+  size_t hw, cin, cout, chunk, pieces, groups;
+  const float* values;
+  const uint32_t* nnzmap;
+  const int32_t* offsets;
+  const int64_t* bounds;      /* groups + 1 block indices */
+  const int64_t* row_start;   /* per block (and one past the last): first row, */
+  const int64_t* value_start; /* first value, */
+  const int64_t* nz_start;    /* first non-zero column */
+} fs_spmm_args;
+
+/* Depthwise: item t = one (image, channel) plane. */
+typedef struct fs_dwconv2d_args {
+  fs_dwconv2d_fn fn;
+  size_t c, ih, iw, oh, ow, pad_top, pad_left, taps;
+} fs_dwconv2d_args;
+
+/* Dense 3x3: item t = (image, band of `band` output rows). Strides in bytes. */
+typedef struct fs_conv2d_args {
+  fs_conv2d_fn fn;
+  size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces;
+  size_t channel_stride, row_stride, pixel_stride;
+} fs_conv2d_args;
+
+/* Global average pooling: item t = one image of c channels x hw positions. */
+typedef struct fs_gavgpool_args {
+  fs_gavgpool_fn fn;
+  size_t c, hw;
+} fs_gavgpool_args;
+
+/* Elementwise add: item t = floats [t * chunk, min(n, (t + 1) * chunk)). */
+typedef struct fs_vadd_args {
+  fs_vadd_fn fn;
+  size_t n, chunk;
+} fs_vadd_args;
+
+typedef struct fs_step {
+  int kind;
+  int src, res, dst;  /* tensors: indices into the run's table; res < 0 for none */
+  size_t items;
+  const float* weights;
+  const float* bias;  /* NULL: no bias */
+  float lo, hi;
+  float* scratch;     /* per thread `scratch_floats` apart, zero-filled by the builder */
+  size_t scratch_floats;
+  fs_spmm_args spmm;
+  fs_dwconv2d_args dw;
+  fs_conv2d_args conv;
+  fs_gavgpool_args pool;
+  fs_vadd_args vadd;
+} fs_step;
+
+static inline double fs_now(void) {
+#ifdef _OPENMP
+  return omp_get_wtime();
+#else
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#endif
+}
+
+static inline int fs_thread_id(void) {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread) {
+  const float* x = tensors[st->src];
+  float* y = tensors[st->dst];
+  const float* r = st->res >= 0 ? tensors[st->res] : NULL;
+  switch (st->kind) {
+    case FS_STEP_SPMM: {
+      const fs_spmm_args* a = &st->spmm;
+      const size_t g = t % a->groups, rest = t / a->groups;
+      const size_t img = rest / a->pieces, m0 = (rest % a->pieces) * a->chunk;
+      const int64_t b0 = a->bounds[g], b1 = a->bounds[g + 1];
+      if (b1 <= b0) return;
+      const size_t r0 = (size_t)a->row_start[b0];
+      const size_t out_off = (img * a->cout + r0) * a->hw + m0;
+      const size_t mc = a->hw - m0 < a->chunk ? a->hw - m0 : a->chunk;
+      a->fn(mc, (size_t)a->row_start[b1] - r0, x + img * a->cin * a->hw + m0,
+            a->values + a->value_start[b0], a->nnzmap + b0, a->offsets + a->nz_start[b0],
+            st->bias != NULL ? st->bias + r0 : NULL, r != NULL ? r + out_off : NULL,
+            a->hw * sizeof(float), y + out_off, a->hw * sizeof(float), st->lo, st->hi);
+      return;
+    }
+    case FS_STEP_DWCONV2D: {
+      const fs_dwconv2d_args* a = &st->dw;
+      const size_t ch = t % a->c;
+      a->fn(a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, x + t * a->ih * a->iw,
+            a->iw * sizeof(float), st->weights + ch * a->taps,
+            st->bias != NULL ? st->bias[ch] : 0.0f, st->scratch + (size_t)thread * st->scratch_floats,
+            y + t * a->oh * a->ow, a->ow * sizeof(float), st->lo, st->hi);
+      return;
+    }
+    case FS_STEP_CONV2D: {
+      const fs_conv2d_args* a = &st->conv;
+      const size_t img = t / a->pieces, oy0 = (t % a->pieces) * a->band;
+      const size_t oy1 = oy0 + a->band < a->oh ? oy0 + a->band : a->oh;
+      a->fn(a->cin, a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, oy0, oy1,
+            x + img * a->cin * a->ih * a->iw, a->channel_stride, a->row_stride, a->pixel_stride,
+            a->cout, st->weights, st->bias, st->scratch + (size_t)thread * st->scratch_floats,
+            y + img * a->cout * a->oh * a->ow, a->oh * a->ow * sizeof(float),
+            a->ow * sizeof(float), st->lo, st->hi);
+      return;
+    }
+    case FS_STEP_GAVGPOOL: {
+      const fs_gavgpool_args* a = &st->pool;
+      a->fn(a->c, a->hw, x + t * a->c * a->hw, a->hw * sizeof(float), 1.0f / (float)a->hw,
+            y + t * a->c);
+      return;
+    }
+    case FS_STEP_VADD: {
+      const fs_vadd_args* a = &st->vadd;
+      const size_t i0 = t * a->chunk, n = a->n - i0 < a->chunk ? a->n - i0 : a->chunk;
+      a->fn(n, x + i0, r + i0, y + i0, st->lo, st->hi);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+/* Runs steps [0, count) on `threads` threads over the tensor table. If `times` is not NULL,
+ * times[0] is the start and times[s + 1] the end of step s (after its barrier), in seconds. */
+static void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
+                         double* times) {
+  if (times != NULL) times[0] = fs_now();
+#ifndef _OPENMP
+  (void)threads;
+#endif
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+  {
+    const int thread = fs_thread_id();
+    for (size_t s = 0; s < count; s++) {
+      const fs_step* st = &steps[s];
+      const ptrdiff_t items = (ptrdiff_t)st->items;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (ptrdiff_t t = 0; t < items; t++) fs_step_item(st, (size_t)t, tensors, thread);
+      if (times != NULL && thread == 0) times[s + 1] = fs_now();
+    }
+  }
+}
+
+#endif /* FS_STEPS_H */
