@@ -616,12 +616,17 @@ cdef class StepList:
         a = self._tensors[i]
         return a.reshape(a.shape[0], a.shape[1], -1) if as3d else a
 
-    cdef int _append(self, fs_step* st, int src, int res, int dst, tuple keep) except -1:
+    cdef int _check_roles(self, int src, int res, int dst) except -1:
+        for t in (src, dst) + ((res,) if res != -1 else ()):
+            self._tensor(t, False)  # raises for a tensor the list does not have
         if dst == 0:
             raise ValueError("tensor 0 is the input: no step may write it")
         for t in (src, res):
             if t >= 0 and np.may_share_memory(self._tensors[t], self._tensors[dst]):
                 raise ValueError(f"tensor {dst} must not overlap tensor {t}")
+        return 0
+
+    cdef int _append(self, fs_step* st, int src, int res, int dst, tuple keep) except -1:
         if self._count == self._cap:
             cap = max(16, 2 * self._cap)
             grown = <fs_step*>realloc(self._steps, cap * sizeof(fs_step))
@@ -646,6 +651,7 @@ cdef class StepList:
         """dst = clamp(W @ src + bias + res, lo, hi); src, res, dst viewed as (N, C, -1)
         (a 2-D (N, C) tensor is N images of one position). res = -1: none."""
         cdef fs_step st
+        self._check_roles(src, res, dst)
         memset(&st, 0, sizeof(st))
         res_view = self._tensor(res, True) if res >= 0 else None
         _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias, res_view,
@@ -655,6 +661,7 @@ cdef class StepList:
     def add_dwconv2d(self, int isa, int src, int dst, w, bias, Py_ssize_t k, Py_ssize_t stride,
                      Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi):
         cdef fs_step st
+        self._check_roles(src, -1, dst)
         memset(&st, 0, sizeof(st))
         _dwconv2d_step(&st, isa, self._tensor(src, False), w, bias, self._tensor(dst, False), k,
                        stride, pad_top, pad_left, lo, hi, self.num_threads)
@@ -664,6 +671,7 @@ cdef class StepList:
     def add_conv2d(self, int isa, int src, bint nhwc, int dst, w, bias, Py_ssize_t stride,
                    Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi):
         cdef fs_step st
+        self._check_roles(src, -1, dst)
         memset(&st, 0, sizeof(st))
         _conv2d_step(&st, isa, self._tensor(src, False), nhwc, w, bias, self._tensor(dst, False),
                      stride, pad_top, pad_left, lo, hi, self.num_threads)
@@ -672,6 +680,7 @@ cdef class StepList:
 
     def add_gavgpool(self, int isa, int src, int dst):
         cdef fs_step st
+        self._check_roles(src, -1, dst)
         memset(&st, 0, sizeof(st))
         _gavgpool_step(&st, isa, self._tensor(src, True), self._tensor(dst, False))
         self._append(&st, src, -1, dst, ())

@@ -312,63 +312,33 @@ def _rel_err(y, ref):
 
 # -- Python overhead, packed bytes, per-layer profile ---------------------------------------
 
-_KERNEL_ENTRY_POINTS = ("spmm", "dwconv2d", "conv2d", "gavgpool", "vadd")
-
-
 def python_overhead(net, x, repeat=50):
-    """Time per call spent outside the compiled kernels, measured by wrapping every entry
-    point of fastsparse._kernels in a timer while the network runs.
+    """Time per call spent outside the layers: the executor's Python and C glue.
 
-    Returns dict(total_ms, kernels_ms, overhead_ms, fraction, calls, wrapper_us, layers_ms)
-    (medians over `repeat` calls). The wrappers' own cost outside their timed window
-    (calibrated on a no-op) is subtracted; `layers_ms` is the sum of net.profile()'s per-layer
-    times, so total - layers is the executor loop alone and layers - kernels the per-op
-    validation and routing."""
+    Each timed call also records its own per-layer times (the C step list stamps each step
+    after its barrier; layers run from Python, e.g. dense sgemm, are timed around the call),
+    so overhead = call time - that call's layer times, per call, then the median. Returns
+    dict(total_ms, layers_ms, overhead_ms, fraction, python_layers) (medians over `repeat`
+    calls; python_layers = indices of layers run from Python)."""
     clock = time.perf_counter
-    acc = [0.0, 0]
-
-    def wrap(f):
-        def timed(*args):
-            t0 = clock()
-            r = f(*args)
-            acc[0] += clock() - t0
-            acc[1] += 1
-            return r
-        return timed
-
-    # Calibration: what a wrapped call costs outside its timed window.
-    noop = wrap(lambda *a: None)
-    m = 20000
-    acc[:] = [0.0, 0]
-    t0 = clock()
-    for _ in range(m):
-        noop(1, 2, 3)
-    wrapper = max((clock() - t0 - acc[0]) / m, 0.0)
-
-    originals = {n: getattr(_kernels, n) for n in _KERNEL_ENTRY_POINTS if hasattr(_kernels, n)}
-    dense = [i for i, l in enumerate(net.layers) if not getattr(l, "sparse", True)]
-    tot, ker, calls = np.empty(repeat), np.empty(repeat), 0
-    try:
-        for n, f in originals.items():
-            setattr(_kernels, n, wrap(f))
-        for _ in range(3):
-            net(x)
-        for r in range(repeat):
-            acc[:] = [0.0, 0]
-            t0 = clock()
-            net(x)
-            tot[r] = clock() - t0
-            ker[r] = acc[0]
-            calls = acc[1]
-    finally:
-        for n, f in originals.items():
-            setattr(_kernels, n, f)
-    per_layer, _ = net.profile(x, repeat=repeat)
-    over = tot - ker - calls * wrapper
-    return dict(total_ms=float(np.median(tot)) * 1e3, kernels_ms=float(np.median(ker)) * 1e3,
-                overhead_ms=float(np.median(over)) * 1e3,
-                fraction=float(np.median(over / tot)), calls=calls, wrapper_us=wrapper * 1e6,
-                layers_ms=float(sum(per_layer)), dense_layers=dense)
+    per = np.zeros(len(net.layers))
+    tot, lay = np.empty(repeat), np.empty(repeat)
+    for _ in range(3):
+        net(x)
+    for r in range(repeat):
+        t0 = clock()
+        net._run(x, "NCHW", per)
+        tot[r] = clock() - t0
+        lay[r] = per.sum()
+    over = tot - lay
+    key = (x.shape, "NCHW")
+    ws_key = (key, _dispatch.resolve_threads(net.num_threads), _dispatch.isa())
+    ws = net._workspace(ws_key, net._plan(key))
+    net._release(ws_key, ws)
+    segments = ws[2]
+    return dict(total_ms=float(np.median(tot)) * 1e3, layers_ms=float(np.median(lay)) * 1e3,
+                overhead_ms=float(np.median(over)) * 1e3, fraction=float(np.median(over / tot)),
+                python_layers=[s for s in segments if not isinstance(s, tuple)])
 
 
 def weight_bytes(net):
@@ -552,14 +522,12 @@ def _detail(out, arch, width, input_size, threads, seed):
     top, layers_sum, total = top_layers(net, x)
     out(f"\n## {arch} at 90 % (block 1), batch 1, {threads} thread(s): where the time goes\n")
     out(f"Python overhead per call: {ov['overhead_ms'] * 1e3:.0f} us of {ov['total_ms']:.2f} ms "
-        f"= {ov['fraction']:.1%} (target < {TARGET_PYTHON_OVERHEAD:.0%}); measured by timing the "
-        f"{ov['calls']} kernel entry-point calls per network call (wrapper cost "
-        f"{ov['wrapper_us']:.2f} us/call subtracted). net.profile(): total - sum of layers = "
-        f"{(total - layers_sum) * 1e3:.0f} us (executor loop only). The same on a 32x32 input "
-        f"(kernels nearly idle): {ov8['overhead_ms'] * 1e3:.0f} us outside the kernels, "
+        f"= {ov['fraction']:.1%} (target < {TARGET_PYTHON_OVERHEAD:.0%}): call time minus the "
+        f"same call's layer times, median of 50. The same on a 32x32 input (kernels nearly "
+        f"idle): {ov8['overhead_ms'] * 1e3:.0f} us outside the layers, "
         f"{ov8['total_ms'] * 1e3:.0f} us per call.")
-    if ov["dense_layers"]:
-        out(f"(layers {ov['dense_layers']} ran dense sgemm: their numpy time counts as overhead)")
+    if ov["python_layers"]:
+        out(f"(layers {ov['python_layers']} run from Python between C step lists)")
     out(f"Weights: 1x1 + classifier packed {wb['pw_packed'] / 1e6:.2f} MB vs dense float32 "
         f"{wb['pw_dense'] / 1e6:.2f} MB = {wb['pw_packed'] / wb['pw_dense']:.1%}; whole network "
         f"(first conv, depthwise, biases dense on both sides) {wb['all_packed'] / 1e6:.2f} MB vs "

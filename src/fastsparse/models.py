@@ -27,7 +27,10 @@ SPARSE_MAX_DENSITY = {1: 0.3, 2: 0.4, 4: 0.5, 8: 0.5}
 
 
 class _Layer:
-    """One op: reads tensor `src` (and `res`), writes tensor `dst`."""
+    """One op: reads tensor `src` (and `res`), writes tensor `dst`.
+
+    add_step() appends the op to the network's C step list and returns True; an op the
+    kernels do not cover (dense sgemm) returns False and is run() from Python."""
 
     op = ""
     src = dst = 0
@@ -43,6 +46,12 @@ class _Layer:
     def describe(self, shape):
         """(sparsity, block, kernel, path note) for the summary."""
         return "", "", "", ""
+
+    def add_step(self, steps, isa, shapes, layout):
+        return False
+
+    def run(self, x, out, res, threads):
+        raise NotImplementedError
 
 
 class _Conv(_Layer):
@@ -72,13 +81,11 @@ class _Conv(_Layer):
         m = n * o * oh * ow * self.w[0].size
         return m, m
 
-    def run(self, x, out, res, threads, layout, isa):
-        h, w = (x.shape[1], x.shape[2]) if layout == "NHWC" else (x.shape[2], x.shape[3])
-        t, l, _, _ = self.pads(h, w)
-        # Shapes were checked when the network was planned: straight to the kernel layer.
-        _kernels.conv2d(isa, x, layout == "NHWC", self.w2, self.b,
-                        out, self.stride, t, l, self.act[0], self.act[1], threads)
-        return out
+    def add_step(self, steps, isa, shapes, layout):
+        t, l, _, _ = self.pads(*shapes[self.src][2:])  # shapes are NCHW whatever the layout
+        steps.add_conv2d(_dispatch.isa_id(isa), self.src, layout == "NHWC", self.dst, self.w2, self.b,
+                         self.stride, t, l, *self.act)
+        return True
 
     def describe(self, shape):
         return "0.00", "", "dense", "first conv (dense by design)"
@@ -102,11 +109,10 @@ class _Depthwise(_Layer):
         m = n * c * oh * ow * self.w.shape[2] * self.w.shape[3]
         return m, m
 
-    def run(self, x, out, res, threads, layout, isa):
-        _kernels.dwconv2d(isa, x, self.w2, self.b, out,
-                          self.w.shape[2], self.stride, self.padding[0], self.padding[1],
-                          self.act[0], self.act[1], threads)
-        return out
+    def add_step(self, steps, isa, shapes, layout):
+        steps.add_dwconv2d(_dispatch.isa_id(isa), self.src, self.dst, self.w2, self.b, self.w.shape[2],
+                           self.stride, self.padding[0], self.padding[1], *self.act)
+        return True
 
     def describe(self, shape):
         k = self.w.shape[2]
@@ -131,15 +137,22 @@ class _Pointwise(_Layer):
         executed = self.W.stored if self.sparse else cout * cin
         return n * h * w * cout * cin, n * h * w * executed
 
-    def run(self, x, out, res, threads, layout, isa):
+    def add_step(self, steps, isa, shapes, layout):
+        if not self.sparse:
+            return False
+        shape = shapes[self.src]
+        kisa, index = _dispatch.spmm_kernel(isa, self.W.block_size, int(np.prod(shape[2:])))
+        steps.add_spmm(kisa, index, self.W._packed, self.src,
+                       -1 if self.res is None else self.res, self.dst, self.b, *self.act)
+        return True
+
+    def run(self, x, out, res, threads):
+        """The dense fallback: sgemm per image, then the same epilogue as the kernels."""
         n, c, h, w = x.shape
         x3, o3 = x.reshape(n, c, h * w), out.reshape(n, out.shape[1], h * w)
         r3 = res.reshape(o3.shape) if res is not None else None
         lo, hi = self.act
-        if self.sparse:
-            _spmm(x3, self.W, self.b, r3, lo, hi, threads, None, o3)
-            return out
-        for i in range(n):  # dense fallback: sgemm per image, then the same epilogue
+        for i in range(n):
             np.matmul(self.W, x3[i], out=o3[i])
         if self.b is not None:
             o3 += self.b[None, :, None]
@@ -172,9 +185,9 @@ class _Pool(_Layer):
     def macs(self, shape):
         return 0, 0
 
-    def run(self, x, out, res, threads, layout, isa):
-        _kernels.gavgpool(isa, x.reshape(x.shape[0], x.shape[1], -1), out)
-        return out
+    def add_step(self, steps, isa, shapes, layout):
+        steps.add_gavgpool(_dispatch.isa_id(isa), self.src, self.dst)
+        return True
 
 
 class _Classifier(_Pointwise):
@@ -189,7 +202,14 @@ class _Classifier(_Pointwise):
         cout, cin = self.W.shape
         return shape[0] * cout * cin, shape[0] * (self.W.stored if self.sparse else cout * cin)
 
-    def run(self, x, out, res, threads, layout, isa):
+    def add_step(self, steps, isa, shapes, layout):
+        # One image: its (1, C) features are one image of C channels x 1 position. A batch
+        # runs from Python with the batch as the spatial axis instead (one pass, not N).
+        if shapes[self.src][0] != 1:
+            return False
+        return _Pointwise.add_step(self, steps, isa, shapes, layout)
+
+    def run(self, x, out, res, threads):
         if self.sparse:
             xt = np.ascontiguousarray(x.T)[None]  # (1, C, N): the batch is the spatial axis
             y = _spmm(xt, self.W, self.b, None, -np.inf, np.inf, threads, None)
@@ -291,16 +311,36 @@ class Network:
         return plan
 
     def _workspace(self, key, plan):
-        """Output views of every layer but the last, over the planned buffers; one workspace
-        per concurrent call."""
+        """Buffers of the planned tensors, the step list over them, and the segments of the
+        layer sequence: runs of C steps, and the layers run from Python in between. One
+        workspace per concurrent call."""
         with self._lock:
             stack = self._free.setdefault(key, [])
             if stack:
                 return stack.pop()
+        (in_shape, layout), threads, isa = key
         shapes, slots, buffer_of = plan
         buffers = [np.empty(s, dtype=np.float32) for s in slots]
-        return {layer.dst: buffers[buffer_of[layer.dst]][: int(np.prod(shapes[layer.dst]))]
-                .reshape(shapes[layer.dst]) for layer in self.layers[:-1]}
+        views = [None] * (len(self.layers) + 1)
+        for layer in self.layers[:-1]:
+            size = int(np.prod(shapes[layer.dst]))
+            views[layer.dst] = buffers[buffer_of[layer.dst]][:size].reshape(shapes[layer.dst])
+        n, c, h, w = in_shape
+        # The input and the logits are each call's own: these two only fix the shapes.
+        views[0] = np.empty((n, h, w, c) if layout == "NHWC" else in_shape, dtype=np.float32)
+        views[-1] = np.empty(shapes[self.layers[-1].dst], dtype=np.float32)
+        steps = _kernels.StepList(views, threads)
+        segments = []  # (first step, end step, their layers) or a layer index
+        for i, layer in enumerate(self.layers):
+            if layer.add_step(steps, isa, shapes, layout):
+                if segments and isinstance(segments[-1], tuple):
+                    first, _, run = segments[-1]
+                    segments[-1] = (first, len(steps), run + [i])
+                else:
+                    segments.append((len(steps) - 1, len(steps), [i]))
+            else:
+                segments.append(i)
+        return views, steps, segments
 
     def _release(self, key, ws):
         with self._lock:
@@ -337,29 +377,30 @@ class Network:
             raise ValueError(f"images must be non-empty, got shape {x.shape}")
         key = ((n, 3, h, w), layout)
         plan = self._plan(key)
-        threads = _dispatch.resolve_threads(self.num_threads)
-        isa = _dispatch.isa_id(_dispatch.isa())
-        ws = self._workspace(key, plan)
+        ws_key = (key, _dispatch.resolve_threads(self.num_threads), _dispatch.isa())
+        ws = self._workspace(ws_key, plan)
+        views, steps, segments = ws
+        logits = np.empty(views[-1].shape, dtype=np.float32)
         try:
-            tensors = {0: x}
-            clock = time.perf_counter
-            for i, layer in enumerate(self.layers[:-1]):
-                t0 = clock()
-                res = tensors[layer.res] if layer.res is not None else None
-                tensors[layer.dst] = layer.run(tensors[layer.src], ws[layer.dst], res, threads,
-                                               layout, isa)
-                layout = "NCHW"
+            for seg in segments:
+                if isinstance(seg, tuple):
+                    first, end, run = seg
+                    stamps = None if times is None else np.empty(end - first + 1)
+                    steps.run(x, logits, first, end, stamps)
+                    if times is not None:
+                        times[run] = np.diff(stamps)
+                    continue
+                t0 = time.perf_counter()
+                layer = self.layers[seg]
+                src = x if layer.src == 0 else views[layer.src]
+                res = views[layer.res] if layer.res is not None else None
+                layer.run(src, logits if seg == len(self.layers) - 1 else views[layer.dst], res,
+                          steps.num_threads)
                 if times is not None:
-                    times[i] = clock() - t0
-            t0 = clock()
-            last = self.layers[-1]
-            logits = np.empty(plan[0][last.dst], dtype=np.float32)
-            logits = last.run(tensors[last.src], logits, None, threads, layout, isa)
-            if times is not None:
-                times[-1] = clock() - t0
+                    times[seg] = time.perf_counter() - t0
             return logits
         finally:
-            self._release(key, ws)
+            self._release(ws_key, ws)
 
     # -- reporting ----------------------------------------------------------------------------
 

@@ -1,0 +1,154 @@
+"""The C step lists (csrc/fs_steps.h, _kernels.StepList) and the network executor on them:
+results vs the reference and across thread counts, buffers reused across calls, bad
+arguments refused before any kernel runs."""
+import numpy as np
+import pytest
+
+import fastsparse as fs
+from fastsparse import _dispatch, _kernels, reference
+from fastsparse.models import random_mobilenet_v2_weights
+
+RTOL = 1e-4
+
+
+def _rel_err(out, ref):
+    return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+
+
+def _small_list(threads=1):
+    """x (1, 8, 5, 6) -> 1x1 (16 ch, relu6) -> depthwise 3x3 s2 -> pool -> (1, 16)."""
+    rng = np.random.default_rng(3)
+    w = fs.prune.magnitude(rng.standard_normal((16, 8)).astype(np.float32), 0.5)
+    W = fs.SparseMatrix.from_dense(w, block_size=1)
+    wd = rng.standard_normal((16, 9)).astype(np.float32)
+    b1, b2 = (rng.standard_normal(16).astype(np.float32) for _ in range(2))
+    tensors = [np.empty((1, 8, 5, 6), np.float32), np.empty((1, 16, 5, 6), np.float32),
+               np.empty((1, 16, 3, 3), np.float32), np.empty((1, 16), np.float32)]
+    isa = _dispatch.isa_id(fs.isa())
+    steps = _kernels.StepList(tensors, threads)
+    kisa, k = _dispatch.spmm_kernel(fs.isa(), 1, 30)
+    steps.add_spmm(kisa, k, W._packed, 0, -1, 1, b1, 0.0, 6.0)
+    steps.add_dwconv2d(isa, 1, 2, wd, b2, 3, 2, 1, 1, -np.inf, np.inf)
+    steps.add_gavgpool(isa, 2, 3)
+
+    def ref(x):
+        y = reference.sparse_conv1x1(x, W, bias=b1, activation="relu6")
+        y = reference.depthwise_conv2d(y, wd.reshape(16, 1, 3, 3), bias=b2, stride=2,
+                                       padding=1)
+        return reference.global_avg_pool(y)
+    return steps, tensors, ref
+
+
+def test_step_list_matches_reference_and_thread_counts(isa):
+    rng = np.random.default_rng(0)
+    outs = []
+    for threads in (1, 2, 3):
+        steps, tensors, ref = _small_list(threads)
+        assert len(steps) == 3 and steps.num_threads == threads
+        for _ in range(2):  # scratch and buffers reused by a second run
+            x = rng.standard_normal((1, 8, 5, 6)).astype(np.float32)
+            y = np.full((1, 16), np.nan, np.float32)
+            steps.run(x, y)
+            assert _rel_err(y, ref(x)) < RTOL
+        outs.append((x, y.copy()))
+    for x, y in outs[1:]:  # same final input in each list: bit-identical
+        steps, _, _ = _small_list(1)
+        y1 = np.empty_like(y)
+        steps.run(x, y1)
+        assert y1.tobytes() == y.tobytes()
+
+
+def test_step_list_runs_ranges_and_stamps_times():
+    steps, tensors, ref = _small_list()
+    x = np.random.default_rng(1).standard_normal((1, 8, 5, 6)).astype(np.float32)
+    y = np.empty((1, 16), np.float32)
+    times = np.zeros(3)
+    steps.run(x, y, 0, 2, times)  # the 1x1 and the depthwise conv only
+    assert times[0] <= times[1] <= times[2] and times[0] > 0
+    steps.run(x, y, 2, 3)  # then the pool, on the buffer the first run left
+    assert _rel_err(y, ref(x)) < RTOL
+    steps.run(x, y, 1, 1)  # an empty range runs nothing
+
+
+def test_step_list_refuses_bad_arguments():
+    steps, tensors, _ = _small_list()
+    x = np.zeros((1, 8, 5, 6), np.float32)
+    y = np.zeros((1, 16), np.float32)
+    with pytest.raises(ValueError, match="tensor 0 must be an array of shape"):
+        steps.run(np.zeros((1, 8, 5, 7), np.float32), y)
+    with pytest.raises(ValueError, match="tensor 3 must be an array of shape"):
+        steps.run(x, np.zeros((16,), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        steps.run(np.zeros((1, 8, 6, 5), np.float32).transpose(0, 1, 3, 2), y)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        steps.run(x.astype(np.float64), y)
+    ro = np.zeros((1, 16), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        steps.run(x, ro)
+    with pytest.raises(ValueError, match="not in"):
+        steps.run(x, y, 2, 4)
+    with pytest.raises(ValueError, match="times must have 3 entries"):
+        steps.run(x, y, 0, 2, np.zeros(2))
+    # Read-only input is fine: tensor 0 is only read.
+    x.flags.writeable = False
+    steps.run(x, y)
+
+    W = fs.SparseMatrix.from_dense(np.eye(16, dtype=np.float32), block_size=1)
+    kisa, k = _dispatch.spmm_kernel(fs.isa(), 1, 30)
+    isa = _dispatch.isa_id(fs.isa())
+    with pytest.raises(ValueError, match="tensor 0 is the input"):
+        steps.add_spmm(kisa, k, W._packed, 1, -1, 0, None, 0.0, 1.0)
+    with pytest.raises(ValueError, match="must not overlap"):
+        steps.add_spmm(kisa, k, W._packed, 1, -1, 1, None, 0.0, 1.0)
+    with pytest.raises(ValueError, match="no tensor 7"):
+        steps.add_spmm(kisa, k, W._packed, 1, -1, 7, None, 0.0, 1.0)
+    with pytest.raises(ValueError, match="x has 8 channels"):
+        steps.add_spmm(kisa, k, W._packed, 0, -1, 1, None, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"w must have shape \(16, 9\)"):
+        steps.add_dwconv2d(isa, 1, 2, np.zeros((16, 4), np.float32), None, 3, 1, 1, 1, 0.0, 1.0)
+    with pytest.raises(ValueError, match="lo must be <= hi"):
+        steps.add_dwconv2d(isa, 1, 2, np.zeros((16, 9), np.float32), None, 3, 2, 1, 1, 1.0, 0.0)
+    with pytest.raises(ValueError, match=r"out must have shape \(N, C\)"):
+        steps.add_gavgpool(isa, 0, 3)
+    assert len(steps) == 3  # refused steps were not added
+    shared = np.empty((1, 16, 5, 6), np.float32)
+    with pytest.raises(ValueError, match="must not overlap"):
+        _kernels.StepList([x.copy(), shared, shared[:, :, :3, :3].copy(), shared], 1) \
+            .add_spmm(kisa, k, W._packed, 1, -1, 1, None, 0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def v2_net():
+    sd = random_mobilenet_v2_weights(0.5, 10, seed=4)
+    for key, v in sd.items():
+        if (v.ndim == 4 and v.shape[2:] == (1, 1)) or key == "classifier.1.weight":
+            sd[key] = fs.prune.magnitude(v, 0.8)
+    return sd, fs.MobileNetV2.from_dense(sd)
+
+
+def test_network_calls_reuse_buffers_and_match_reference(isa, v2_net):
+    sd, net = v2_net
+    rng = np.random.default_rng(5)
+    xs = [rng.uniform(-1, 1, (1, 3, 40, 36)).astype(np.float32) for _ in range(2)]
+    first = net(xs[0])
+    assert _rel_err(net(xs[1]), reference.mobilenet_v2(sd, xs[1])) < RTOL
+    assert net(xs[0]).tobytes() == first.tobytes()
+    assert _rel_err(first, reference.mobilenet_v2(sd, xs[0])) < RTOL
+
+
+def test_network_is_bit_identical_for_every_thread_count(v2_net):
+    if not _kernels.OPENMP:
+        pytest.skip("built without OpenMP")
+    sd, _ = v2_net
+    x = np.random.default_rng(6).uniform(-1, 1, (2, 3, 57, 50)).astype(np.float32)
+    outs = [fs.MobileNetV2.from_dense(sd, num_threads=t)(x).tobytes() for t in (1, 2, 3)]
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_profile_times_every_layer(v2_net):
+    _, net = v2_net
+    x = np.random.default_rng(7).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
+    per, total = net.profile(x, repeat=3)
+    assert len(per) == len(net.layers) and all(t > 0 for t in per)
+    assert sum(per) <= total * 1.5
