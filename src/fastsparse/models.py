@@ -4,6 +4,9 @@ A network is a short program of layers over numbered tensors. Every tensor stays
 float32 from the first conv to the pooling; the residual add of MobileNet v2 is fused into
 the projection 1x1's epilogue. Activation buffers are planned once per input shape (tensors
 whose lifetimes do not overlap share memory) and reused; a call allocates only the logits.
+The layers become a C step list (csrc/fs_steps.h) built once per input shape, thread count
+and ISA: a call runs them all in one OpenMP parallel region, leaving C only for layers the
+kernels do not cover (dense sgemm fallbacks, a batched sparse classifier).
 """
 import numbers
 import threading
@@ -353,7 +356,8 @@ class Network:
 
     def profile(self, images, layout="NCHW", repeat=20):
         """Median wall time of each layer over `repeat` calls, in milliseconds, and the median
-        time of whole calls: (per-layer list, total). The difference is executor overhead."""
+        time of whole calls: (per-layer list, total). Layers that run as C steps are timed by
+        stamps taken after each step's barrier, without leaving C."""
         per = np.zeros((repeat, len(self.layers)))
         total = np.zeros(repeat)
         self._run(images, layout, None)  # plan and warm up
