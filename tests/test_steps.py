@@ -152,3 +152,71 @@ def test_profile_times_every_layer(v2_net):
     per, total = net.profile(x, repeat=3)
     assert len(per) == len(net.layers) and all(t > 0 for t in per)
     assert sum(per) <= total * 1.5
+
+
+@pytest.mark.parametrize("block,cout,group_rows,k,stride,threads", [
+    (1, 16, 1, 3, 1, 1), (1, 17, 5, 3, 2, 2), (2, 13, 4, 5, 1, 3), (4, 22, 8, 3, 2, 2),
+    (8, 19, 3, 5, 2, 1), (4, 12, 64, 3, 1, 2),
+])
+def test_fused_1x1_depthwise_equals_the_two_steps(isa, block, cout, group_rows, k, stride,
+                                                   threads):
+    """The fused step runs the same kernels on the same numbers: bit-identical to the 1x1
+    then the depthwise conv, for every block size, leftover rows and group size."""
+    rng = np.random.default_rng(block * 100 + cout)
+    cin, h, w = 7, 9, 11
+    dense = rng.standard_normal((cout, cin)).astype(np.float32)
+    dense[rng.random((cout, cin)) < 0.6] = 0
+    dense[1] = 0  # an empty row
+    W = fs.SparseMatrix.from_dense(dense, block_size=block)
+    b1 = rng.standard_normal(cout).astype(np.float32)
+    wd = rng.standard_normal((cout, k * k)).astype(np.float32)
+    b2 = rng.standard_normal(cout).astype(np.float32)
+    p = k // 2
+    oh, ow = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+    tensors = [np.empty((2, cin, h, w), np.float32), np.empty((2, cout, h, w), np.float32),
+               np.empty((2, cout, oh, ow), np.float32)]
+    isa_id = _dispatch.isa_id(fs.isa())
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), block, h * w)
+    two = _kernels.StepList(tensors, threads)
+    two.add_spmm(kisa, kern, W._packed, 0, -1, 1, b1, 0.0, 6.0)
+    two.add_dwconv2d(isa_id, 1, 2, wd, b2, k, stride, p, p, -1.0, 1.0)
+    fused = _kernels.StepList(tensors, threads)
+    fused.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, b1, 0.0, 6.0, isa_id, wd, b2, k,
+                            stride, p, p, -1.0, 1.0, group_rows)
+    assert len(fused) == 1
+    x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
+    y2, yf = np.empty((2, cout, oh, ow), np.float32), np.full((2, cout, oh, ow), np.nan, np.float32)
+    two.run(x, y2)
+    mid = np.copy(tensors[1])
+    fused.run(x, yf)
+    assert yf.tobytes() == y2.tobytes()
+    assert np.array_equal(tensors[1], mid, equal_nan=True)  # the fused step never writes mid
+    ref = reference.depthwise_conv2d(
+        reference.sparse_conv1x1(x, W, bias=b1, activation="relu6"), wd.reshape(cout, 1, k, k),
+        bias=b2, stride=stride, padding=p, activation=("clamp", -1.0, 1.0))
+    assert _rel_err(yf, ref) < RTOL
+
+
+def test_row_groups_split_on_block_starts():
+    W = fs.SparseMatrix.from_dense(np.ones((10, 3), np.float32), block_size=4)._packed
+    assert W.row_groups(8).tolist() == [0, 2, 4]     # blocks: rows 0-3, 4-7, then 8 and 9
+    assert W.row_groups(3).tolist() == [0, 1, 2, 3, 4]
+    assert W.row_groups(100).tolist() == [0, 4]
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        W.row_groups(0)
+
+
+@pytest.mark.parametrize("block", [None, 4])
+def test_network_with_fusion_forced_matches_unfused(isa, v2_net, block, monkeypatch):
+    sd, _ = v2_net
+    x = np.random.default_rng(8).uniform(-1, 1, (2, 3, 45, 38)).astype(np.float32)
+    plain = fs.MobileNetV2.from_dense(sd, block_size=block, num_threads=2)
+    expect = plain(x)
+    monkeypatch.setattr(fs.models, "FUSE_MIN_HW", 1)
+    monkeypatch.setattr(fs.models, "FUSE_GROUP_BYTES", 4096)
+    net = fs.MobileNetV2.from_dense(sd, block_size=block, num_threads=2)
+    out = net(x)
+    plan = net._plan(((2, 3, 45, 38), "NCHW"))
+    assert len(plan[3]) == 16  # the expansion 1x1 of every block but the first (t = 1)
+    assert out.tobytes() == expect.tobytes()
+    assert _rel_err(out, reference.mobilenet_v2(sd, x)) < RTOL

@@ -133,6 +133,19 @@ cdef class SpmmWeights:
             self._groups[count] = bounds
         return bounds
 
+    def row_groups(self, Py_ssize_t rows):
+        """Block indices splitting the blocks into groups of about `rows` rows, each starting
+        at the first block at or after a multiple of `rows` (cached)."""
+        key = ("rows", rows)
+        bounds = self._groups.get(key)
+        if bounds is None:
+            if rows < 1:
+                raise ValueError(f"rows must be >= 1, got {rows}")
+            firsts = np.searchsorted(self._starts[0], np.arange(0, self.rows, rows))
+            bounds = np.append(np.unique(firsts), self.nnzmap.shape[0]).astype(np.int64)
+            self._groups[key] = bounds
+        return bounds
+
     def offsets(self, Py_ssize_t hw):
         """Byte offsets of each non-zero's input row for images of `hw` positions (cached)."""
         off = self._offsets.get(hw)
@@ -215,6 +228,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         FS_STEP_CONV2D
         FS_STEP_GAVGPOOL
         FS_STEP_VADD
+        FS_STEP_SPMM_DWCONV2D
     ctypedef struct fs_spmm_args:
         fs_spmm_fn fn
         size_t hw, cin, cout, chunk, pieces, groups
@@ -225,25 +239,32 @@ cdef extern from "csrc/fs_steps.h" nogil:
         const int64_t* row_start
         const int64_t* value_start
         const int64_t* nz_start
+        const float* bias
+        float lo, hi
     ctypedef struct fs_dwconv2d_args:
         fs_dwconv2d_fn fn
         size_t c, ih, iw, oh, ow, pad_top, pad_left, taps
+        const float* weights
+        const float* bias
+        float lo, hi
+        size_t scratch_floats
     ctypedef struct fs_conv2d_args:
         fs_conv2d_fn fn
         size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces
         size_t channel_stride, row_stride, pixel_stride
+        const float* weights
+        const float* bias
+        float lo, hi
     ctypedef struct fs_gavgpool_args:
         fs_gavgpool_fn fn
         size_t c, hw
     ctypedef struct fs_vadd_args:
         fs_vadd_fn fn
         size_t n, chunk
+        float lo, hi
     ctypedef struct fs_step:
         int kind, src, res, dst
         size_t items
-        const float* weights
-        const float* bias
-        float lo, hi
         float* scratch
         size_t scratch_floats
         fs_spmm_args spmm
@@ -308,13 +329,13 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
         raise ValueError("out must have shape (N, rows, HW)")
     if not (lo <= hi):
         raise ValueError("lo must be <= hi")
-    st.bias = _bias_pointer(bias, cout)
+    st.spmm.bias = _bias_pointer(bias, cout)
     cdef const float[:, :, ::1] r
     if residual is not None:
         r = residual
         if r.shape[0] != n or r.shape[1] != cout or r.shape[2] != hw:
             raise ValueError("residual must have the shape of out")
-    st.kind, st.lo, st.hi, st.items = FS_STEP_SPMM, lo, hi, 0
+    st.kind, st.spmm.lo, st.spmm.hi, st.items = FS_STEP_SPMM, lo, hi, 0
     if n == 0 or hw == 0:
         return 0
     cdef const float[::1] values = w.values
@@ -366,17 +387,18 @@ cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] x, const
         raise ValueError(f"w must have shape ({c}, {k * k})")
     if out.shape[0] != n or out.shape[1] != c:
         raise ValueError("out must have shape (N, C, OH, OW)")
-    st.bias = _bias_pointer(bias, c)
-    st.kind, st.lo, st.hi, st.items = FS_STEP_DWCONV2D, lo, hi, 0
+    st.dw.bias = _bias_pointer(bias, c)
+    st.kind, st.dw.lo, st.dw.hi, st.items = FS_STEP_DWCONV2D, lo, hi, 0
     if n == 0 or c == 0 or oh == 0 or ow == 0:
         return 0
     if ih == 0 or iw == 0:
         raise ValueError("x must have H, W >= 1")
-    st.weights = &w[0, 0]
+    st.dw.weights = &w[0, 0]
     st.dw.fn = ops.dwconv2d[k == 5][stride == 2]
     st.dw.c, st.dw.ih, st.dw.iw, st.dw.oh, st.dw.ow = c, ih, iw, oh, ow
     st.dw.pad_top, st.dw.pad_left, st.dw.taps = pad_top, pad_left, k * k
-    st.scratch_floats = fs_dwconv2d_scratch_floats(k, stride, iw, ow, pad_left)
+    st.dw.scratch_floats = fs_dwconv2d_scratch_floats(k, stride, iw, ow, pad_left)
+    st.scratch_floats = st.dw.scratch_floats
     st.items = n * c
     return 0
 
@@ -405,8 +427,8 @@ cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] xv, bint n
         raise ValueError(f"w must have shape (Cout, {cin * 9})")
     if out.shape[0] != n or out.shape[1] != cout:
         raise ValueError("out must have shape (N, Cout, OH, OW)")
-    st.bias = _bias_pointer(bias, cout)
-    st.kind, st.lo, st.hi, st.items = FS_STEP_CONV2D, lo, hi, 0
+    st.conv.bias = _bias_pointer(bias, cout)
+    st.kind, st.conv.lo, st.conv.hi, st.items = FS_STEP_CONV2D, lo, hi, 0
     if n == 0 or cout == 0 or oh == 0 or ow == 0:
         return 0
     if cin == 0 or ih == 0 or iw == 0:
@@ -417,7 +439,7 @@ cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] xv, bint n
     cdef Py_ssize_t pieces = min(oh, max(1, _ceil_div(2 * num_threads, n))) if num_threads > 1 else 1
     cdef Py_ssize_t band = _ceil_div(oh, pieces)
     pieces = _ceil_div(oh, band)
-    st.weights = &w[0, 0]
+    st.conv.weights = &w[0, 0]
     st.conv.fn = ops.conv2d[stride == 2]
     st.conv.cin, st.conv.ih, st.conv.iw, st.conv.oh, st.conv.ow = cin, ih, iw, oh, ow
     st.conv.pad_top, st.conv.pad_left, st.conv.cout = pad_top, pad_left, cout
@@ -452,7 +474,7 @@ cdef int _vadd_step(fs_step* st, int isa, const float[::1] a, const float[::1] b
         raise ValueError("a, b and y must have the same length")
     if not (lo <= hi):
         raise ValueError("lo must be <= hi")
-    st.kind, st.lo, st.hi, st.items = FS_STEP_VADD, lo, hi, 0
+    st.kind, st.vadd.lo, st.vadd.hi, st.items = FS_STEP_VADD, lo, hi, 0
     if n == 0:
         return 0
     if num_threads < 1:
@@ -640,11 +662,14 @@ cdef class StepList:
         return 0
 
     cdef float* _scratch(self, fs_step* st):
+        """Zeroed scratch for each thread, 64-byte aligned, st.scratch_floats rounded up."""
         if st.scratch_floats == 0:
             return NULL
-        cdef float[::1] s = np.zeros(st.scratch_floats * self.num_threads, dtype=np.float32)
+        st.scratch_floats = _ceil_div(st.scratch_floats, 16) * 16
+        cdef float[::1] s = np.zeros(st.scratch_floats * self.num_threads + 16, dtype=np.float32)
         self._keep.append(s)
-        return &s[0]
+        cdef size_t misalign = (<size_t>&s[0]) % 64
+        return &s[(64 - misalign) // 4 if misalign else 0]
 
     def add_spmm(self, int isa, Py_ssize_t kernel, SpmmWeights w, int src, int res, int dst,
                  bias, float lo, float hi):
@@ -677,6 +702,37 @@ cdef class StepList:
                      stride, pad_top, pad_left, lo, hi, self.num_threads)
         st.scratch = self._scratch(&st)
         self._append(&st, src, -1, dst, (w, bias))
+
+    def add_spmm_dwconv2d(self, int isa, Py_ssize_t kernel, SpmmWeights w, int src, int mid,
+                          int dst, bias, float lo, float hi, int dw_isa, dw_w, dw_bias,
+                          Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad_top,
+                          Py_ssize_t pad_left, float dw_lo, float dw_hi, Py_ssize_t group_rows):
+        """dst = depthwise(clamp(W @ src + bias)), by groups of about `group_rows` channels:
+        each group's 1x1 output planes go to per-thread scratch and the depthwise conv reads
+        them there. `mid` is the tensor the 1x1 would write: it fixes the shapes the two
+        halves are checked against, and is never touched. Same arithmetic as the two steps."""
+        self._check_roles(src, -1, mid)
+        self._check_roles(mid, -1, dst)
+        self._check_roles(src, -1, dst)
+        cdef fs_step st, dw
+        memset(&st, 0, sizeof(st))
+        memset(&dw, 0, sizeof(dw))
+        _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias, None,
+                   self._tensor(mid, True), lo, hi, 1)
+        _dwconv2d_step(&dw, dw_isa, self._tensor(mid, False), dw_w, dw_bias,
+                       self._tensor(dst, False), k, stride, pad_top, pad_left, dw_lo, dw_hi, 1)
+        bounds = w.row_groups(group_rows)
+        cdef const int64_t[::1] b = bounds
+        rows = np.diff(w._starts[0][bounds])
+        st.kind = FS_STEP_SPMM_DWCONV2D
+        st.dw = dw.dw
+        st.spmm.bounds, st.spmm.groups, st.spmm.chunk = &b[0], b.shape[0] - 1, st.spmm.hw
+        st.items = (self._tensors[src].shape[0] * st.spmm.groups
+                    if st.items != 0 and dw.items != 0 else 0)
+        st.dw.scratch_floats = _ceil_div(dw.dw.scratch_floats, 16) * 16
+        st.scratch_floats = st.dw.scratch_floats + int(rows.max()) * st.spmm.hw
+        st.scratch = self._scratch(&st)
+        self._append(&st, src, -1, dst, (w, bias, dw_w, dw_bias, bounds))
 
     def add_gavgpool(self, int isa, int src, int dst):
         cdef fs_step st

@@ -28,6 +28,13 @@ NONE = (-np.inf, np.inf)
 # the break-even up because each activation load then feeds block_size FMAs.
 SPARSE_MAX_DENSITY = {1: 0.3, 2: 0.4, 4: 0.5, 8: 0.5}
 
+# A sparse 1x1 whose only reader is a depthwise conv runs fused with it (one step, by groups of
+# channels whose planes stay in L2) on images of at least FUSE_MIN_HW positions, where the
+# expanded tensor would not fit in L2 (96 x 112 x 112 floats = 4.8 MB). A group's planes
+# take about FUSE_GROUP_BYTES.
+FUSE_MIN_HW = 56 * 56
+FUSE_GROUP_BYTES = 256 * 1024
+
 
 class _Layer:
     """One op: reads tensor `src` (and `res`), writes tensor `dst`.
@@ -148,6 +155,16 @@ class _Pointwise(_Layer):
         steps.add_spmm(kisa, index, self.W._packed, self.src,
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act)
         return True
+
+    def add_fused_step(self, steps, isa, shapes, dw):
+        """This (sparse) 1x1 and the depthwise conv `dw` reading its output, as one step."""
+        hw = int(np.prod(shapes[self.src][2:]))
+        kisa, index = _dispatch.spmm_kernel(isa, self.W.block_size, hw)
+        nr = self.W.block_size
+        rows = max(nr, FUSE_GROUP_BYTES // (4 * hw) // nr * nr)
+        steps.add_spmm_dwconv2d(kisa, index, self.W._packed, self.src, self.dst, dw.dst, self.b,
+                                *self.act, _dispatch.isa_id(isa), dw.w2, dw.b, dw.w.shape[2],
+                                dw.stride, dw.padding[0], dw.padding[1], *dw.act, rows)
 
     def run(self, x, out, res, threads):
         """The dense fallback: sgemm per image, then the same epilogue as the kernels."""
@@ -276,8 +293,22 @@ class Network:
             shapes[layer.dst] = layer.out_shape(shapes[layer.src])
         return shapes
 
+    def _fused_pairs(self, shapes):
+        """Indices i of the sparse 1x1 layers that run fused with depthwise layer i + 1, the
+        only reader of their output, on images of at least FUSE_MIN_HW positions."""
+        readers = {}
+        for layer in self.layers:
+            for t in (layer.src, layer.res):
+                readers[t] = readers.get(t, 0) + 1
+        return {i for i, (a, b) in enumerate(zip(self.layers, self.layers[1:]))
+                if type(a) is _Pointwise and a.sparse and a.res is None
+                and isinstance(b, _Depthwise) and b.src == a.dst and readers[a.dst] == 1
+                and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW}
+
     def _plan(self, key):
-        """Buffer of each tensor: tensors alive at the same time get different buffers."""
+        """Buffer of each tensor: tensors alive at the same time get different buffers. A
+        fused 1x1 + depthwise pair reads the 1x1's input until the depthwise output is
+        written, so that input lives one layer longer."""
         plan = self._plans.get(key)
         if plan is None:
             shapes = self._shapes(key[0])
@@ -286,11 +317,15 @@ class Network:
                     raise ValueError(
                         f"images of {key[0][2]}x{key[0][3]} are too small for {self.arch}: layer "
                         f"{i} ({layer.op}) would produce an empty output {shapes[layer.dst]}")
+            fused = self._fused_pairs(shapes)
             last_use = {}
             for i, layer in enumerate(self.layers):
-                last_use[layer.src] = i
+                last_use[layer.src] = i + 1 if i in fused else i
                 if layer.res is not None:
                     last_use[layer.res] = i
+            freed_after = {}  # layer index -> tensors whose buffers free after it
+            for t, i in last_use.items():
+                freed_after.setdefault(i, []).append(t)
             slots, free, buffer_of = [], [], {}
             for i, layer in enumerate(self.layers[:-1]):  # the logits are allocated per call
                 size = int(np.prod(shapes[layer.dst]))
@@ -306,10 +341,10 @@ class Network:
                 if pick in free:
                     free.remove(pick)
                 buffer_of[layer.dst] = pick
-                for t in (layer.src, layer.res):
-                    if t is not None and t != 0 and last_use.get(t) == i and t in buffer_of:
+                for t in freed_after.get(i, ()):
+                    if t != 0 and t in buffer_of:
                         free.append(buffer_of[t])
-            plan = (shapes, slots, buffer_of)
+            plan = (shapes, slots, buffer_of, fused)
             self._plans[key] = plan
         return plan
 
@@ -322,7 +357,7 @@ class Network:
             if stack:
                 return stack.pop()
         (in_shape, layout), threads, isa = key
-        shapes, slots, buffer_of = plan
+        shapes, slots, buffer_of, fused = plan
         buffers = [np.empty(s, dtype=np.float32) for s in slots]
         views = [None] * (len(self.layers) + 1)
         for layer in self.layers[:-1]:
@@ -333,9 +368,13 @@ class Network:
         views[0] = np.empty((n, h, w, c) if layout == "NHWC" else in_shape, dtype=np.float32)
         views[-1] = np.empty(shapes[self.layers[-1].dst], dtype=np.float32)
         steps = _kernels.StepList(views, threads)
-        segments = []  # (first step, end step, their layers) or a layer index
-        for i, layer in enumerate(self.layers):
-            if layer.add_step(steps, isa, shapes, layout):
+        segments = []  # (first step, end step, the layer of each step) or a layer index
+        i = 0
+        while i < len(self.layers):
+            layer = self.layers[i]
+            if i in fused:
+                layer.add_fused_step(steps, isa, shapes, self.layers[i + 1])
+            if i in fused or layer.add_step(steps, isa, shapes, layout):
                 if segments and isinstance(segments[-1], tuple):
                     first, _, run = segments[-1]
                     segments[-1] = (first, len(steps), run + [i])
@@ -343,6 +382,7 @@ class Network:
                     segments.append((len(steps) - 1, len(steps), [i]))
             else:
                 segments.append(i)
+            i += 2 if i in fused else 1
         return views, steps, segments
 
     def _release(self, key, ws):

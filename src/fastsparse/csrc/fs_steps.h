@@ -31,7 +31,8 @@ enum fs_step_kind {
   FS_STEP_DWCONV2D = 1,
   FS_STEP_CONV2D = 2,
   FS_STEP_GAVGPOOL = 3,
-  FS_STEP_VADD = 4
+  FS_STEP_VADD = 4,
+  FS_STEP_SPMM_DWCONV2D = 5 /* a sparse 1x1 fused with the depthwise conv that reads it */
 };
 
 /* Sparse 1x1: item t = (image, spatial piece of `chunk` positions, group of output blocks). */
@@ -45,12 +46,18 @@ typedef struct fs_spmm_args {
   const int64_t* row_start;   /* per block (and one past the last): first row, */
   const int64_t* value_start; /* first value, */
   const int64_t* nz_start;    /* first non-zero column */
+  const float* bias;          /* NULL: no bias */
+  float lo, hi;
 } fs_spmm_args;
 
 /* Depthwise: item t = one (image, channel) plane. */
 typedef struct fs_dwconv2d_args {
   fs_dwconv2d_fn fn;
   size_t c, ih, iw, oh, ow, pad_top, pad_left, taps;
+  const float* weights;
+  const float* bias;
+  float lo, hi;
+  size_t scratch_floats; /* the kernel's scratch, at the start of each thread's scratch */
 } fs_dwconv2d_args;
 
 /* Dense 3x3: item t = (image, band of `band` output rows). Strides in bytes. */
@@ -58,6 +65,9 @@ typedef struct fs_conv2d_args {
   fs_conv2d_fn fn;
   size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces;
   size_t channel_stride, row_stride, pixel_stride;
+  const float* weights;
+  const float* bias;
+  float lo, hi;
 } fs_conv2d_args;
 
 /* Global average pooling: item t = one image of c channels x hw positions. */
@@ -70,15 +80,13 @@ typedef struct fs_gavgpool_args {
 typedef struct fs_vadd_args {
   fs_vadd_fn fn;
   size_t n, chunk;
+  float lo, hi;
 } fs_vadd_args;
 
 typedef struct fs_step {
   int kind;
   int src, res, dst;  /* tensors: indices into the run's table; res < 0 for none */
   size_t items;
-  const float* weights;
-  const float* bias;  /* NULL: no bias */
-  float lo, hi;
   float* scratch;     /* per thread `scratch_floats` apart, zero-filled by the builder */
   size_t scratch_floats;
   fs_spmm_args spmm;
@@ -106,10 +114,31 @@ static inline int fs_thread_id(void) {
 #endif
 }
 
+/* Rows [r0, r0 + rows) of the 1x1 for positions [m0, m0 + mc) of image img. The output rows
+ * are `out_stride` bytes apart from `out`, which holds row r0. */
+static inline void fs_spmm_rows(const fs_spmm_args* a, int64_t b0, int64_t b1, size_t img,
+                                size_t m0, size_t mc, const float* x, const float* res,
+                                float* out, size_t out_stride) {
+  const size_t r0 = (size_t)a->row_start[b0];
+  a->fn(mc, (size_t)a->row_start[b1] - r0, x + img * a->cin * a->hw + m0,
+        a->values + a->value_start[b0], a->nnzmap + b0, a->offsets + a->nz_start[b0],
+        a->bias != NULL ? a->bias + r0 : NULL, res, a->hw * sizeof(float), out, out_stride,
+        a->lo, a->hi);
+}
+
+/* Depthwise conv of channel ch of image img, reading its plane at `plane`. */
+static inline void fs_dwconv2d_plane(const fs_dwconv2d_args* a, size_t img, size_t ch,
+                                     const float* plane, float* scratch, float* y) {
+  a->fn(a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, plane, a->iw * sizeof(float),
+        a->weights + ch * a->taps, a->bias != NULL ? a->bias[ch] : 0.0f, scratch,
+        y + (img * a->c + ch) * a->oh * a->ow, a->ow * sizeof(float), a->lo, a->hi);
+}
+
 static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread) {
   const float* x = tensors[st->src];
   float* y = tensors[st->dst];
   const float* r = st->res >= 0 ? tensors[st->res] : NULL;
+  float* scratch = st->scratch + (size_t)thread * st->scratch_floats;
   switch (st->kind) {
     case FS_STEP_SPMM: {
       const fs_spmm_args* a = &st->spmm;
@@ -117,22 +146,30 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const size_t img = rest / a->pieces, m0 = (rest % a->pieces) * a->chunk;
       const int64_t b0 = a->bounds[g], b1 = a->bounds[g + 1];
       if (b1 <= b0) return;
-      const size_t r0 = (size_t)a->row_start[b0];
-      const size_t out_off = (img * a->cout + r0) * a->hw + m0;
-      const size_t mc = a->hw - m0 < a->chunk ? a->hw - m0 : a->chunk;
-      a->fn(mc, (size_t)a->row_start[b1] - r0, x + img * a->cin * a->hw + m0,
-            a->values + a->value_start[b0], a->nnzmap + b0, a->offsets + a->nz_start[b0],
-            st->bias != NULL ? st->bias + r0 : NULL, r != NULL ? r + out_off : NULL,
-            a->hw * sizeof(float), y + out_off, a->hw * sizeof(float), st->lo, st->hi);
+      const size_t out_off = (img * a->cout + (size_t)a->row_start[b0]) * a->hw + m0;
+      fs_spmm_rows(a, b0, b1, img, m0, a->hw - m0 < a->chunk ? a->hw - m0 : a->chunk, x,
+                   r != NULL ? r + out_off : NULL, y + out_off, a->hw * sizeof(float));
+      return;
+    }
+    case FS_STEP_SPMM_DWCONV2D: {
+      /* One group of the 1x1's output channels, whole planes, into this thread's scratch
+       * (after the depthwise kernel's own), where the depthwise conv reads them at once:
+       * the expanded tensor never makes the round trip through L3 or memory. */
+      const fs_spmm_args* a = &st->spmm;
+      const size_t g = t % a->groups, img = t / a->groups;
+      const int64_t b0 = a->bounds[g], b1 = a->bounds[g + 1];
+      if (b1 <= b0) return;
+      float* planes = scratch + st->dw.scratch_floats;
+      fs_spmm_rows(a, b0, b1, img, 0, a->hw, x, NULL, planes, a->hw * sizeof(float));
+      for (size_t ch = (size_t)a->row_start[b0]; ch < (size_t)a->row_start[b1]; ch++) {
+        fs_dwconv2d_plane(&st->dw, img, ch, planes + (ch - (size_t)a->row_start[b0]) * a->hw,
+                          scratch, y);
+      }
       return;
     }
     case FS_STEP_DWCONV2D: {
       const fs_dwconv2d_args* a = &st->dw;
-      const size_t ch = t % a->c;
-      a->fn(a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, x + t * a->ih * a->iw,
-            a->iw * sizeof(float), st->weights + ch * a->taps,
-            st->bias != NULL ? st->bias[ch] : 0.0f, st->scratch + (size_t)thread * st->scratch_floats,
-            y + t * a->oh * a->ow, a->ow * sizeof(float), st->lo, st->hi);
+      fs_dwconv2d_plane(a, t / a->c, t % a->c, x + t * a->ih * a->iw, scratch, y);
       return;
     }
     case FS_STEP_CONV2D: {
@@ -141,9 +178,8 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const size_t oy1 = oy0 + a->band < a->oh ? oy0 + a->band : a->oh;
       a->fn(a->cin, a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, oy0, oy1,
             x + img * a->cin * a->ih * a->iw, a->channel_stride, a->row_stride, a->pixel_stride,
-            a->cout, st->weights, st->bias, st->scratch + (size_t)thread * st->scratch_floats,
-            y + img * a->cout * a->oh * a->ow, a->oh * a->ow * sizeof(float),
-            a->ow * sizeof(float), st->lo, st->hi);
+            a->cout, a->weights, a->bias, scratch, y + img * a->cout * a->oh * a->ow,
+            a->oh * a->ow * sizeof(float), a->ow * sizeof(float), a->lo, a->hi);
       return;
     }
     case FS_STEP_GAVGPOOL: {
@@ -155,7 +191,7 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
     case FS_STEP_VADD: {
       const fs_vadd_args* a = &st->vadd;
       const size_t i0 = t * a->chunk, n = a->n - i0 < a->chunk ? a->n - i0 : a->chunk;
-      a->fn(n, x + i0, r + i0, y + i0, st->lo, st->hi);
+      a->fn(n, x + i0, r + i0, y + i0, a->lo, a->hi);
       return;
     }
     default:
