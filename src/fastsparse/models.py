@@ -397,7 +397,8 @@ class Network:
     def profile(self, images, layout="NCHW", repeat=20):
         """Median wall time of each layer over `repeat` calls, in milliseconds, and the median
         time of whole calls: (per-layer list, total). Layers that run as C steps are timed by
-        stamps taken after each step's barrier, without leaving C."""
+        stamps taken after each step's barrier, without leaving C; a 1x1 fused with the
+        depthwise conv after it gets the pair's time, and the depthwise layer 0."""
         per = np.zeros((repeat, len(self.layers)))
         total = np.zeros(repeat)
         self._run(images, layout, None)  # plan and warm up
@@ -452,6 +453,7 @@ class Network:
         """Per layer: op, shapes, weight sparsity, block, kernel, MFLOPs (dense vs executed,
         2 per multiply-add) and whether the sparse path runs, and why not."""
         shapes = self._shapes((batch, 3) + tuple(input_size))
+        fused = self._fused_pairs(shapes)
         rows = [("#", "op", "input -> output", "sparsity", "block", "kernel", "MFLOP dense",
                  "MFLOP run", "path")]
         tot_d = tot_r = 0
@@ -460,6 +462,8 @@ class Network:
             d, r = layer.macs(src)
             tot_d, tot_r = tot_d + d, tot_r + r
             sp, blk, kern, why = layer.describe(src)
+            if i in fused:
+                why += f", fused with {i + 1}"
             io = f"{'x'.join(map(str, src[1:]))} -> {'x'.join(map(str, shapes[layer.dst][1:]))}"
             op = layer.op + ("+res" if layer.res is not None else "")
             rows.append((str(i), op, io, sp, blk, kern, f"{2 * d / 1e6:.1f}", f"{2 * r / 1e6:.1f}",
