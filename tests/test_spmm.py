@@ -152,3 +152,49 @@ def test_linear_matches_reference(isa, block_size, n, cin, cout, density, seed, 
     extra = np.abs(b.astype(np.float64))[None, :] if b is not None else 0.0
     # The dense path is BLAS sgemm: its blocking may sum in any order, bounded by cin terms.
     assert_close_to_reference(out, ref, mag, extra, nnz_per_row=cin, what="linear")
+
+
+@pytest.mark.parametrize("part_bytes", [4, 300, 4096])
+@pytest.mark.parametrize("block_size", [1, 2, 4, 8])
+@given(data=st.data())
+def test_k_blocked_parts_match_reference(isa, block_size, part_bytes, data, monkeypatch):
+    """Inputs split in parts of input channels (K-blocking; 4 bytes = one channel per part):
+    the first part adds bias and residual, the last one clamps."""
+    from fastsparse import _kernels
+    monkeypatch.setattr(_kernels, "SPMM_PART_BYTES", part_bytes)
+    _check_spmm(data.draw(spmm_case(block_size)), block_size)
+
+
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_k_blocked_results_do_not_depend_on_threads(isa, block_size, monkeypatch):
+    from fastsparse import _kernels
+    monkeypatch.setattr(_kernels, "SPMM_PART_BYTES", 1024)
+    rng = np.random.default_rng(4)
+    W = fs.SparseMatrix.from_dense(make_weights(rng, 37, 150, "random", 0.2),
+                                   block_size=block_size)
+    x = rng.standard_normal((2, 150, 13, 17)).astype(np.float32)
+    base = fs.sparse_conv1x1(x, W, activation="relu6", num_threads=1)
+    for t in (2, 3):
+        assert fs.sparse_conv1x1(x, W, activation="relu6", num_threads=t).tobytes() \
+            == base.tobytes()
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4, 8])
+def test_split_parts_add_up_to_the_matrix(block_size):
+    rng = np.random.default_rng(block_size)
+    wd = make_weights(rng, 21, 30, "random", 0.3, block=block_size)
+    wd[3] = 0
+    W = fs.SparseMatrix.from_dense(wd, block_size=block_size)
+    for count in (1, 2, 7, 30):
+        parts = W._packed.split(count)
+        assert len(parts) == count
+        total = np.zeros_like(wd)
+        for i, p in enumerate(parts):
+            dense = fs.SparseMatrix(p, 0).to_dense()
+            lo, hi = 30 * i // count, 30 * (i + 1) // count
+            assert not dense[:, :lo].any() and not dense[:, hi:].any()
+            assert p.nr == W._packed.nr
+            total += dense
+        assert total.tobytes() == wd.tobytes()
+    with pytest.raises(ValueError, match="count must be in"):
+        W._packed.split(31)

@@ -41,6 +41,99 @@ cdef extern from *:
     """
     int FS_OPENMP
 
+# ---- CHW companion ops: depthwise conv, first-layer conv, global average pooling, add ----
+
+cdef extern from "csrc/fs_kernels.h" nogil:
+    ctypedef void (*fs_dwconv2d_fn)(
+        size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
+        const float* input, size_t input_stride, const float* weights, float bias,
+        float* scratch, float* output, size_t output_stride, float lo, float hi) noexcept nogil
+    ctypedef void (*fs_conv2d_fn)(
+        size_t cin, size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
+        size_t oy_begin, size_t oy_end, const float* input, size_t channel_stride,
+        size_t row_stride, size_t pixel_stride, size_t cout, const float* weights,
+        const float* bias, float* scratch, float* output, size_t output_channel_stride,
+        size_t output_row_stride, float lo, float hi) noexcept nogil
+    ctypedef void (*fs_gavgpool_fn)(size_t channels, size_t hw, const float* input,
+                                    size_t input_stride, float scale, float* output) noexcept nogil
+    ctypedef void (*fs_vadd_fn)(size_t n, const float* a, const float* b, float* y, float lo,
+                                float hi) noexcept nogil
+    ctypedef struct fs_chw_ops:
+        const char* dwconv2d_names[2][2]
+        fs_dwconv2d_fn dwconv2d[2][2]
+        const char* conv2d_names[2]
+        fs_conv2d_fn conv2d[2]
+        const char* gavgpool_name
+        fs_gavgpool_fn gavgpool
+        const char* vadd_name
+        fs_vadd_fn vadd
+    const fs_chw_ops* fs_chw_ops_for(int isa)
+    size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t iw, size_t ow,
+                                      size_t pad_left)
+    size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
+                                    size_t pad_left)
+
+# cpuid traps to the hypervisor in a VM (~75 us measured on a KVM guest): ask once per ISA.
+_SUPPORTED = [bool(fs_isa_supported(i)) for i in range(FS_ISA_COUNT)]
+
+
+cdef extern from "csrc/fs_steps.h" nogil:
+    enum:
+        FS_STEP_SPMM
+        FS_STEP_DWCONV2D
+        FS_STEP_CONV2D
+        FS_STEP_GAVGPOOL
+        FS_STEP_VADD
+        FS_STEP_SPMM_DWCONV2D
+    ctypedef struct fs_spmm_part:
+        const float* values
+        const uint32_t* nnzmap
+        const int32_t* offsets
+        const int64_t* value_start
+        const int64_t* nz_start
+    ctypedef struct fs_spmm_args:
+        fs_spmm_fn fn
+        size_t hw, cin, cout, chunk, pieces, groups, nparts, part_mc
+        const fs_spmm_part* parts
+        const int64_t* bounds
+        const int64_t* row_start
+        const float* bias
+        float lo, hi
+    ctypedef struct fs_dwconv2d_args:
+        fs_dwconv2d_fn fn
+        size_t c, ih, iw, oh, ow, pad_top, pad_left, taps
+        const float* weights
+        const float* bias
+        float lo, hi
+        size_t scratch_floats
+    ctypedef struct fs_conv2d_args:
+        fs_conv2d_fn fn
+        size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces
+        size_t channel_stride, row_stride, pixel_stride
+        const float* weights
+        const float* bias
+        float lo, hi
+    ctypedef struct fs_gavgpool_args:
+        fs_gavgpool_fn fn
+        size_t c, hw
+    ctypedef struct fs_vadd_args:
+        fs_vadd_fn fn
+        size_t n, chunk
+        float lo, hi
+    ctypedef struct fs_step:
+        int kind, src, res, dst
+        size_t items
+        float* scratch
+        size_t scratch_floats
+        fs_spmm_args spmm
+        fs_dwconv2d_args dw
+        fs_conv2d_args conv
+        fs_gavgpool_args pool
+        fs_vadd_args vadd
+    void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
+                      double* times)
+
+
 # Largest byte offset the kernels' int32 offsets can hold.
 cdef int64_t _OFFSET_LIMIT = 2147483647
 
@@ -66,6 +159,27 @@ def spmm_kernels(int isa):
         k = fs_spmm_kernel_at(isa, i)
         out.append((k.name.decode(), k.mr, k.nr, k.unroll))
     return out
+
+
+# Non-empty placeholders: an all-zero matrix has no value or offset to point at.
+cdef float _ZERO_F = 0.0
+cdef int32_t _ZERO_I = 0
+
+# Bytes of one spmm tile's input rows (MR positions x the input channels of one part): wider
+# inputs are split into parts of input channels (K-blocking, see fs_steps.h). 48 KiB beat
+# 16-128 KiB by 3-10 % on the MobileNet layers (Xeon with a 48 KiB L1). A module attribute,
+# so that tests can force parts.
+SPMM_PART_BYTES = 48 * 1024
+
+
+cdef class _Parts:
+    """The C descriptors (fs_spmm_part) of a matrix cut into column ranges, for one image
+    size; keeps the part matrices (and so their arrays) alive."""
+    cdef fs_spmm_part* table
+    cdef list mats
+
+    def __dealloc__(self):
+        free(self.table)
 
 
 cdef class SpmmWeights:
@@ -146,6 +260,54 @@ cdef class SpmmWeights:
             self._groups[key] = bounds
         return bounds
 
+    def split(self, Py_ssize_t count):
+        """The matrix as `count` matrices of the same shape and row blocks, part i holding
+        the non-zero columns in [cols * i // count, cols * (i + 1) // count) (cached)."""
+        key = ("split", count)
+        mats = self._groups.get(key)
+        if mats is None:
+            if not 1 <= count <= self.cols:
+                raise ValueError(f"count must be in [1, {self.cols}], got {count}")
+            if count == 1:
+                mats = [self]
+            else:
+                mats = []
+                nb = self.nnzmap.shape[0]
+                counts = self.nnzmap.astype(np.int64)
+                rows_of = np.diff(self._starts[0])
+                block = np.repeat(np.arange(nb), counts)  # block of each non-zero column
+                rows_nz = rows_of[block]
+                first_value = self._starts[1][block] + (
+                    np.arange(block.shape[0]) - self._starts[2][block]) * rows_nz
+                cols = self.columns.astype(np.int64)
+                for i in range(count):
+                    keep = ((cols >= self.cols * i // count)
+                            & (cols < self.cols * (i + 1) // count))
+                    r = rows_nz[keep]
+                    values_at = (np.repeat(first_value[keep] - np.cumsum(r) + r, r)
+                                 + np.arange(int(r.sum())))
+                    mats.append(SpmmWeights(self.values[values_at],
+                                            np.bincount(block[keep], minlength=nb),
+                                            self.columns[keep], self.rows, self.cols, self.nr))
+            self._groups[key] = mats
+        return mats
+
+    def part_table(self, Py_ssize_t count, Py_ssize_t hw):
+        """The C descriptors of split(count) for images of hw positions (cached)."""
+        key = ("parts", count, hw)
+        cached = self._groups.get(key)
+        if cached is not None:
+            return cached
+        cdef _Parts parts = _Parts()
+        parts.mats = self.split(count)
+        parts.table = <fs_spmm_part*>calloc(count, sizeof(fs_spmm_part))
+        if parts.table == NULL:
+            raise MemoryError()
+        for i, m in enumerate(parts.mats):
+            _fill_part(&parts.table[i], m, hw)
+        self._groups[key] = parts
+        return parts
+
     def offsets(self, Py_ssize_t hw):
         """Byte offsets of each non-zero's input row for images of `hw` positions (cached)."""
         off = self._offsets.get(hw)
@@ -160,6 +322,18 @@ cdef class SpmmWeights:
             off.flags.writeable = False
             self._offsets[hw] = off
         return off
+
+
+cdef int _fill_part(fs_spmm_part* p, SpmmWeights m, Py_ssize_t hw) except -1:
+    cdef const float[::1] values = m.values
+    cdef const uint32_t[::1] nnzmap = m.nnzmap
+    cdef const int32_t[::1] offsets = m.offsets(hw)
+    cdef const int64_t[:, ::1] starts = m._starts
+    p.values = &values[0] if values.shape[0] else &_ZERO_F
+    p.nnzmap = &nnzmap[0]
+    p.offsets = &offsets[0] if offsets.shape[0] else &_ZERO_I
+    p.value_start, p.nz_start = &starts[1, 0], &starts[2, 0]
+    return 0
 
 
 def _checked_ints(a, dtype, name):
@@ -187,97 +361,6 @@ cdef const float* _bias_pointer(object bias, Py_ssize_t rows) except? NULL:
     if b.shape[0] != rows:
         raise ValueError(f"bias must have {rows} entries")
     return &b[0]
-
-
-# ---- CHW companion ops: depthwise conv, first-layer conv, global average pooling, add ----
-
-cdef extern from "csrc/fs_kernels.h" nogil:
-    ctypedef void (*fs_dwconv2d_fn)(
-        size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
-        const float* input, size_t input_stride, const float* weights, float bias,
-        float* scratch, float* output, size_t output_stride, float lo, float hi) noexcept nogil
-    ctypedef void (*fs_conv2d_fn)(
-        size_t cin, size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
-        size_t oy_begin, size_t oy_end, const float* input, size_t channel_stride,
-        size_t row_stride, size_t pixel_stride, size_t cout, const float* weights,
-        const float* bias, float* scratch, float* output, size_t output_channel_stride,
-        size_t output_row_stride, float lo, float hi) noexcept nogil
-    ctypedef void (*fs_gavgpool_fn)(size_t channels, size_t hw, const float* input,
-                                    size_t input_stride, float scale, float* output) noexcept nogil
-    ctypedef void (*fs_vadd_fn)(size_t n, const float* a, const float* b, float* y, float lo,
-                                float hi) noexcept nogil
-    ctypedef struct fs_chw_ops:
-        const char* dwconv2d_names[2][2]
-        fs_dwconv2d_fn dwconv2d[2][2]
-        const char* conv2d_names[2]
-        fs_conv2d_fn conv2d[2]
-        const char* gavgpool_name
-        fs_gavgpool_fn gavgpool
-        const char* vadd_name
-        fs_vadd_fn vadd
-    const fs_chw_ops* fs_chw_ops_for(int isa)
-    size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t iw, size_t ow,
-                                      size_t pad_left)
-    size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
-                                    size_t pad_left)
-
-cdef extern from "csrc/fs_steps.h" nogil:
-    enum:
-        FS_STEP_SPMM
-        FS_STEP_DWCONV2D
-        FS_STEP_CONV2D
-        FS_STEP_GAVGPOOL
-        FS_STEP_VADD
-        FS_STEP_SPMM_DWCONV2D
-    ctypedef struct fs_spmm_args:
-        fs_spmm_fn fn
-        size_t hw, cin, cout, chunk, pieces, groups
-        const float* values
-        const uint32_t* nnzmap
-        const int32_t* offsets
-        const int64_t* bounds
-        const int64_t* row_start
-        const int64_t* value_start
-        const int64_t* nz_start
-        const float* bias
-        float lo, hi
-    ctypedef struct fs_dwconv2d_args:
-        fs_dwconv2d_fn fn
-        size_t c, ih, iw, oh, ow, pad_top, pad_left, taps
-        const float* weights
-        const float* bias
-        float lo, hi
-        size_t scratch_floats
-    ctypedef struct fs_conv2d_args:
-        fs_conv2d_fn fn
-        size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces
-        size_t channel_stride, row_stride, pixel_stride
-        const float* weights
-        const float* bias
-        float lo, hi
-    ctypedef struct fs_gavgpool_args:
-        fs_gavgpool_fn fn
-        size_t c, hw
-    ctypedef struct fs_vadd_args:
-        fs_vadd_fn fn
-        size_t n, chunk
-        float lo, hi
-    ctypedef struct fs_step:
-        int kind, src, res, dst
-        size_t items
-        float* scratch
-        size_t scratch_floats
-        fs_spmm_args spmm
-        fs_dwconv2d_args dw
-        fs_conv2d_args conv
-        fs_gavgpool_args pool
-        fs_vadd_args vadd
-    void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
-                      double* times)
-
-
-# cpuid traps to the hypervisor in a VM (~75 us measured on a KVM guest): ask once per ISA.
-_SUPPORTED = [bool(fs_isa_supported(i)) for i in range(FS_ISA_COUNT)]
 
 
 cdef const fs_chw_ops* _chw_ops(int isa) except NULL:
@@ -309,11 +392,6 @@ def chw_kernels(int isa):
 # buffers. Either way the arrays a step was checked against have exactly the shapes of the
 # ones it runs on. Weight pointers stay valid because the caller keeps the weight objects.
 
-# Non-empty placeholders: an all-zero matrix has no value or offset to point at.
-cdef float _ZERO_F = 0.0
-cdef int32_t _ZERO_I = 0
-
-
 cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
                     const float[:, :, ::1] x, bias, residual, float[:, :, ::1] out, float lo,
                     float hi, int num_threads) except -1:
@@ -338,9 +416,7 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
     st.kind, st.spmm.lo, st.spmm.hi, st.items = FS_STEP_SPMM, lo, hi, 0
     if n == 0 or hw == 0:
         return 0
-    cdef const float[::1] values = w.values
     cdef const uint32_t[::1] nnzmap = w.nnzmap
-    cdef const int32_t[::1] offsets = w.offsets(hw)
     cdef Py_ssize_t mr = k.mr
     if num_threads < 1:
         num_threads = 1
@@ -356,14 +432,15 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
         groups = min(nblocks, _ceil_div(2 * num_threads, n * pieces))
     cdef const int64_t[::1] bounds = w.groups(groups)
     cdef const int64_t[:, ::1] starts = w._starts
+    # K-blocking: input channels in parts of about SPMM_PART_BYTES per tile (see fs_steps.h).
+    cdef Py_ssize_t nparts = min(cin, _ceil_div(mr * cin * sizeof(float), SPMM_PART_BYTES))
+    cdef _Parts parts = w.part_table(nparts, hw)
     st.spmm.fn = k.fn
     st.spmm.hw, st.spmm.cin, st.spmm.cout = hw, cin, cout
     st.spmm.chunk, st.spmm.pieces, st.spmm.groups = chunk, pieces, groups
-    st.spmm.values = &values[0] if values.shape[0] else <const float*>&_ZERO_F
-    st.spmm.nnzmap = &nnzmap[0]
-    st.spmm.offsets = &offsets[0] if offsets.shape[0] else <const int32_t*>&_ZERO_I
+    st.spmm.nparts, st.spmm.part_mc, st.spmm.parts = nparts, mr, parts.table
     st.spmm.bounds = &bounds[0]
-    st.spmm.row_start, st.spmm.value_start, st.spmm.nz_start = &starts[0, 0], &starts[1, 0], &starts[2, 0]
+    st.spmm.row_start = &starts[0, 0]
     st.items = n * pieces * groups
     return 0
 

@@ -17,6 +17,7 @@
 #define FS_STEPS_H
 
 #include <stddef.h>
+#include <math.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -35,18 +36,29 @@ enum fs_step_kind {
   FS_STEP_SPMM_DWCONV2D = 5 /* a sparse 1x1 fused with the depthwise conv that reads it */
 };
 
-/* Sparse 1x1: item t = (image, spatial piece of `chunk` positions, group of output blocks). */
-typedef struct fs_spmm_args {
-  fs_spmm_fn fn;
-  size_t hw, cin, cout, chunk, pieces, groups;
+/* The non-zeros of a packed sparse matrix in one range of input channels (a "part"; the
+ * whole matrix when there is one part). Same row blocks in every part. */
+typedef struct fs_spmm_part {
   const float* values;
   const uint32_t* nnzmap;
   const int32_t* offsets;
-  const int64_t* bounds;      /* groups + 1 block indices */
-  const int64_t* row_start;   /* per block (and one past the last): first row, */
-  const int64_t* value_start; /* first value, */
+  const int64_t* value_start; /* per block (and one past the last): first value, */
   const int64_t* nz_start;    /* first non-zero column */
-  const float* bias;          /* NULL: no bias */
+} fs_spmm_part;
+
+/* Sparse 1x1: item t = (image, spatial piece of `chunk` positions, group of output blocks).
+ *
+ * With nparts > 1 (K-blocking, for wide inputs), each tile of part_mc positions is computed
+ * part after part: part 0 writes bias + its products (+ the residual), each later part adds
+ * its products to the output, and the last one clamps. Each part's rows of the tile
+ * (part_mc x its input channels) stay in L1, where the whole tile would not. */
+typedef struct fs_spmm_args {
+  fs_spmm_fn fn;
+  size_t hw, cin, cout, chunk, pieces, groups, nparts, part_mc;
+  const fs_spmm_part* parts;
+  const int64_t* bounds;    /* groups + 1 block indices */
+  const int64_t* row_start; /* per block (and one past the last): first row */
+  const float* bias;        /* NULL: no bias */
   float lo, hi;
 } fs_spmm_args;
 
@@ -119,11 +131,27 @@ static inline int fs_thread_id(void) {
 static inline void fs_spmm_rows(const fs_spmm_args* a, int64_t b0, int64_t b1, size_t img,
                                 size_t m0, size_t mc, const float* x, const float* res,
                                 float* out, size_t out_stride) {
-  const size_t r0 = (size_t)a->row_start[b0];
-  a->fn(mc, (size_t)a->row_start[b1] - r0, x + img * a->cin * a->hw + m0,
-        a->values + a->value_start[b0], a->nnzmap + b0, a->offsets + a->nz_start[b0],
-        a->bias != NULL ? a->bias + r0 : NULL, res, a->hw * sizeof(float), out, out_stride,
-        a->lo, a->hi);
+  const size_t r0 = (size_t)a->row_start[b0], nc = (size_t)a->row_start[b1] - r0;
+  const size_t stride = a->hw * sizeof(float);
+  const float* bias = a->bias != NULL ? a->bias + r0 : NULL;
+  x += img * a->cin * a->hw + m0;
+  if (a->nparts == 1) {
+    const fs_spmm_part* p = a->parts;
+    a->fn(mc, nc, x, p->values + p->value_start[b0], p->nnzmap + b0, p->offsets + p->nz_start[b0],
+          bias, res, stride, out, out_stride, a->lo, a->hi);
+    return;
+  }
+  for (size_t m = 0; m < mc; m += a->part_mc) {
+    const size_t n = mc - m < a->part_mc ? mc - m : a->part_mc;
+    for (size_t q = 0; q < a->nparts; q++) {
+      const fs_spmm_part* p = &a->parts[q];
+      const int first = q == 0, last = q + 1 == a->nparts;
+      a->fn(n, nc, x + m, p->values + p->value_start[b0], p->nnzmap + b0,
+            p->offsets + p->nz_start[b0], first ? bias : NULL,
+            first ? (res != NULL ? res + m : NULL) : out + m, first ? stride : out_stride,
+            out + m, out_stride, last ? a->lo : -INFINITY, last ? a->hi : INFINITY);
+    }
+  }
 }
 
 /* Depthwise conv of channel ch of image img, reading its plane at `plane`. */
