@@ -433,7 +433,7 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
     cdef const int64_t[::1] bounds = w.groups(groups)
     cdef const int64_t[:, ::1] starts = w._starts
     # K-blocking: input channels in parts of about SPMM_PART_BYTES per tile (see fs_steps.h).
-    cdef Py_ssize_t nparts = min(cin, _ceil_div(mr * cin * sizeof(float), SPMM_PART_BYTES))
+    cdef Py_ssize_t nparts = min(cin, _ceil_div(min(mr, hw) * cin * sizeof(float), SPMM_PART_BYTES))
     cdef _Parts parts = w.part_table(nparts, hw)
     st.spmm.fn = k.fn
     st.spmm.hw, st.spmm.cin, st.spmm.cout = hw, cin, cout
