@@ -129,6 +129,80 @@ FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t oh, size_t
   }
 }
 
+/* Flat path (stride 1, "same" padding, contiguous planes): the plane is one run of ih * iw
+ * floats and output i = y * iw + x takes tap (ky, kx) from flat index i + (ky - k/2) * iw +
+ * (kx - k/2), so no lane is wasted on narrow rows and there is no per-row work. A tap whose
+ * column x + kx - k/2 falls outside the row reads the neighbouring row's element instead:
+ * each kx has its own accumulator (k independent FMA chains), whose wrapped lanes are zeroed
+ * by a select (which also drops a NaN read there) before the sum. Vectors whose taps reach
+ * above or below the plane load only the lanes inside it (fs_vload_range). */
+FS_INLINE fs_vec fs_dw_flat_vector(size_t k, int edge, const float* input, size_t n, size_t i,
+                                   size_t iw, const fs_vec* wv, fs_vec vbias, fs_vec col) {
+  const ptrdiff_t p = (ptrdiff_t)(k / 2);
+  fs_vec acc[5];
+#pragma GCC unroll 5
+  for (size_t kx = 0; kx < k; kx++) acc[kx] = (ptrdiff_t)kx == p ? vbias : fs_vzero();
+#pragma GCC unroll 5
+  for (size_t ky = 0; ky < k; ky++) {
+#pragma GCC unroll 5
+    for (size_t kx = 0; kx < k; kx++) {
+      const ptrdiff_t at = (ptrdiff_t)i + ((ptrdiff_t)ky - p) * (ptrdiff_t)iw + (ptrdiff_t)kx - p;
+      fs_vec x;
+      if (!edge) {
+        x = fs_vload(input + at);
+      } else {
+        /* Lanes [lo, hi) of this load are inside the plane. */
+        const ptrdiff_t vl = FS_VLEN, lo = at < 0 ? (-at < vl ? -at : vl) : 0;
+        const ptrdiff_t end = (ptrdiff_t)n - at, hi = end < lo ? lo : (end < vl ? end : vl);
+        x = fs_vload_range(input + at, (size_t)lo, (size_t)hi);
+      }
+      acc[kx] = fs_vfma(wv[ky * k + kx], x, acc[kx]);
+    }
+  }
+  fs_vec y = acc[p];
+#pragma GCC unroll 2
+  for (ptrdiff_t d = 1; d <= p; d++) {
+    y = fs_vadd(y, fs_vmaskz(fs_vlt(fs_vset1((float)(d - 1)), col), acc[p - d])); /* x >= d */
+    y = fs_vadd(y, fs_vmaskz(fs_vlt(col, fs_vset1((float)((ptrdiff_t)iw - d))), acc[p + d]));
+  }
+  return y;
+}
+
+FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
+                                const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,
+                                fs_vec vhi) {
+  const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
+  /* Column of each lane of a vector that starts at column 0; a vector starting at column c0
+   * adds c0 and wraps once (both terms are < iw). */
+  float lane_col[FS_VLEN];
+  for (size_t l = 0, c = 0; l < FS_VLEN; l++) {
+    lane_col[l] = (float)c;
+    c = c + 1 == iw ? 0 : c + 1;
+  }
+  const fs_vec vcol = fs_vload(lane_col), vw = fs_vset1((float)iw);
+  const fs_vec vlast = fs_vset1((float)(iw - 1));
+  const size_t step = FS_VLEN % iw;
+  size_t c0 = 0;
+  for (size_t i = 0; i < n; i += FS_VLEN) {
+    fs_vec col = fs_vadd(vcol, fs_vset1((float)c0));
+    col = fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw));
+    fs_vec y;
+    if (i >= reach && i + FS_VLEN + reach <= n) {
+      y = fs_dw_flat_vector(k, 0, input, n, i, iw, wv, vbias, col);
+    } else {
+      y = fs_dw_flat_vector(k, 1, input, n, i, iw, wv, vbias, col);
+    }
+    y = fs_vclamp(y, vlo, vhi);
+    if (n - i >= FS_VLEN) {
+      fs_vstore(output + i, y);
+    } else {
+      fs_vstore_tail(output + i, y, fs_tail_make(n - i));
+    }
+    c0 += step;
+    if (c0 >= iw) c0 -= iw;
+  }
+}
+
 FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t oh, size_t ow,
                                size_t pad_top, size_t pad_left, const float* input,
                                size_t input_stride, const float* weights, float bias,
@@ -143,6 +217,11 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   fs_vec wv[25];
   for (size_t i = 0; i < k * k; i++) wv[i] = fs_vset1(weights[i]);
   const fs_vec vbias = fs_vset1(bias), vlo = fs_vset1(lo), vhi = fs_vset1(hi);
+  if (s == 1 && pad_top == k / 2 && pad_left == k / 2 && oh == ih && ow == iw &&
+      input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
+    fs_dwconv2d_flat(k, ih, iw, input, wv, vbias, output, vlo, vhi);
+    return;
+  }
   const float* rows[5];
   for (size_t oy = 0; oy < oh; oy++) {
     fs_chw_ring_rows(k, s, oy, oh, pad_top, ih, iw, pad_left, (const char*)input,
