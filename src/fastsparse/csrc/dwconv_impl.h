@@ -168,31 +168,18 @@ FS_INLINE fs_vec fs_dw_flat_vector(size_t k, int edge, const float* input, size_
   return y;
 }
 
-FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
-                                const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,
-                                fs_vec vhi) {
-  const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
-  /* Column of each lane of a vector that starts at column 0; a vector starting at column c0
-   * adds c0 and wraps once (both terms are < iw). */
-  float lane_col[FS_VLEN];
-  for (size_t l = 0, c = 0; l < FS_VLEN; l++) {
-    lane_col[l] = (float)c;
-    c = c + 1 == iw ? 0 : c + 1;
-  }
-  const fs_vec vcol = fs_vload(lane_col), vw = fs_vset1((float)iw);
-  const fs_vec vlast = fs_vset1((float)(iw - 1));
-  const size_t step = FS_VLEN % iw;
-  size_t c0 = 0;
-  for (size_t i = 0; i < n; i += FS_VLEN) {
+/* Output vectors from flat index i up to `end` (a multiple of FS_VLEN, or n); c0 = i % iw,
+ * step = FS_VLEN % iw, vcol = the columns of a vector starting at column 0. Returns end % iw
+ * (when end < n). */
+FS_INLINE size_t fs_dw_flat_span(size_t k, int edge, const float* input, size_t n, size_t iw,
+                                 size_t i, size_t end, size_t c0, size_t step, fs_vec vcol,
+                                 const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,
+                                 fs_vec vhi) {
+  const fs_vec vw = fs_vset1((float)iw), vlast = fs_vset1((float)(iw - 1));
+  for (; i < end; i += FS_VLEN) {
     fs_vec col = fs_vadd(vcol, fs_vset1((float)c0));
-    col = fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw));
-    fs_vec y;
-    if (i >= reach && i + FS_VLEN + reach <= n) {
-      y = fs_dw_flat_vector(k, 0, input, n, i, iw, wv, vbias, col);
-    } else {
-      y = fs_dw_flat_vector(k, 1, input, n, i, iw, wv, vbias, col);
-    }
-    y = fs_vclamp(y, vlo, vhi);
+    col = fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw)); /* both terms are < iw */
+    const fs_vec y = fs_vclamp(fs_dw_flat_vector(k, edge, input, n, i, iw, wv, vbias, col), vlo, vhi);
     if (n - i >= FS_VLEN) {
       fs_vstore(output + i, y);
     } else {
@@ -201,6 +188,42 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
     c0 += step;
     if (c0 >= iw) c0 -= iw;
   }
+  return c0;
+}
+
+FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
+                                const fs_vec* wv, fs_vec vbias, float* stage, float* output,
+                                fs_vec vlo, fs_vec vhi) {
+  const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
+  float lane_col[FS_VLEN];
+  size_t step = 0;
+  for (size_t l = 0; l < FS_VLEN; l++) {
+    lane_col[l] = (float)step;
+    step = step + 1 == iw ? 0 : step + 1;
+  }
+  const fs_vec vcol = fs_vload(lane_col);
+  if (ih <= FS_DW_FLAT_STAGE_ROWS) {
+    /* A small plane is copied behind zeros that are never written, and followed by zeros up
+     * to what its last vector's taps read (a previous plane may have left data there); then
+     * every load is a plain one. */
+    float* copy = stage + (reach + 15) / 16 * 16;
+    for (size_t j = 0; j < n + FS_VLEN + reach; j += FS_VLEN) {
+      fs_vstore(copy + j, j + FS_VLEN <= n ? fs_vload(input + j)
+                                           : fs_vload_range(input + j, 0, n > j ? n - j : 0));
+    }
+    fs_dw_flat_span(k, 0, copy, n, iw, 0, n, 0, step, vcol, wv, vbias, output, vlo, vhi);
+    return;
+  }
+  /* Only the vectors whose taps reach above or below the plane bound their loads. */
+  size_t head = (reach + FS_VLEN - 1) / FS_VLEN * FS_VLEN, tail = 0;
+  if (head > n) head = n;
+  if (n >= FS_VLEN + reach) tail = (n - FS_VLEN - reach) / FS_VLEN * FS_VLEN + FS_VLEN;
+  if (tail < head) tail = head;
+  size_t c0 = fs_dw_flat_span(k, 1, input, n, iw, 0, head, 0, step, vcol, wv, vbias, output,
+                              vlo, vhi);
+  c0 = fs_dw_flat_span(k, 0, input, n, iw, head, tail, c0, step, vcol, wv, vbias, output, vlo,
+                       vhi);
+  fs_dw_flat_span(k, 1, input, n, iw, tail, n, c0, step, vcol, wv, vbias, output, vlo, vhi);
 }
 
 FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t oh, size_t ow,
@@ -219,7 +242,10 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   const fs_vec vbias = fs_vset1(bias), vlo = fs_vset1(lo), vhi = fs_vset1(hi);
   if (s == 1 && pad_top == k / 2 && pad_left == k / 2 && oh == ih && ow == iw &&
       input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
-    fs_dwconv2d_flat(k, ih, iw, input, wv, vbias, output, vlo, vhi);
+    fs_dwconv2d_flat(k, ih, iw, input, wv, vbias,
+                     scratch + fs_dwconv2d_scratch_floats(k, 1, iw, ow, pad_left) -
+                         fs_dw_flat_stage_floats(k, iw),
+                     output, vlo, vhi);
     return;
   }
   const float* rows[5];
