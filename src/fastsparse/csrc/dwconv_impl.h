@@ -168,40 +168,42 @@ FS_INLINE fs_vec fs_dw_flat_vector(size_t k, int edge, const float* input, size_
   return y;
 }
 
-/* Output vectors from flat index i up to `end` (a multiple of FS_VLEN, or n); c0 = i % iw,
- * step = FS_VLEN % iw, vcol = the columns of a vector starting at column 0. Returns end % iw
- * (when end < n). */
-FS_INLINE size_t fs_dw_flat_span(size_t k, int edge, const float* input, size_t n, size_t iw,
-                                 size_t i, size_t end, size_t c0, size_t step, fs_vec vcol,
+/* Output vectors from flat index i up to `end` (a multiple of FS_VLEN, or n); col = the
+ * columns of the vector at i, step = FS_VLEN % iw. Returns the columns of the vector at end. */
+FS_INLINE fs_vec fs_dw_flat_span(size_t k, int edge, const float* input, size_t n, size_t iw,
+                                 size_t i, size_t end, fs_vec col, size_t step,
                                  const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,
                                  fs_vec vhi) {
   const fs_vec vw = fs_vset1((float)iw), vlast = fs_vset1((float)(iw - 1));
+  const fs_vec vstep = fs_vset1((float)step);
   for (; i < end; i += FS_VLEN) {
-    fs_vec col = fs_vadd(vcol, fs_vset1((float)c0));
-    col = fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw)); /* both terms are < iw */
     const fs_vec y = fs_vclamp(fs_dw_flat_vector(k, edge, input, n, i, iw, wv, vbias, col), vlo, vhi);
     if (n - i >= FS_VLEN) {
       fs_vstore(output + i, y);
     } else {
       fs_vstore_tail(output + i, y, fs_tail_make(n - i));
     }
-    c0 += step;
-    if (c0 >= iw) c0 -= iw;
+    col = fs_vadd(col, vstep);
+    col = fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw)); /* both terms were < iw */
   }
-  return c0;
+  return col;
 }
 
 FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
                                 const fs_vec* wv, fs_vec vbias, float* stage, float* output,
                                 fs_vec vlo, fs_vec vhi) {
   const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
-  float lane_col[FS_VLEN];
-  size_t step = 0;
-  for (size_t l = 0; l < FS_VLEN; l++) {
-    lane_col[l] = (float)step;
-    step = step + 1 == iw ? 0 : step + 1;
+  /* The column of each lane of a vector that starts at column 0, l % iw: l minus iw for
+   * every multiple of iw in (0, l]. (Vector arithmetic: a table filled here would be read
+   * back before its stores could forward.) */
+  static const float ramp[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const fs_vec vramp = fs_vload(ramp);
+  fs_vec vcol = vramp;
+  for (size_t m = iw; m < FS_VLEN; m += iw) {
+    vcol = fs_vsub(vcol, fs_vmaskz(fs_vlt(fs_vset1((float)m - 0.5f), vramp), fs_vset1((float)iw)));
   }
-  const fs_vec vcol = fs_vload(lane_col);
+  size_t step = FS_VLEN; /* FS_VLEN % iw, the column shift from one vector to the next */
+  while (step >= iw) step -= iw;
   if (ih <= FS_DW_FLAT_STAGE_ROWS) {
     /* A small plane is copied behind zeros that are never written, and followed by zeros up
      * to what its last vector's taps read (a previous plane may have left data there); then
@@ -211,7 +213,7 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
       fs_vstore(copy + j, j + FS_VLEN <= n ? fs_vload(input + j)
                                            : fs_vload_range(input + j, 0, n > j ? n - j : 0));
     }
-    fs_dw_flat_span(k, 0, copy, n, iw, 0, n, 0, step, vcol, wv, vbias, output, vlo, vhi);
+    fs_dw_flat_span(k, 0, copy, n, iw, 0, n, vcol, step, wv, vbias, output, vlo, vhi);
     return;
   }
   /* Only the vectors whose taps reach above or below the plane bound their loads. */
@@ -219,11 +221,11 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
   if (head > n) head = n;
   if (n >= FS_VLEN + reach) tail = (n - FS_VLEN - reach) / FS_VLEN * FS_VLEN + FS_VLEN;
   if (tail < head) tail = head;
-  size_t c0 = fs_dw_flat_span(k, 1, input, n, iw, 0, head, 0, step, vcol, wv, vbias, output,
+  fs_vec c0 = fs_dw_flat_span(k, 1, input, n, iw, 0, head, vcol, step, wv, vbias, output,
                               vlo, vhi);
-  c0 = fs_dw_flat_span(k, 0, input, n, iw, head, tail, c0, step, vcol, wv, vbias, output, vlo,
+  c0 = fs_dw_flat_span(k, 0, input, n, iw, head, tail, c0, step, wv, vbias, output, vlo,
                        vhi);
-  fs_dw_flat_span(k, 1, input, n, iw, tail, n, c0, step, vcol, wv, vbias, output, vlo, vhi);
+  fs_dw_flat_span(k, 1, input, n, iw, tail, n, c0, step, wv, vbias, output, vlo, vhi);
 }
 
 FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t oh, size_t ow,
@@ -234,20 +236,18 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   assert(ih >= 1 && iw >= 1 && oh >= 1 && ow >= 1);
   assert(input != NULL && weights != NULL && scratch != NULL && output != NULL);
   assert(!(lo > hi));
-  const size_t rowlen = fs_chw_row_floats(k, s, iw, ow, pad_left);
-  const size_t half = rowlen / 2;
-  ptrdiff_t tags[7] = {-1, -1, -1, -1, -1, -1, -1};
   fs_vec wv[25];
   for (size_t i = 0; i < k * k; i++) wv[i] = fs_vset1(weights[i]);
   const fs_vec vbias = fs_vset1(bias), vlo = fs_vset1(lo), vhi = fs_vset1(hi);
+  const size_t rowlen = fs_chw_row_floats(k, s, iw, ow, pad_left);
   if (s == 1 && pad_top == k / 2 && pad_left == k / 2 && oh == ih && ow == iw &&
       input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
-    fs_dwconv2d_flat(k, ih, iw, input, wv, vbias,
-                     scratch + fs_dwconv2d_scratch_floats(k, 1, iw, ow, pad_left) -
-                         fs_dw_flat_stage_floats(k, iw),
-                     output, vlo, vhi);
+    /* The plane copy lies after the row ring (fs_dwconv2d_scratch_floats). */
+    fs_dwconv2d_flat(k, ih, iw, input, wv, vbias, scratch + (k + 3) * rowlen, output, vlo, vhi);
     return;
   }
+  const size_t half = rowlen / 2;
+  ptrdiff_t tags[7] = {-1, -1, -1, -1, -1, -1, -1};
   const float* rows[5];
   for (size_t oy = 0; oy < oh; oy++) {
     fs_chw_ring_rows(k, s, oy, oh, pad_top, ih, iw, pad_left, (const char*)input,

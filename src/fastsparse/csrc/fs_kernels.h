@@ -185,7 +185,7 @@ static inline size_t fs_chw_row_floats(size_t k, size_t stride, size_t iw, size_
 
 /* Planes of at most this many rows take the depthwise flat path (stride 1, "same" padding;
  * dwconv_impl.h) through a zero-margined copy in scratch. */
-#define FS_DW_FLAT_STAGE_ROWS 16
+#define FS_DW_FLAT_STAGE_ROWS 32
 
 /* Floats of that copy: zeros in front (the farthest tap, k/2 rows and k/2 columns, rounded to
  * whole 16-float vectors), the plane, and zeros behind it for the last vector's taps. */
