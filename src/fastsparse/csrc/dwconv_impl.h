@@ -1,6 +1,7 @@
 /* Depthwise KxK convolution of one CHW channel plane (K in {3, 5}, stride 1 or 2), written
  * once for every ISA over the vector vocabulary of vec_<isa>.h (see spmm_impl.h for the list;
- * this file also uses fs_vdeinterleave).
+ * this file also uses fs_vdeinterleave, and fs_vsub, fs_vlt, fs_vmaskz, fs_vload_range for the
+ * flat path).
  *
  * Scheme: output rows are produced top to bottom. The K input rows an output row needs are
  * copied, each exactly once, into a ring of K + 2 padded scratch rows (slot = input row mod (K + 2)):
@@ -11,9 +12,14 @@
  * above or below the image read a zero row. Each output vector keeps one accumulator per
  * kernel row (K independent FMA chains) and two output vectors are computed side by side.
  *
+ * Stride 1 with "same" padding on contiguous planes takes the flat path instead (see
+ * fs_dw_flat_vector below): vectors run along the whole plane, not along rows, which on the
+ * narrow planes of a network's later layers saves most of the lanes and all per-row work.
+ *
  * Out-of-bounds contract: the input plane is read only inside ih x iw (the last partial
- * vector of a row is a masked load), output is written only inside oh x ow (the last partial
- * vector is a masked store); everything else happens in the caller's zero-filled scratch
+ * vector of a row, or the plane's first and last vectors on the flat path, are masked loads),
+ * output is written only inside oh x ow (the last partial vector is a masked store);
+ * everything else happens in the caller's zero-filled scratch
  * (fs_dwconv2d_scratch_floats(), fs_kernels.h).
  */
 #ifndef FS_DWCONV_IMPL_H
@@ -206,10 +212,11 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
   while (step >= iw) step -= iw;
   if (ih <= FS_DW_FLAT_STAGE_ROWS) {
     /* A small plane is copied behind zeros that are never written, and followed by zeros up
-     * to what its last vector's taps read (a previous plane may have left data there); then
-     * every load is a plain one. */
+     * to the farthest tap of its last output (a previous plane may have left data there);
+     * then every load is a plain one. Lanes past the plane read whatever lies beyond (inside
+     * the copy's floats) and are never stored. */
     float* copy = stage + (reach + 15) / 16 * 16;
-    for (size_t j = 0; j < n + FS_VLEN + reach; j += FS_VLEN) {
+    for (size_t j = 0; j < n + reach; j += FS_VLEN) {
       fs_vstore(copy + j, j + FS_VLEN <= n ? fs_vload(input + j)
                                            : fs_vload_range(input + j, 0, n > j ? n - j : 0));
     }

@@ -157,7 +157,10 @@ typedef struct fs_spmm_kernel {
  * the caller zero-fills once; calls with the same (iw, ow, pad_left) may then reuse it
  * without clearing, because a kernel writes only the data columns of its rows (and zeros
  * right after them), so the padding columns and the zero row stay zero. Vertical padding
- * reads that zero row.
+ * reads that zero row. Stride 1 with "same" padding (pad_top = pad_left = K/2, oh = ih,
+ * ow = iw) on contiguous rows (both strides 4 * width) runs on the flattened plane instead
+ * (dwconv_impl.h), the same way for every plane of a shape; planes of at most
+ * FS_DW_FLAT_STAGE_ROWS rows are first copied into their own part of the same scratch.
  */
 typedef void (*fs_dwconv2d_fn)(
     size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
@@ -188,7 +191,8 @@ static inline size_t fs_chw_row_floats(size_t k, size_t stride, size_t iw, size_
 #define FS_DW_FLAT_STAGE_ROWS 32
 
 /* Floats of that copy: zeros in front (the farthest tap, k/2 rows and k/2 columns, rounded to
- * whole 16-float vectors), the plane, and zeros behind it for the last vector's taps. */
+ * whole 16-float vectors), the plane, and behind it zeros out to its last output's farthest
+ * tap plus the slack of that output's vector. */
 static inline size_t fs_dw_flat_stage_floats(size_t k, size_t iw) {
   const size_t reach = k / 2 * (iw + 1);
   return (reach + 15) / 16 * 16 + FS_DW_FLAT_STAGE_ROWS * iw + reach + 32;
