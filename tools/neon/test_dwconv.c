@@ -275,7 +275,7 @@ size_t fs_test_dwconv(int isa) {
           for (int h = 0; h < heights + (same ? 3 : 0); h++, index++) {
             dw_case c = {.k = k, .s = s, .iw = iw, .pad = pad, .seed = fs_rng_next(&rng)};
             c.ih = h == 0 ? 1 + fs_rng_below(&rng, MAX_IH) : 1 + fs_rng_below(&rng, 6);
-            if (h >= heights) { /* contiguous: the flat path, staged (larger, then smaller) or not */
+            if (h >= heights) { /* contiguous: flat path, staged (larger, then smaller) or not */
               c.flat = 1;
               c.ih = h == heights       ? half + 1 + fs_rng_below(&rng, half)
                      : h == heights + 1 ? 1 + fs_rng_below(&rng, half)

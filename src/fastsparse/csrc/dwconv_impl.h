@@ -183,7 +183,8 @@ FS_INLINE fs_vec fs_dw_flat_span(size_t k, int edge, const float* input, size_t 
   const fs_vec vw = fs_vset1((float)iw), vlast = fs_vset1((float)(iw - 1));
   const fs_vec vstep = fs_vset1((float)step);
   for (; i < end; i += FS_VLEN) {
-    const fs_vec y = fs_vclamp(fs_dw_flat_vector(k, edge, input, n, i, iw, wv, vbias, col), vlo, vhi);
+    const fs_vec y = fs_vclamp(fs_dw_flat_vector(k, edge, input, n, i, iw, wv, vbias, col), vlo,
+                               vhi);
     if (n - i >= FS_VLEN) {
       fs_vstore(output + i, y);
     } else {
