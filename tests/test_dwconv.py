@@ -94,6 +94,45 @@ def test_kernel_writes_only_its_output(isa, k, stride):
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [3, 5])
+def test_flat_path_edges(isa, k):
+    """Stride 1 with "same" padding runs on the flattened plane (dwconv_impl.h): widths around
+    every vector length (columns wrap inside a vector), heights on both sides of the 32 rows
+    up to which the plane is copied into scratch and of the rows the top and bottom vectors'
+    taps reach, plane sizes around vector multiples. The images sit back to back in a
+    NaN-filled buffer, so a read outside a plane poisons an output; every activation."""
+    rng = np.random.default_rng(k)
+    wt = rng.standard_normal((2, 1, k, k)).astype(np.float32)
+    bias = rng.standard_normal(2).astype(np.float32)
+    widths = [1, 2, 3, 4, 5, 7, 8, 9, 14, 15, 16, 17, 31, 32, 33]
+    heights = [1, 2, 3, 5, 7, 16, 31, 32, 33, 34, 40]
+    for i, (h, w) in enumerate((h, w) for h in heights for w in widths):
+        size = 2 * 2 * h * w
+        buf = np.full(size + 64, np.nan, dtype=np.float32)
+        x = buf[32:32 + size].reshape(2, 2, h, w)
+        x[...] = rng.standard_normal(x.shape)
+        check_dwconv(x, wt, bias if i % 2 else None, 1, k // 2,
+                     ACTIVATIONS[i % len(ACTIVATIONS)], 1 + i % 2, what="(guarded buffer)")
+
+
+def test_flat_path_writes_only_its_output(isa):
+    """Direct kernel calls of the flat path into outputs with guard values on both sides, the
+    plane sizes around multiples of 16 floats."""
+    rng = np.random.default_rng(5)
+    for k in (3, 5):
+        for h, w in [(1, 1), (1, 15), (1, 17), (3, 5), (4, 4), (5, 13), (7, 7), (17, 1), (8, 8),
+                     (33, 3), (34, 31)]:
+            x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+            wt = rng.standard_normal((3, k * k)).astype(np.float32)
+            buf = np.full(3 * h * w + 64, 7.0, dtype=np.float32)
+            out = buf[32:32 + 3 * h * w].reshape(1, 3, h, w)
+            _kernels.dwconv2d(_dispatch.isa_id(isa), x, wt, None, out, k, 1, k // 2, k // 2,
+                              -np.inf, np.inf, 1)
+            assert np.all(buf[:32] == 7.0) and np.all(buf[32 + 3 * h * w:] == 7.0), (k, h, w)
+            ref = fs.reference.depthwise_conv2d(x, wt.reshape(3, 1, k, k), padding=k // 2)
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5, err_msg=f"k={k} {h}x{w}")
+
+
 def test_keras_same_padding_stride2(isa):
     """TF/Keras 'same' with stride 2 on even sizes pads only bottom/right: (0, 0, 1, 1)."""
     rng = np.random.default_rng(2)

@@ -9,6 +9,10 @@
  * in five puts a NaN or two in the input, which must reach exactly the outputs whose window
  * holds it (0 * NaN is NaN: zero weights included, padding not).
  *
+ * Stride 1 with "same" padding on a contiguous plane takes the flat path (dwconv_impl.h): for
+ * those, every width also runs on planes stored contiguously in one guarded block, with three
+ * heights (a staged plane, a smaller staged one, and one past FS_DW_FLAT_STAGE_ROWS).
+ *
  * Scratch: zero-filled only when (iw, ow, pad_left) changes, as callers do; consecutive cases
  * of one width reuse it, which checks that a kernel leaves its padding zero. */
 #include <stdio.h>
@@ -18,8 +22,9 @@
 #include "harness.h"
 
 #define MAX_IH 24
+#define FLAT_IH (FS_DW_FLAT_STAGE_ROWS + 8) /* contiguous planes, up to past the staging limit */
 #define MAX_IW 40
-#define MAX_OH (MAX_IH + 2)
+#define MAX_OH (FLAT_IH + 2)
 #define MAX_OW (MAX_IW + 2)
 #define SCRATCH_FLOATS 4096
 
@@ -34,19 +39,60 @@ static const padding PADS[] = {{0, 0, 0, 0}, {1, 1, 1, 1}, {2, 2, 2, 2},
 typedef struct {
   size_t k, s, ih, iw, oh, ow;
   padding pad;
-  int bias, clamp, nan_input, in_front, out_front, w_front;
+  int bias, clamp, nan_input, in_front, out_front, w_front, flat;
   float scale;
   uint64_t seed;
 } dw_case;
 
+/* A plane operand: rows in a guarded row buffer, or (dw_case.flat) one contiguous block. */
 typedef struct {
-  fs_guarded in, out, oracle;
+  fs_guarded rows;
+  fs_block flat;
+} dw_plane;
+
+typedef struct {
+  dw_plane in, out, oracle;
   fs_block w, scratch_k, scratch_o;
-  float copy[MAX_IH][MAX_IW];
+  float copy[FLAT_IH][MAX_IW];
   double ref[MAX_OH][MAX_OW], mag[MAX_OH][MAX_OW];
   size_t scratch_floats; /* 0: scratch must be zero-filled before the next call */
   size_t key[5];         /* (k, s, iw, ow, pad_left) the scratch was used with */
 } dw_buffers;
+
+static float* plane_row(const dw_case* c, const dw_plane* p, size_t r, size_t len, size_t rows,
+                        int front) {
+  return c->flat ? fs_block_at(&p->flat, rows * len, front) + r * len
+                 : fs_guarded_row_at(&p->rows, r, len, front);
+}
+
+static size_t plane_stride(const dw_case* c, const dw_plane* p, size_t len) {
+  return c->flat ? len * sizeof(float) : fs_guarded_stride(&p->rows);
+}
+
+/* 1 if nothing around row r (for a contiguous plane: around the plane) was written. */
+static int plane_canary_outside(const dw_case* c, const dw_plane* p, size_t r, size_t len,
+                                size_t rows, int front) {
+  return c->flat ? fs_block_canary_outside(&p->flat, rows * len, front)
+                 : fs_guarded_canary_outside(&p->rows, r, len, front);
+}
+
+static void plane_fill_canary(const dw_case* c, dw_plane* p, size_t rows) {
+  if (c->flat) {
+    fs_block_fill_canary(&p->flat);
+  } else {
+    fs_guarded_fill_canary_rows(&p->rows, rows);
+  }
+}
+
+static void plane_alloc(dw_plane* p, size_t rows, size_t flat_floats) {
+  fs_guarded_alloc(&p->rows, rows);
+  fs_block_alloc(&p->flat, flat_floats);
+}
+
+static void plane_free(dw_plane* p) {
+  fs_guarded_free(&p->rows);
+  fs_block_free(&p->flat);
+}
 
 static void reference(const dw_case* c, dw_buffers* b, const float* w, float bias, float lo,
                       float hi) {
@@ -74,9 +120,9 @@ static void reference(const dw_case* c, dw_buffers* b, const float* w, float bia
 static int check_inputs(const char* who, const dw_case* c, dw_buffers* b, const float* w,
                         const float* w_copy) {
   for (size_t iy = 0; iy < c->ih; iy++) {
-    if (memcmp(fs_guarded_row_at(&b->in, iy, c->iw, c->in_front), b->copy[iy],
+    if (memcmp(plane_row(c, &b->in, iy, c->iw, c->ih, c->in_front), b->copy[iy],
                c->iw * sizeof(float)) != 0 ||
-        !fs_guarded_canary_outside(&b->in, iy, c->iw, c->in_front)) {
+        !plane_canary_outside(c, &b->in, iy, c->iw, c->ih, c->in_front)) {
       return fs_fail("%s modified input row %zu (or the page around it)", who, iy);
     }
   }
@@ -87,12 +133,12 @@ static int check_inputs(const char* who, const dw_case* c, dw_buffers* b, const 
   return 0;
 }
 
-static int check_output(const char* who, const dw_case* c, dw_buffers* b, const fs_guarded* out,
-                        const fs_guarded* against, const fs_block* scratch, size_t nscratch) {
+static int check_output(const char* who, const dw_case* c, dw_buffers* b, const dw_plane* out,
+                        const dw_plane* against, const fs_block* scratch, size_t nscratch) {
   for (size_t oy = 0; oy < c->oh; oy++) {
-    const float* y = fs_guarded_row_at(out, oy, c->ow, c->out_front);
-    const float* z = against != NULL ? fs_guarded_row_at(against, oy, c->ow, c->out_front) : NULL;
-    if (!fs_guarded_canary_outside(out, oy, c->ow, c->out_front)) {
+    const float* y = plane_row(c, out, oy, c->ow, c->oh, c->out_front);
+    const float* z = against != NULL ? plane_row(c, against, oy, c->ow, c->oh, c->out_front) : NULL;
+    if (!plane_canary_outside(c, out, oy, c->ow, c->oh, c->out_front)) {
       return fs_fail("%s wrote outside output row %zu (ow = %zu)", who, oy, c->ow);
     }
     for (size_t ox = 0; ox < c->ow; ox++) {
@@ -110,7 +156,7 @@ static int check_output(const char* who, const dw_case* c, dw_buffers* b, const 
       }
     }
   }
-  if (!fs_guarded_canary_outside(out, c->oh, 0, c->out_front)) {
+  if (!c->flat && !fs_guarded_canary_outside(&out->rows, c->oh, 0, c->out_front)) {
     return fs_fail("%s wrote past the last output row (oh = %zu)", who, c->oh);
   }
   if (!fs_block_canary_outside(scratch, nscratch, 0)) {
@@ -120,21 +166,21 @@ static int check_output(const char* who, const dw_case* c, dw_buffers* b, const 
 }
 
 static void run_kernel(fs_dwconv2d_fn fn, const dw_case* c, dw_buffers* b, const float* w,
-                       float bias, float* scratch, fs_guarded* out, float lo, float hi) {
-  fs_guarded_fill_canary_rows(out, c->oh + 1);
-  const size_t stride = fs_guarded_stride(&b->in);
-  fn(c->ih, c->iw, c->oh, c->ow, c->pad.t, c->pad.l, fs_guarded_row_at(&b->in, 0, c->iw, c->in_front),
-     stride, w, bias, scratch, fs_guarded_row_at(out, 0, c->ow, c->out_front),
-     fs_guarded_stride(out), lo, hi);
+                       float bias, float* scratch, dw_plane* out, float lo, float hi) {
+  plane_fill_canary(c, out, c->oh + 1);
+  fn(c->ih, c->iw, c->oh, c->ow, c->pad.t, c->pad.l,
+     plane_row(c, &b->in, 0, c->iw, c->ih, c->in_front), plane_stride(c, &b->in, c->iw), w,
+     bias, scratch, plane_row(c, out, 0, c->ow, c->oh, c->out_front),
+     plane_stride(c, out, c->ow), lo, hi);
 }
 
 static void run_case(const char* name, fs_dwconv2d_fn fn, const char* oname, fs_dwconv2d_fn ofn,
                      const dw_case* c, dw_buffers* b) {
   fs_set_case("dwconv %s vs %s: ih=%zu iw=%zu oh=%zu ow=%zu pad=(%zu,%zu,%zu,%zu) bias=%d "
-              "clamp=%s nan=%d scale=%g front(in,out,w)=(%d,%d,%d) seed=%llu",
+              "clamp=%s nan=%d scale=%g front(in,out,w)=(%d,%d,%d) contiguous=%d seed=%llu",
               name, oname, c->ih, c->iw, c->oh, c->ow, c->pad.t, c->pad.l, c->pad.b, c->pad.r,
               c->bias, fs_clamp_names[c->clamp], c->nan_input, c->scale, c->in_front,
-              c->out_front, c->w_front, (unsigned long long)c->seed);
+              c->out_front, c->w_front, c->flat, (unsigned long long)c->seed);
   fs_rng rng;
   fs_rng_seed(&rng, c->seed);
   const size_t kk = c->k * c->k;
@@ -146,7 +192,7 @@ static void run_case(const char* name, fs_dwconv2d_fn fn, const char* oname, fs_
     w[i] = w_copy[i];
   }
   const float bias = c->bias ? fs_rng_sym(&rng) * c->scale : 0.0f;
-  fs_guarded_fill_canary_rows(&b->in, c->ih);
+  plane_fill_canary(c, &b->in, c->ih);
   for (size_t iy = 0; iy < c->ih; iy++) {
     for (size_t ix = 0; ix < c->iw; ix++) b->copy[iy][ix] = fs_rng_sym(&rng) * c->scale;
   }
@@ -155,7 +201,8 @@ static void run_case(const char* name, fs_dwconv2d_fn fn, const char* oname, fs_
     b->copy[fs_rng_below(&rng, c->ih)][ix] = NAN;
   }
   for (size_t iy = 0; iy < c->ih; iy++) {
-    memcpy(fs_guarded_row_at(&b->in, iy, c->iw, c->in_front), b->copy[iy], c->iw * sizeof(float));
+    memcpy(plane_row(c, &b->in, iy, c->iw, c->ih, c->in_front), b->copy[iy],
+           c->iw * sizeof(float));
   }
   float lo, hi;
   fs_clamp_bounds(c->clamp, c->scale, &lo, &hi);
@@ -199,9 +246,9 @@ size_t fs_test_dwconv(int isa) {
     fs_fail("no CHW ops for %s", fs_isa_name(isa));
     return 0;
   }
-  fs_guarded_alloc(&b.in, MAX_IH);
-  fs_guarded_alloc(&b.out, MAX_OH + 1);
-  fs_guarded_alloc(&b.oracle, MAX_OH + 1);
+  plane_alloc(&b.in, MAX_IH, FLAT_IH * MAX_IW);
+  plane_alloc(&b.out, MAX_OH + 1, FLAT_IH * MAX_IW);
+  plane_alloc(&b.oracle, MAX_OH + 1, FLAT_IH * MAX_IW);
   fs_block_alloc(&b.w, 25);
   fs_block_alloc(&b.scratch_k, SCRATCH_FLOATS);
   fs_block_alloc(&b.scratch_o, SCRATCH_FLOATS);
@@ -220,11 +267,20 @@ size_t fs_test_dwconv(int isa) {
         fs_rng rng;
         fs_rng_seed(&rng, (uint64_t)(big * 2 + s2 + 1) * 7919u + p);
         const int heights = is_tf_same(k, s, pad) ? 2 : 1;
+        const int same = s == 1 && pad.t == k / 2 && pad.l == k / 2 && pad.b == k / 2 &&
+                         pad.r == k / 2;
+        const size_t half = FS_DW_FLAT_STAGE_ROWS / 2;
         for (size_t iw = 1; iw <= MAX_IW; iw++) {
           if (iw + pad.l + pad.r < k) continue;
-          for (int h = 0; h < heights; h++, index++) {
+          for (int h = 0; h < heights + (same ? 3 : 0); h++, index++) {
             dw_case c = {.k = k, .s = s, .iw = iw, .pad = pad, .seed = fs_rng_next(&rng)};
             c.ih = h == 0 ? 1 + fs_rng_below(&rng, MAX_IH) : 1 + fs_rng_below(&rng, 6);
+            if (h >= heights) { /* contiguous: flat path, staged (larger, then smaller) or not */
+              c.flat = 1;
+              c.ih = h == heights       ? half + 1 + fs_rng_below(&rng, half)
+                     : h == heights + 1 ? 1 + fs_rng_below(&rng, half)
+                                        : FS_DW_FLAT_STAGE_ROWS + 1 + fs_rng_below(&rng, 8);
+            }
             if (c.ih + pad.t + pad.b < k) c.ih = k - pad.t - pad.b;
             c.oh = (c.ih + pad.t + pad.b - k) / s + 1;
             c.ow = (iw + pad.l + pad.r - k) / s + 1;
@@ -244,9 +300,9 @@ size_t fs_test_dwconv(int isa) {
              MAX_IW, MAX_IH, oname, fs_failures() == before ? "ok" : "FAILED");
     }
   }
-  fs_guarded_free(&b.in);
-  fs_guarded_free(&b.out);
-  fs_guarded_free(&b.oracle);
+  plane_free(&b.in);
+  plane_free(&b.out);
+  plane_free(&b.oracle);
   fs_block_free(&b.w);
   fs_block_free(&b.scratch_k);
   fs_block_free(&b.scratch_o);

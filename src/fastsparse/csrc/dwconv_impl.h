@@ -1,6 +1,7 @@
 /* Depthwise KxK convolution of one CHW channel plane (K in {3, 5}, stride 1 or 2), written
  * once for every ISA over the vector vocabulary of vec_<isa>.h (see spmm_impl.h for the list;
- * this file also uses fs_vdeinterleave).
+ * this file also uses fs_vdeinterleave, and fs_vsub, fs_vlt, fs_vmaskz, fs_vload_range for the
+ * flat path).
  *
  * Scheme: output rows are produced top to bottom. The K input rows an output row needs are
  * copied, each exactly once, into a ring of K + 2 padded scratch rows (slot = input row mod (K + 2)):
@@ -11,9 +12,14 @@
  * above or below the image read a zero row. Each output vector keeps one accumulator per
  * kernel row (K independent FMA chains) and two output vectors are computed side by side.
  *
+ * Stride 1 with "same" padding on contiguous planes takes the flat path instead (see
+ * fs_dw_flat_vector below): vectors run along the whole plane, not along rows, which on the
+ * narrow planes of a network's later layers saves most of the lanes and all per-row work.
+ *
  * Out-of-bounds contract: the input plane is read only inside ih x iw (the last partial
- * vector of a row is a masked load), output is written only inside oh x ow (the last partial
- * vector is a masked store); everything else happens in the caller's zero-filled scratch
+ * vector of a row, or the plane's first and last vectors on the flat path, are masked loads),
+ * output is written only inside oh x ow (the last partial vector is a masked store);
+ * everything else happens in the caller's zero-filled scratch
  * (fs_dwconv2d_scratch_floats(), fs_kernels.h).
  */
 #ifndef FS_DWCONV_IMPL_H
@@ -129,6 +135,107 @@ FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t oh, size_t
   }
 }
 
+/* Flat path (stride 1, "same" padding, contiguous planes): the plane is one run of ih * iw
+ * floats and output i = y * iw + x takes tap (ky, kx) from flat index i + (ky - k/2) * iw +
+ * (kx - k/2), so no lane is wasted on narrow rows and there is no per-row work. A tap whose
+ * column x + kx - k/2 falls outside the row reads the neighbouring row's element instead:
+ * each kx has its own accumulator (k independent FMA chains), whose wrapped lanes are zeroed
+ * by a select (which also drops a NaN read there) before the sum. Vectors whose taps reach
+ * above or below the plane load only the lanes inside it (fs_vload_range). */
+FS_INLINE fs_vec fs_dw_flat_vector(size_t k, int edge, const float* input, size_t n, size_t i,
+                                   size_t iw, const fs_vec* wv, fs_vec vbias, fs_vec col) {
+  const ptrdiff_t p = (ptrdiff_t)(k / 2);
+  fs_vec acc[5];
+#pragma GCC unroll 5
+  for (size_t kx = 0; kx < k; kx++) acc[kx] = (ptrdiff_t)kx == p ? vbias : fs_vzero();
+#pragma GCC unroll 5
+  for (size_t ky = 0; ky < k; ky++) {
+#pragma GCC unroll 5
+    for (size_t kx = 0; kx < k; kx++) {
+      const ptrdiff_t at = (ptrdiff_t)i + ((ptrdiff_t)ky - p) * (ptrdiff_t)iw + (ptrdiff_t)kx - p;
+      fs_vec x;
+      if (!edge) {
+        x = fs_vload(input + at);
+      } else {
+        /* Lanes [lo, hi) of this load are inside the plane. */
+        const ptrdiff_t vl = FS_VLEN, lo = at < 0 ? (-at < vl ? -at : vl) : 0;
+        const ptrdiff_t end = (ptrdiff_t)n - at, hi = end < lo ? lo : (end < vl ? end : vl);
+        x = fs_vload_range(input + at, (size_t)lo, (size_t)hi);
+      }
+      acc[kx] = fs_vfma(wv[ky * k + kx], x, acc[kx]);
+    }
+  }
+  fs_vec y = acc[p];
+#pragma GCC unroll 2
+  for (ptrdiff_t d = 1; d <= p; d++) {
+    y = fs_vadd(y, fs_vmaskz(fs_vlt(fs_vset1((float)(d - 1)), col), acc[p - d])); /* x >= d */
+    y = fs_vadd(y, fs_vmaskz(fs_vlt(col, fs_vset1((float)((ptrdiff_t)iw - d))), acc[p + d]));
+  }
+  return y;
+}
+
+/* Output vectors from flat index i up to `end` (a multiple of FS_VLEN, or n); col = the
+ * columns of the vector at i, step = FS_VLEN % iw. Returns the columns of the vector at end. */
+FS_INLINE fs_vec fs_dw_flat_span(size_t k, int edge, const float* input, size_t n, size_t iw,
+                                 size_t i, size_t end, fs_vec col, size_t step,
+                                 const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,
+                                 fs_vec vhi) {
+  const fs_vec vw = fs_vset1((float)iw), vlast = fs_vset1((float)(iw - 1));
+  const fs_vec vstep = fs_vset1((float)step);
+  for (; i < end; i += FS_VLEN) {
+    const fs_vec y = fs_vclamp(fs_dw_flat_vector(k, edge, input, n, i, iw, wv, vbias, col), vlo,
+                               vhi);
+    if (n - i >= FS_VLEN) {
+      fs_vstore(output + i, y);
+    } else {
+      fs_vstore_tail(output + i, y, fs_tail_make(n - i));
+    }
+    col = fs_vadd(col, vstep);
+    col = fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw)); /* both terms were < iw */
+  }
+  return col;
+}
+
+FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
+                                const fs_vec* wv, fs_vec vbias, float* stage, float* output,
+                                fs_vec vlo, fs_vec vhi) {
+  const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
+  /* The column of each lane of a vector that starts at column 0, l % iw: l minus iw for
+   * every multiple of iw in (0, l]. (Vector arithmetic: a table filled here would be read
+   * back before its stores could forward.) */
+  static const float ramp[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const fs_vec vramp = fs_vload(ramp);
+  fs_vec vcol = vramp;
+  for (size_t m = iw; m < FS_VLEN; m += iw) {
+    vcol = fs_vsub(vcol, fs_vmaskz(fs_vlt(fs_vset1((float)m - 0.5f), vramp), fs_vset1((float)iw)));
+  }
+  size_t step = FS_VLEN; /* FS_VLEN % iw, the column shift from one vector to the next */
+  while (step >= iw) step -= iw;
+  if (ih <= FS_DW_FLAT_STAGE_ROWS) {
+    /* A small plane is copied behind zeros that are never written, and followed by zeros up
+     * to the farthest tap of its last output (a previous plane may have left data there);
+     * then every load is a plain one. Lanes past the plane read whatever lies beyond (inside
+     * the copy's floats) and are never stored. */
+    float* copy = stage + (reach + 15) / 16 * 16;
+    for (size_t j = 0; j < n + reach; j += FS_VLEN) {
+      fs_vstore(copy + j, j + FS_VLEN <= n ? fs_vload(input + j)
+                                           : fs_vload_range(input + j, 0, n > j ? n - j : 0));
+    }
+    fs_dw_flat_span(k, 0, copy, n, iw, 0, n, vcol, step, wv, vbias, output, vlo, vhi);
+    return;
+  }
+  /* Only the vectors whose taps reach above or below the plane bound their loads. */
+  size_t head = (reach + FS_VLEN - 1) / FS_VLEN * FS_VLEN, tail = 0;
+  if (head > n) head = n;
+  if (n >= FS_VLEN + reach) tail = (n - FS_VLEN - reach) / FS_VLEN * FS_VLEN + FS_VLEN;
+  if (tail < head) tail = head;
+  fs_vec c0 = fs_dw_flat_span(k, 1, input, n, iw, 0, head, vcol, step, wv, vbias, output,
+                              vlo, vhi);
+  c0 = fs_dw_flat_span(k, 0, input, n, iw, head, tail, c0, step, wv, vbias, output, vlo,
+                       vhi);
+  fs_dw_flat_span(k, 1, input, n, iw, tail, n, c0, step, wv, vbias, output, vlo, vhi);
+}
+
 FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t oh, size_t ow,
                                size_t pad_top, size_t pad_left, const float* input,
                                size_t input_stride, const float* weights, float bias,
@@ -137,12 +244,18 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   assert(ih >= 1 && iw >= 1 && oh >= 1 && ow >= 1);
   assert(input != NULL && weights != NULL && scratch != NULL && output != NULL);
   assert(!(lo > hi));
-  const size_t rowlen = fs_chw_row_floats(k, s, iw, ow, pad_left);
-  const size_t half = rowlen / 2;
-  ptrdiff_t tags[7] = {-1, -1, -1, -1, -1, -1, -1};
   fs_vec wv[25];
   for (size_t i = 0; i < k * k; i++) wv[i] = fs_vset1(weights[i]);
   const fs_vec vbias = fs_vset1(bias), vlo = fs_vset1(lo), vhi = fs_vset1(hi);
+  const size_t rowlen = fs_chw_row_floats(k, s, iw, ow, pad_left);
+  if (s == 1 && pad_top == k / 2 && pad_left == k / 2 && oh == ih && ow == iw &&
+      input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
+    /* The plane copy lies after the row ring (fs_dwconv2d_scratch_floats). */
+    fs_dwconv2d_flat(k, ih, iw, input, wv, vbias, scratch + (k + 3) * rowlen, output, vlo, vhi);
+    return;
+  }
+  const size_t half = rowlen / 2;
+  ptrdiff_t tags[7] = {-1, -1, -1, -1, -1, -1, -1};
   const float* rows[5];
   for (size_t oy = 0; oy < oh; oy++) {
     fs_chw_ring_rows(k, s, oy, oh, pad_top, ih, iw, pad_left, (const char*)input,

@@ -157,7 +157,10 @@ typedef struct fs_spmm_kernel {
  * the caller zero-fills once; calls with the same (iw, ow, pad_left) may then reuse it
  * without clearing, because a kernel writes only the data columns of its rows (and zeros
  * right after them), so the padding columns and the zero row stay zero. Vertical padding
- * reads that zero row.
+ * reads that zero row. Stride 1 with "same" padding (pad_top = pad_left = K/2, oh = ih,
+ * ow = iw) on contiguous rows (both strides 4 * width) runs on the flattened plane instead
+ * (dwconv_impl.h), the same way for every plane of a shape; planes of at most
+ * FS_DW_FLAT_STAGE_ROWS rows are first copied into their own part of the same scratch.
  */
 typedef void (*fs_dwconv2d_fn)(
     size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
@@ -183,11 +186,27 @@ static inline size_t fs_chw_row_floats(size_t k, size_t stride, size_t iw, size_
   return stride == 1 ? len : 2 * len;
 }
 
+/* Planes of at most this many rows take the depthwise flat path (stride 1, "same" padding;
+ * dwconv_impl.h) through a zero-margined copy in scratch. */
+#define FS_DW_FLAT_STAGE_ROWS 32
+
+/* Floats of that copy: zeros in front (the farthest tap, k/2 rows and k/2 columns, rounded to
+ * whole 16-float vectors), the plane, and behind it zeros out to its last output's farthest
+ * tap plus the slack of that output's vector. */
+static inline size_t fs_dw_flat_stage_floats(size_t k, size_t iw) {
+  const size_t reach = k / 2 * (iw + 1);
+  return (reach + 15) / 16 * 16 + FS_DW_FLAT_STAGE_ROWS * iw + reach + 32;
+}
+
 /* A ring of K + 2 rows (the input rows of the current output row and of the next one, staged
- * ahead so their stores have retired before they are read) and one zero row. */
+ * ahead so their stores have retired before they are read) and one zero row; after them, for
+ * shapes that may take the flat path, its plane copy (the row ring and the flat path keep
+ * apart, so either can follow the other on the same scratch). */
 static inline size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t iw, size_t ow,
                                                 size_t pad_left) {
-  return (k + 3) * fs_chw_row_floats(k, stride, iw, ow, pad_left);
+  const size_t ring = (k + 3) * fs_chw_row_floats(k, stride, iw, ow, pad_left);
+  const int flat = stride == 1 && pad_left == k / 2 && ow == iw;
+  return ring + (flat ? fs_dw_flat_stage_floats(k, iw) : 0);
 }
 
 /* Dense 3x3 convolution, stride S in {1, 2}, for output rows [oy_begin, oy_end) of one image,

@@ -48,4 +48,17 @@ static inline float fs_vhsum(fs_vec v) {
   return _mm_cvtss_f32(s);
 }
 
+/* Used by the flat depthwise path (dwconv_impl.h). */
+typedef __m256 fs_vmask; /* all-ones or all-zeros lanes */
+static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return _mm256_sub_ps(a, b); }
+static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return _mm256_and_ps(m, v); }
+/* Lanes [a, b) of the vector at p (a <= b <= 8), zeros elsewhere; reads only p[a..b). */
+static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)a), lane),
+                                        _mm256_cmpgt_epi32(_mm256_set1_epi32((int)b), lane));
+  return _mm256_maskload_ps(p, m);
+}
+
 #endif /* FS_VEC_AVX2_H */

@@ -47,4 +47,14 @@ static inline float fs_vhsum(fs_vec v) {
   return _mm_cvtss_f32(s);
 }
 
+/* Used by the flat depthwise path (dwconv_impl.h). */
+typedef __mmask16 fs_vmask;
+static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return _mm512_sub_ps(a, b); }
+static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return _mm512_maskz_mov_ps(m, v); }
+/* Lanes [a, b) of the vector at p (a <= b <= 16), zeros elsewhere; reads only p[a..b). */
+static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
+  return _mm512_maskz_loadu_ps((__mmask16)((1u << b) - (1u << a)), p);
+}
+
 #endif /* FS_VEC_AVX512_H */

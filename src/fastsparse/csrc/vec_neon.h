@@ -68,4 +68,19 @@ static inline void fs_vdeinterleave(fs_vec a, fs_vec b, fs_vec* even, fs_vec* od
 }
 static inline float fs_vhsum(fs_vec v) { return vaddvq_f32(v); }
 
+/* Used by the flat depthwise path (dwconv_impl.h). */
+typedef uint32x4_t fs_vmask; /* all-ones or all-zeros lanes */
+static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return vsubq_f32(a, b); }
+static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return vcltq_f32(a, b); }
+static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) {
+  return vreinterpretq_f32_u32(vandq_u32(m, vreinterpretq_u32_f32(v)));
+}
+/* Lanes [a, b) of the vector at p (a <= b <= 4), zeros elsewhere; reads only p[a..b). Only
+ * the few vectors at a plane's top and bottom edges need it, so a staged copy will do. */
+static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
+  float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (size_t i = a; i < b; i++) t[i] = p[i];
+  return vld1q_f32(t);
+}
+
 #endif /* FS_VEC_NEON_H */

@@ -34,4 +34,14 @@ static inline void fs_vdeinterleave(fs_vec a, fs_vec b, fs_vec* even, fs_vec* od
 }
 static inline float fs_vhsum(fs_vec v) { return v; }
 
+/* Used by the flat depthwise path (dwconv_impl.h). */
+typedef int fs_vmask;
+static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return a - b; }
+static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return a < b; }
+static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return m ? v : 0.0f; }
+/* Lane 0 of p if a = 0 < b, else zero; reads p[0] only in the first case. */
+static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
+  return a < b ? *p : 0.0f;
+}
+
 #endif /* FS_VEC_SCALAR_H */

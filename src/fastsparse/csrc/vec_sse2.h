@@ -68,4 +68,17 @@ static inline float fs_vhsum(fs_vec v) {
   return _mm_cvtss_f32(s);
 }
 
+/* Used by the flat depthwise path (dwconv_impl.h). */
+typedef __m128 fs_vmask; /* all-ones or all-zeros lanes */
+static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return _mm_sub_ps(a, b); }
+static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return _mm_cmplt_ps(a, b); }
+static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return _mm_and_ps(m, v); }
+/* Lanes [a, b) of the vector at p (a <= b <= 4), zeros elsewhere; reads only p[a..b). Only
+ * the few vectors at a plane's top and bottom edges need it, so a staged copy will do. */
+static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
+  float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (size_t i = a; i < b; i++) t[i] = p[i];
+  return _mm_loadu_ps(t);
+}
+
 #endif /* FS_VEC_SSE2_H */
