@@ -94,16 +94,21 @@ def spmm_kernels(isa=None):
     return [k[0] for k in _kernels.spmm_kernels(isa_id(isa))]
 
 
-# Tile per (active ISA, block size), measured with tools/spmm_microbench.c on the MobileNet
-# layers (BENCHMARKS.md): (ISA of the variant, MR), or a function of H*W. The loop is bound by
-# activation loads (one per FMA at block size 1), not by FMA width, so with AVX-512 active the
-# 8-wide AVX2 tile is as fast or faster on small images, and 128-wide tiles pay off on large
-# ones, where few non-zeros per row make the per-row epilogue dominate.
-def _avx512_nr1(hw):
-    return _avx2_nr1(hw) if hw < 1024 else ("avx512", 128)
+# Tile per (active ISA, block size), measured with tools/spmm_microbench.c and whole networks
+# on the MobileNet layers (BENCHMARKS.md): (ISA of the variant, MR), or a function of H*W. The
+# loop is bound by activation loads (one per FMA at block size 1). Planes start on 64-byte
+# boundaries in the executor (fs_steps.h), and with aligned planes the 16-wide AVX-512 tile
+# wins at every size (MobileNet v1 at 90 %: 5.4 -> 4.9 ms over the 8-wide AVX2 tile), while on
+# misaligned planes (49 or 196 floats apart) the AVX2 tile is 1.2-1.3x faster below 1024
+# positions; 128-wide tiles pay off on large images, where few non-zeros per row make the
+# per-row epilogue dominate.
+def _avx512_nr1(hw, aligned):
+    if hw <= 16 or (hw < 1024 and not aligned):
+        return _avx2_nr1(hw, aligned)
+    return ("avx512", 64) if hw < 1024 else ("avx512", 128)
 
 
-def _avx2_nr1(hw):
+def _avx2_nr1(hw, aligned):
     # Up to 16 positions (a batch-1 classifier: one partial vector per row), the unrolled
     # tile's two FMA chains win (1280x1000 at 90 %: 80 vs 117 us).
     return ("avx2", 16) if hw <= 16 else ("avx2", 64)
@@ -124,9 +129,10 @@ _PREFERRED = {
 }
 
 
-def spmm_kernel(isa, block_size, hw, name=None):
+def spmm_kernel(isa, block_size, hw, name=None, plane=None):
     """(ISA id, index in that ISA's table) of the spmm variant to run for blocks of
-    `block_size` rows on images of `hw` positions; `name` forces a variant of `isa`."""
+    `block_size` rows on images of `hw` positions whose channel planes start `plane` floats
+    apart (default hw); `name` forces a variant of `isa`."""
     table = _kernels.spmm_kernels(isa_id(isa))
     if name is not None:
         if not isinstance(name, str):
@@ -141,7 +147,7 @@ def spmm_kernel(isa, block_size, hw, name=None):
                          f"choose from {[k[0] for k in table]}")
     choice = _PREFERRED.get((isa, block_size))
     if callable(choice):
-        choice = choice(hw)
+        choice = choice(hw, (hw if plane is None else plane) % 16 == 0)
     if choice is not None and choice[0] in available_isas():
         want_isa, want_mr = choice
         for i, (_, mr, nr, _) in enumerate(_kernels.spmm_kernels(isa_id(want_isa))):

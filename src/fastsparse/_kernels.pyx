@@ -120,8 +120,11 @@ cdef extern from "csrc/fs_steps.h" nogil:
         fs_vadd_fn fn
         size_t n, chunk
         float lo, hi
+    ctypedef struct fs_strides:
+        size_t image, channel
     ctypedef struct fs_step:
         int kind, src, res, dst
+        fs_strides src_s, res_s, dst_s
         size_t items
         float* scratch
         size_t scratch_floats
@@ -241,9 +244,9 @@ cdef class SpmmWeights:
         bounds = self._groups.get(count)
         if bounds is None:
             work = self._starts[1] + 8 * self._starts[0]  # cumulative work at each block start
-            targets = work[-1] * np.arange(count + 1) / count
+            targets = work[work.shape[0] - 1] * np.arange(count + 1) / count  # (wraparound is off)
             bounds = np.searchsorted(work, targets).astype(np.int64)
-            bounds[0], bounds[-1] = 0, self.nnzmap.shape[0]
+            bounds[0], bounds[count] = 0, self.nnzmap.shape[0]
             self._groups[count] = bounds
         return bounds
 
@@ -392,8 +395,36 @@ def chw_kernels(int isa):
 # buffers. Either way the arrays a step was checked against have exactly the shapes of the
 # ones it runs on. Weight pointers stay valid because the caller keeps the weight objects.
 
+cdef fs_strides _tensor_strides(Py_ssize_t n, Py_ssize_t c, Py_ssize_t plane, Py_ssize_t s0,
+                                Py_ssize_t s1, str name) except *:
+    """Image and channel strides, in floats, of a tensor of n images x c planes of `plane`
+    contiguous positions, from its byte strides; planes and images must not overlap."""
+    if (s0 < 0 or s1 < 0 or s0 % sizeof(float) or s1 % sizeof(float)
+            or (c > 1 and s1 < plane * <Py_ssize_t>sizeof(float))
+            or (n > 1 and s0 < c * s1)):
+        raise ValueError(f"{name} must hold its planes without overlap (strides {s0}, {s1})")
+    cdef fs_strides r
+    r.image, r.channel = s0 // sizeof(float), s1 // sizeof(float)
+    return r
+
+
+cdef int _check_rows(Py_ssize_t h, Py_ssize_t w, Py_ssize_t s2, Py_ssize_t s3,
+                     str name) except -1:
+    """A 4-D tensor's planes must be contiguous (rows back to back)."""
+    if (h > 1 and s2 != w * <Py_ssize_t>sizeof(float)) or (w > 1 and s3 != sizeof(float)):
+        raise ValueError(f"{name} must have contiguous planes")
+    return 0
+
+
+cdef int _check_positions(Py_ssize_t hw, Py_ssize_t s2, str name) except -1:
+    """A 3-D (N, C, HW) tensor's planes must be contiguous."""
+    if hw > 1 and s2 != sizeof(float):
+        raise ValueError(f"{name} must have contiguous planes")
+    return 0
+
+
 cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
-                    const float[:, :, ::1] x, bias, residual, float[:, :, ::1] out, float lo,
+                    const float[:, :, :] x, bias, residual, float[:, :, :] out, float lo,
                     float hi, int num_threads) except -1:
     if kernel < 0 or <size_t>kernel >= fs_spmm_kernel_count(isa) or not fs_isa_supported(isa):
         raise ValueError(f"no runnable spmm kernel {kernel} for ISA {isa}")
@@ -408,14 +439,21 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
     if not (lo <= hi):
         raise ValueError("lo must be <= hi")
     st.spmm.bias = _bias_pointer(bias, cout)
-    cdef const float[:, :, ::1] r
+    cdef const float[:, :, :] r
     if residual is not None:
         r = residual
         if r.shape[0] != n or r.shape[1] != cout or r.shape[2] != hw:
             raise ValueError("residual must have the shape of out")
+        _check_positions(hw, r.strides[2], "residual")
+    _check_positions(hw, x.strides[2], "x")
+    _check_positions(hw, out.strides[2], "out")
     st.kind, st.spmm.lo, st.spmm.hi, st.items = FS_STEP_SPMM, lo, hi, 0
     if n == 0 or hw == 0:
         return 0
+    st.src_s = _tensor_strides(n, cin, hw, x.strides[0], x.strides[1], "x")
+    st.dst_s = _tensor_strides(n, cout, hw, out.strides[0], out.strides[1], "out")
+    if residual is not None:
+        st.res_s = _tensor_strides(n, cout, hw, r.strides[0], r.strides[1], "residual")
     cdef const uint32_t[::1] nnzmap = w.nnzmap
     cdef Py_ssize_t mr = k.mr
     if num_threads < 1:
@@ -434,7 +472,7 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
     cdef const int64_t[:, ::1] starts = w._starts
     # K-blocking: input channels in parts of about SPMM_PART_BYTES per tile (see fs_steps.h).
     cdef Py_ssize_t nparts = min(cin, _ceil_div(min(mr, hw) * cin * sizeof(float), SPMM_PART_BYTES))
-    cdef _Parts parts = w.part_table(nparts, hw)
+    cdef _Parts parts = w.part_table(nparts, st.src_s.channel)
     st.spmm.fn = k.fn
     st.spmm.hw, st.spmm.cin, st.spmm.cout = hw, cin, cout
     st.spmm.chunk, st.spmm.pieces, st.spmm.groups = chunk, pieces, groups
@@ -445,8 +483,8 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
     return 0
 
 
-cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] x, const float[:, ::1] w,
-                        bias, float[:, :, :, ::1] out, Py_ssize_t k, Py_ssize_t stride,
+cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, :] x, const float[:, ::1] w,
+                        bias, float[:, :, :, :] out, Py_ssize_t k, Py_ssize_t stride,
                         Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi,
                         int num_threads) except -1:
     cdef const fs_chw_ops* ops = _chw_ops(isa)
@@ -470,6 +508,10 @@ cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] x, const
         return 0
     if ih == 0 or iw == 0:
         raise ValueError("x must have H, W >= 1")
+    _check_rows(ih, iw, x.strides[2], x.strides[3], "x")
+    _check_rows(oh, ow, out.strides[2], out.strides[3], "out")
+    st.src_s = _tensor_strides(n, c, ih * iw, x.strides[0], x.strides[1], "x")
+    st.dst_s = _tensor_strides(n, c, oh * ow, out.strides[0], out.strides[1], "out")
     st.dw.weights = &w[0, 0]
     st.dw.fn = ops.dwconv2d[k == 5][stride == 2]
     st.dw.c, st.dw.ih, st.dw.iw, st.dw.oh, st.dw.ow = c, ih, iw, oh, ow
@@ -480,8 +522,8 @@ cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] x, const
     return 0
 
 
-cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] xv, bint nhwc,
-                      const float[:, ::1] w, bias, float[:, :, :, ::1] out, Py_ssize_t stride,
+cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, :] xv, bint nhwc,
+                      const float[:, ::1] w, bias, float[:, :, :, :] out, Py_ssize_t stride,
                       Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi,
                       int num_threads) except -1:
     cdef const fs_chw_ops* ops = _chw_ops(isa)
@@ -510,6 +552,14 @@ cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] xv, bint n
         return 0
     if cin == 0 or ih == 0 or iw == 0:
         raise ValueError("x must have Cin, H, W >= 1")
+    cdef Py_ssize_t d, expect = sizeof(float)
+    for d in range(3, -1, -1):  # the kernel reads x through its own C-contiguous strides
+        if xv.shape[d] > 1 and xv.strides[d] != expect:
+            raise ValueError("x must be C-contiguous")
+        expect *= xv.shape[d]
+    st.src_s.image = cin * ih * iw
+    _check_rows(oh, ow, out.strides[2], out.strides[3], "out")
+    st.dst_s = _tensor_strides(n, cout, oh * ow, out.strides[0], out.strides[1], "out")
     if num_threads < 1:
         num_threads = 1
     # Bands of rows: ~2 per thread and image (each band restages up to 2 extra input rows).
@@ -527,7 +577,7 @@ cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, ::1] xv, bint n
     return 0
 
 
-cdef int _gavgpool_step(fs_step* st, int isa, const float[:, :, ::1] x,
+cdef int _gavgpool_step(fs_step* st, int isa, const float[:, :, :] x,
                         float[:, ::1] out) except -1:
     cdef const fs_chw_ops* ops = _chw_ops(isa)
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], hw = x.shape[2]
@@ -538,6 +588,9 @@ cdef int _gavgpool_step(fs_step* st, int isa, const float[:, :, ::1] x,
         return 0
     if hw == 0:
         raise ValueError("x must have H * W >= 1")
+    _check_positions(hw, x.strides[2], "x")
+    st.src_s = _tensor_strides(n, c, hw, x.strides[0], x.strides[1], "x")
+    st.dst_s = _tensor_strides(n, 1, c, out.strides[0], c * sizeof(float), "out")
     st.pool.fn, st.pool.c, st.pool.hw = ops.gavgpool, c, hw
     st.items = n
     return 0
@@ -577,16 +630,18 @@ cdef void _run_one(fs_step* st, float* x, float* res, float* y, float* scratch,
 
 
 cdef float* _data(object a, bint write) except? NULL:
-    """The float32 data of a C-contiguous array (checked), for the tensor table. Tensors
-    that are only read (the input) may be read-only arrays."""
-    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
-            and (a.flags.writeable or not write)):
-        raise ValueError(f"tensors must be {'writeable ' if write else ''}C-contiguous "
-                         "float32 numpy arrays")
+    """The first float of an array, for the tensor table: float32, non-negative strides, rows
+    contiguous (the steps check the rest against each op's shapes). Tensors that are only
+    read (the input) may be read-only arrays."""
+    if not (isinstance(a, np.ndarray) and a.dtype == np.float32
+            and (a.flags.writeable or not write) and min(a.strides, default=0) >= 0
+            and (a.ndim == 0 or a.shape[a.ndim - 1] <= 1
+                 or a.strides[a.ndim - 1] == sizeof(float))):  # (wraparound is off)
+        raise ValueError(f"tensors must be {'writeable ' if write else ''}float32 numpy arrays "
+                         "with contiguous rows")
     if a.size == 0:
         return NULL
-    cdef const float[::1] v = a.reshape(-1)
-    return <float*>&v[0]
+    return <float*><size_t>a.ctypes.data
 
 
 def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bias,
@@ -802,12 +857,12 @@ cdef class StepList:
         cdef const int64_t[::1] b = bounds
         rows = np.diff(w._starts[0][bounds])
         st.kind = FS_STEP_SPMM_DWCONV2D
-        st.dw = dw.dw
+        st.dw, st.dst_s = dw.dw, dw.dst_s  # the 1x1 writes scratch, the depthwise conv dst
         st.spmm.bounds, st.spmm.groups, st.spmm.chunk = &b[0], b.shape[0] - 1, st.spmm.hw
         st.items = (self._tensors[src].shape[0] * st.spmm.groups
                     if st.items != 0 and dw.items != 0 else 0)
         st.dw.scratch_floats = _ceil_div(dw.dw.scratch_floats, 16) * 16
-        st.scratch_floats = st.dw.scratch_floats + int(rows.max()) * st.spmm.hw
+        st.scratch_floats = st.dw.scratch_floats + int(rows.max()) * _ceil_div(st.spmm.hw, 16) * 16
         st.scratch = self._scratch(&st)
         self._append(&st, src, -1, dst, (w, bias, dw_w, dw_bias, bounds))
 
@@ -829,8 +884,10 @@ cdef class StepList:
             raise ValueError(f"steps [{begin}, {end}) are not in [0, {self._count})")
         last = self._ntensors - 1
         for a, i in ((x, 0), (y, last)):
-            if not isinstance(a, np.ndarray) or a.shape != self._tensors[i].shape:
-                raise ValueError(f"tensor {i} must be an array of shape {self._tensors[i].shape}")
+            t = self._tensors[i]
+            if not isinstance(a, np.ndarray) or a.shape != t.shape or a.strides != t.strides:
+                raise ValueError(f"tensor {i} must be an array of shape {t.shape} "
+                                 f"and strides {t.strides}")
         if times is not None and times.shape[0] != end - begin + 1:
             raise ValueError(f"times must have {end - begin + 1} entries")
         if self._busy:

@@ -151,7 +151,8 @@ class _Pointwise(_Layer):
         if not self.sparse:
             return False
         shape = shapes[self.src]
-        kisa, index = _dispatch.spmm_kernel(isa, self.W.block_size, int(np.prod(shape[2:])))
+        hw = int(np.prod(shape[2:]))
+        kisa, index = _dispatch.spmm_kernel(isa, self.W.block_size, hw, plane=_plane(shape))
         steps.add_spmm(kisa, index, self.W._packed, self.src,
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act)
         return True
@@ -159,7 +160,8 @@ class _Pointwise(_Layer):
     def add_fused_step(self, steps, isa, shapes, dw):
         """This (sparse) 1x1 and the depthwise conv `dw` reading its output, as one step."""
         hw = int(np.prod(shapes[self.src][2:]))
-        kisa, index = _dispatch.spmm_kernel(isa, self.W.block_size, hw)
+        kisa, index = _dispatch.spmm_kernel(isa, self.W.block_size, hw,
+                                            plane=_plane(shapes[self.src]))
         nr = self.W.block_size
         rows = max(nr, FUSE_GROUP_BYTES // (4 * hw) // nr * nr)
         steps.add_spmm_dwconv2d(kisa, index, self.W._packed, self.src, self.dst, dw.dst, self.b,
@@ -191,7 +193,8 @@ class _Pointwise(_Layer):
         sparsity = f"{1 - self.density():.2f}"
         if not self.sparse:
             return sparsity, "", "dense sgemm", self.why_dense
-        isa, index = _dispatch.spmm_kernel(_dispatch.isa(), self.W.block_size, shape[2] * shape[3])
+        isa, index = _dispatch.spmm_kernel(_dispatch.isa(), self.W.block_size, shape[2] * shape[3],
+                                           plane=_plane(shape))
         name = _kernels.spmm_kernels(isa)[index][0].replace("fs_f32_spmm_minmax_", "")
         return sparsity, str(self.W.block_size), name, "sparse"
 
@@ -243,6 +246,31 @@ class _Classifier(_Pointwise):
     def describe(self, shape):
         # The kernels see the batch as the spatial axis: one "image" of N positions.
         return _Pointwise.describe(self, (1, shape[1], 1, shape[0]))
+
+
+def _padded_size(shape):
+    """Floats a planned tensor takes: NCHW activations get planes of a whole number of 64-byte
+    lines (7x7 = 49 floats -> 64), so that every plane starts aligned (fs_steps.h)."""
+    if len(shape) != 4:
+        return int(np.prod(shape))
+    n, c, h, w = shape
+    return n * c * (-(-h * w // 16) * 16)
+
+
+def _plane(shape):
+    """Floats from one channel plane of a planned tensor to the next."""
+    return _padded_size(shape) // max(shape[0] * shape[1], 1) if len(shape) == 4 else 1
+
+
+def _planned_view(buffer, shape):
+    """The (N, C, H, W) view of a tensor over its planned buffer (planes padded)."""
+    size = _padded_size(shape)
+    if len(shape) != 4:
+        return buffer[:size].reshape(shape)
+    n, c, h, w = shape
+    plane = _plane(shape)
+    return np.lib.stride_tricks.as_strided(
+        buffer[:size], shape=shape, strides=(4 * c * plane, 4 * plane, 4 * w, 4), writeable=True)
 
 
 def _pointwise(w2d, bias, act, sparsity, block_size, layer_cls=_Pointwise):
@@ -328,7 +356,7 @@ class Network:
                 freed_after.setdefault(i, []).append(t)
             slots, free, buffer_of = [], [], {}
             for i, layer in enumerate(self.layers[:-1]):  # the logits are allocated per call
-                size = int(np.prod(shapes[layer.dst]))
+                size = _padded_size(shapes[layer.dst])
                 fits = [s for s in free if slots[s] >= size]
                 if fits:  # the smallest free buffer that fits, else grow the largest free one
                     pick = min(fits, key=lambda s: slots[s])
@@ -361,8 +389,7 @@ class Network:
         buffers = [np.empty(s, dtype=np.float32) for s in slots]
         views = [None] * (len(self.layers) + 1)
         for layer in self.layers[:-1]:
-            size = int(np.prod(shapes[layer.dst]))
-            views[layer.dst] = buffers[buffer_of[layer.dst]][:size].reshape(shapes[layer.dst])
+            views[layer.dst] = _planned_view(buffers[buffer_of[layer.dst]], shapes[layer.dst])
         n, c, h, w = in_shape
         # The input and the logits are each call's own: these two only fix the shapes.
         views[0] = np.empty((n, h, w, c) if layout == "NHWC" else in_shape, dtype=np.float32)

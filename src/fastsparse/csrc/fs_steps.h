@@ -95,9 +95,18 @@ typedef struct fs_vadd_args {
   float lo, hi;
 } fs_vadd_args;
 
+/* Where a tensor's images and channel planes start, in floats from its first element. A
+ * plane's positions are contiguous; planes may be padded (channel > H * W) so that every
+ * plane starts on a 64-byte boundary, which the vector loads of small planes (7x7, 14x14)
+ * need to run at full speed. */
+typedef struct fs_strides {
+  size_t image, channel;
+} fs_strides;
+
 typedef struct fs_step {
   int kind;
   int src, res, dst;  /* tensors: indices into the run's table; res < 0 for none */
+  fs_strides src_s, res_s, dst_s;
   size_t items;
   float* scratch;     /* per thread `scratch_floats` apart, zero-filled by the builder */
   size_t scratch_floats;
@@ -126,19 +135,19 @@ static inline int fs_thread_id(void) {
 #endif
 }
 
-/* Rows [r0, r0 + rows) of the 1x1 for positions [m0, m0 + mc) of image img. The output rows
- * are `out_stride` bytes apart from `out`, which holds row r0. */
-static inline void fs_spmm_rows(const fs_spmm_args* a, int64_t b0, int64_t b1, size_t img,
-                                size_t m0, size_t mc, const float* x, const float* res,
+/* Rows [r0, r0 + rows) of the 1x1 for positions [m0, m0 + mc) of image `x` (whose channel
+ * planes the packed offsets address). Residual and output rows are `res_stride` and
+ * `out_stride` bytes apart from `res` and `out`, which hold row r0's position m0. */
+static inline void fs_spmm_rows(const fs_spmm_args* a, int64_t b0, int64_t b1, size_t m0,
+                                size_t mc, const float* x, const float* res, size_t res_stride,
                                 float* out, size_t out_stride) {
   const size_t r0 = (size_t)a->row_start[b0], nc = (size_t)a->row_start[b1] - r0;
-  const size_t stride = a->hw * sizeof(float);
   const float* bias = a->bias != NULL ? a->bias + r0 : NULL;
-  x += img * a->cin * a->hw + m0;
+  x += m0;
   if (a->nparts == 1) {
     const fs_spmm_part* p = a->parts;
     a->fn(mc, nc, x, p->values + p->value_start[b0], p->nnzmap + b0, p->offsets + p->nz_start[b0],
-          bias, res, stride, out, out_stride, a->lo, a->hi);
+          bias, res, res_stride, out, out_stride, a->lo, a->hi);
     return;
   }
   for (size_t m = 0; m < mc; m += a->part_mc) {
@@ -148,25 +157,29 @@ static inline void fs_spmm_rows(const fs_spmm_args* a, int64_t b0, int64_t b1, s
       const int first = q == 0, last = q + 1 == a->nparts;
       a->fn(n, nc, x + m, p->values + p->value_start[b0], p->nnzmap + b0,
             p->offsets + p->nz_start[b0], first ? bias : NULL,
-            first ? (res != NULL ? res + m : NULL) : out + m, first ? stride : out_stride,
+            first ? (res != NULL ? res + m : NULL) : out + m, first ? res_stride : out_stride,
             out + m, out_stride, last ? a->lo : -INFINITY, last ? a->hi : INFINITY);
     }
   }
 }
 
-/* Depthwise conv of channel ch of image img, reading its plane at `plane`. */
-static inline void fs_dwconv2d_plane(const fs_dwconv2d_args* a, size_t img, size_t ch,
-                                     const float* plane, float* scratch, float* y) {
+/* Depthwise conv of channel ch, from its input plane to its output plane. */
+static inline void fs_dwconv2d_plane(const fs_dwconv2d_args* a, size_t ch, const float* plane,
+                                     float* scratch, float* out) {
   a->fn(a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, plane, a->iw * sizeof(float),
-        a->weights + ch * a->taps, a->bias != NULL ? a->bias[ch] : 0.0f, scratch,
-        y + (img * a->c + ch) * a->oh * a->ow, a->ow * sizeof(float), a->lo, a->hi);
+        a->weights + ch * a->taps, a->bias != NULL ? a->bias[ch] : 0.0f, scratch, out,
+        a->ow * sizeof(float), a->lo, a->hi);
 }
+
+/* Floats between the planes a fused step keeps in scratch: whole 64-byte lines. */
+static inline size_t fs_plane_floats(size_t hw) { return (hw + 15) / 16 * 16; }
 
 static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread) {
   const float* x = tensors[st->src];
   float* y = tensors[st->dst];
   const float* r = st->res >= 0 ? tensors[st->res] : NULL;
   float* scratch = st->scratch + (size_t)thread * st->scratch_floats;
+  const fs_strides xs = st->src_s, rs = st->res_s, ys = st->dst_s;
   switch (st->kind) {
     case FS_STEP_SPMM: {
       const fs_spmm_args* a = &st->spmm;
@@ -174,9 +187,11 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const size_t img = rest / a->pieces, m0 = (rest % a->pieces) * a->chunk;
       const int64_t b0 = a->bounds[g], b1 = a->bounds[g + 1];
       if (b1 <= b0) return;
-      const size_t out_off = (img * a->cout + (size_t)a->row_start[b0]) * a->hw + m0;
-      fs_spmm_rows(a, b0, b1, img, m0, a->hw - m0 < a->chunk ? a->hw - m0 : a->chunk, x,
-                   r != NULL ? r + out_off : NULL, y + out_off, a->hw * sizeof(float));
+      const size_t r0 = (size_t)a->row_start[b0];
+      fs_spmm_rows(a, b0, b1, m0, a->hw - m0 < a->chunk ? a->hw - m0 : a->chunk,
+                   x + img * xs.image, r != NULL ? r + img * rs.image + r0 * rs.channel + m0 : NULL,
+                   rs.channel * sizeof(float), y + img * ys.image + r0 * ys.channel + m0,
+                   ys.channel * sizeof(float));
       return;
     }
     case FS_STEP_SPMM_DWCONV2D: {
@@ -184,20 +199,23 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
        * (after the depthwise kernel's own), where the depthwise conv reads them at once:
        * the expanded tensor never makes the round trip through L3 or memory. */
       const fs_spmm_args* a = &st->spmm;
-      const size_t g = t % a->groups, img = t / a->groups;
+      const size_t g = t % a->groups, img = t / a->groups, ps = fs_plane_floats(a->hw);
       const int64_t b0 = a->bounds[g], b1 = a->bounds[g + 1];
       if (b1 <= b0) return;
       float* planes = scratch + st->dw.scratch_floats;
-      fs_spmm_rows(a, b0, b1, img, 0, a->hw, x, NULL, planes, a->hw * sizeof(float));
-      for (size_t ch = (size_t)a->row_start[b0]; ch < (size_t)a->row_start[b1]; ch++) {
-        fs_dwconv2d_plane(&st->dw, img, ch, planes + (ch - (size_t)a->row_start[b0]) * a->hw,
-                          scratch, y);
+      fs_spmm_rows(a, b0, b1, 0, a->hw, x + img * xs.image, NULL, 0, planes, ps * sizeof(float));
+      const size_t r0 = (size_t)a->row_start[b0], r1 = (size_t)a->row_start[b1];
+      for (size_t ch = r0; ch < r1; ch++) {
+        fs_dwconv2d_plane(&st->dw, ch, planes + (ch - r0) * ps, scratch,
+                          y + img * ys.image + ch * ys.channel);
       }
       return;
     }
     case FS_STEP_DWCONV2D: {
       const fs_dwconv2d_args* a = &st->dw;
-      fs_dwconv2d_plane(a, t / a->c, t % a->c, x + t * a->ih * a->iw, scratch, y);
+      const size_t img = t / a->c, ch = t % a->c;
+      fs_dwconv2d_plane(a, ch, x + img * xs.image + ch * xs.channel, scratch,
+                        y + img * ys.image + ch * ys.channel);
       return;
     }
     case FS_STEP_CONV2D: {
@@ -205,15 +223,15 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const size_t img = t / a->pieces, oy0 = (t % a->pieces) * a->band;
       const size_t oy1 = oy0 + a->band < a->oh ? oy0 + a->band : a->oh;
       a->fn(a->cin, a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, oy0, oy1,
-            x + img * a->cin * a->ih * a->iw, a->channel_stride, a->row_stride, a->pixel_stride,
-            a->cout, a->weights, a->bias, scratch, y + img * a->cout * a->oh * a->ow,
-            a->oh * a->ow * sizeof(float), a->ow * sizeof(float), a->lo, a->hi);
+            x + img * xs.image, a->channel_stride, a->row_stride, a->pixel_stride, a->cout,
+            a->weights, a->bias, scratch, y + img * ys.image, ys.channel * sizeof(float),
+            a->ow * sizeof(float), a->lo, a->hi);
       return;
     }
     case FS_STEP_GAVGPOOL: {
       const fs_gavgpool_args* a = &st->pool;
-      a->fn(a->c, a->hw, x + t * a->c * a->hw, a->hw * sizeof(float), 1.0f / (float)a->hw,
-            y + t * a->c);
+      a->fn(a->c, a->hw, x + t * xs.image, xs.channel * sizeof(float), 1.0f / (float)a->hw,
+            y + t * ys.image);
       return;
     }
     case FS_STEP_VADD: {
