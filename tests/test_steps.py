@@ -220,3 +220,63 @@ def test_network_with_fusion_forced_matches_unfused(isa, v2_net, block, monkeypa
     assert len(plan[3]) == 16  # the expansion 1x1 of every block but the first (t = 1)
     assert out.tobytes() == expect.tobytes()
     assert _rel_err(out, reference.mobilenet_v2(sd, x)) < RTOL
+
+
+def _padded(shape, plane, fill=np.nan):
+    """An (N, C, H, W) view whose planes start `plane` floats apart, over a NaN buffer."""
+    n, c, h, w = shape
+    buf = np.full(n * c * plane, fill, np.float32)
+    view = np.lib.stride_tricks.as_strided(buf, shape=shape,
+                                           strides=(4 * c * plane, 4 * plane, 4 * w, 4))
+    return buf, view
+
+
+def test_steps_on_padded_planes_match_contiguous_and_leave_the_padding(isa):
+    """Planes padded to whole vectors (the executor's layout): same results as contiguous
+    tensors, and nothing written between the planes."""
+    rng = np.random.default_rng(9)
+    n, cin, cout, h, w = 2, 10, 12, 7, 7
+    W = fs.SparseMatrix.from_dense(fs.prune.magnitude(
+        rng.standard_normal((cout, cin)).astype(np.float32), 0.5), block_size=1)
+    wd = rng.standard_normal((cout, 9)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    isa_id = _dispatch.isa_id(fs.isa())
+    results = []
+    for plane in (49, 64, 80):
+        _, t1 = _padded((n, cout, h, w), plane)
+        buf2, t2 = _padded((n, cout, h, w), plane)
+        tensors = [np.empty((n, cin, h, w), np.float32), t1, t2, np.empty((n, cout), np.float32)]
+        steps = _kernels.StepList(tensors, 2)
+        kisa, k = _dispatch.spmm_kernel(fs.isa(), 1, h * w)  # one kernel for every layout
+        steps.add_spmm(kisa, k, W._packed, 0, -1, 1, b, 0.0, 6.0)
+        steps.add_dwconv2d(isa_id, 1, 2, wd, b, 3, 1, 1, 1, -np.inf, np.inf)
+        steps.add_gavgpool(isa_id, 2, 3)
+        x = rng.standard_normal((n, cin, h, w)).astype(np.float32) if not results else x
+        y = np.empty((n, cout), np.float32)
+        steps.run(x, y)
+        pad = buf2.reshape(n * cout, plane)[:, h * w:]
+        assert np.isnan(pad).all()  # padding between planes untouched
+        results.append(y.copy())
+    assert results[0].tobytes() == results[1].tobytes() == results[2].tobytes()
+    ref = reference.global_avg_pool(reference.depthwise_conv2d(
+        reference.sparse_conv1x1(x, W, bias=b, activation="relu6"), wd.reshape(cout, 1, 3, 3),
+        bias=b, stride=1, padding=1))
+    assert _rel_err(results[0], ref) < RTOL
+
+
+def test_overlapping_planes_are_refused():
+    rng = np.random.default_rng(10)
+    W = fs.SparseMatrix.from_dense(rng.standard_normal((4, 3)).astype(np.float32), block_size=1)
+    buf = np.zeros(64, np.float32)
+    overlap = np.lib.stride_tricks.as_strided(buf, shape=(1, 4, 2, 5), strides=(16, 16, 20, 4))
+    steps = _kernels.StepList([np.zeros((1, 3, 2, 5), np.float32), overlap,
+                               np.zeros((1, 4), np.float32)], 1)
+    kisa, k = _dispatch.spmm_kernel(fs.isa(), 1, 10)
+    with pytest.raises(ValueError, match="without overlap"):
+        steps.add_spmm(kisa, k, W._packed, 0, -1, 1, None, 0.0, 1.0)
+    gaps = np.zeros((1, 3, 2, 6), np.float32)[:, :, :, :5]  # rows not back to back
+    steps = _kernels.StepList([np.zeros((1, 3, 2, 5), np.float32), gaps,
+                               np.zeros((1, 3), np.float32)], 1)
+    with pytest.raises(ValueError, match="contiguous planes"):
+        steps.add_dwconv2d(_dispatch.isa_id(fs.isa()), 0, 1, np.zeros((3, 9), np.float32),
+                           None, 3, 1, 1, 1, 0.0, 1.0)
