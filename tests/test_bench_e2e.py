@@ -84,7 +84,7 @@ def test_harness_runs_small():
         assert err < RTOL, (arch, n, s, b, t, e)
     assert len(res["times"]) == 2 * 2 * 3 * len(res["engines"])
     for d in res["detail"].values():
-        assert 0 <= d["overhead"]["fraction"] < 1
+        assert abs(d["overhead"]["fraction"]) < 1  # a difference of medians: may dip below 0
         assert d["bytes"]["pw_packed"] < d["bytes"]["pw_dense"]
 
 
@@ -93,8 +93,7 @@ def test_python_overhead_fields():
         "mobilenet_v2", bench_e2e.pruned_weights("mobilenet_v2", 0.9, 1, 0.25, 10), num_threads=1)
     ov = bench_e2e.python_overhead(net, _images(1, 32, 32), repeat=3)
     assert ov["python_layers"] == []  # at 90 % every layer is a C step
-    assert 0 <= ov["layers_ms"] <= ov["total_ms"]
-    assert ov["overhead_ms"] >= 0 and 0 <= ov["fraction"] < 1
+    assert 0 < ov["inside_ms"] and ov["fraction"] < 1
     dense = bench_e2e.build_fastsparse(
         "mobilenet_v2", bench_e2e.pruned_weights("mobilenet_v2", 0.0, 1, 0.25, 10), num_threads=1)
     ov = bench_e2e.python_overhead(dense, _images(1, 32, 32), repeat=3)

@@ -68,6 +68,9 @@ def test_step_list_runs_ranges_and_stamps_times():
     steps.run(x, y, 2, 3)  # then the pool, on the buffer the first run left
     assert _rel_err(y, ref(x)) < RTOL
     steps.run(x, y, 1, 1)  # an empty range runs nothing
+    bounds = np.zeros(2)
+    steps.run(x, y, 0, 3, bounds)  # two stamps: the start and the end of the whole range
+    assert 0 < bounds[0] <= bounds[1]
 
 
 def test_step_list_refuses_bad_arguments():
@@ -88,8 +91,8 @@ def test_step_list_refuses_bad_arguments():
         steps.run(x, ro)
     with pytest.raises(ValueError, match="not in"):
         steps.run(x, y, 2, 4)
-    with pytest.raises(ValueError, match="times must have 3 entries"):
-        steps.run(x, y, 0, 2, np.zeros(2))
+    with pytest.raises(ValueError, match=r"times must have 3 entries \(or 2\)"):
+        steps.run(x, y, 0, 2, np.zeros(4))
     # Read-only input is fine: tensor 0 is only read.
     x.flags.writeable = False
     steps.run(x, y)

@@ -134,7 +134,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         fs_gavgpool_args pool
         fs_vadd_args vadd
     void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
-                      double* times)
+                      double* times, int each)
 
 
 # Largest byte offset the kernels' int32 offsets can hold.
@@ -626,7 +626,7 @@ cdef void _run_one(fs_step* st, float* x, float* res, float* y, float* scratch,
     st.scratch = scratch
     if num_threads < 1:
         num_threads = 1
-    fs_run_steps(st, 1, table, <int>min(<size_t>num_threads, st.items), NULL)
+    fs_run_steps(st, 1, table, <int>min(<size_t>num_threads, st.items), NULL, 0)
 
 
 cdef float* _data(object a, bint write) except? NULL:
@@ -875,9 +875,9 @@ cdef class StepList:
 
     def run(self, x, y, Py_ssize_t begin=0, Py_ssize_t end=-1, double[::1] times=None):
         """Runs steps [begin, end) (end = -1: to the last) with tensor 0 = x and the last
-        tensor = y, arrays of exactly the shapes the list was built with. If `times` is given
-        (end - begin + 1 floats), times[0] is the start and times[i + 1] the end of step
-        begin + i, in seconds."""
+        tensor = y, arrays of exactly the shapes the list was built with. If `times` is given,
+        times[0] is the start and times[i + 1] the end of step begin + i, in seconds
+        (end - begin + 1 entries), or, with 2 entries, times[1] the end of the last step."""
         if end < 0:
             end = self._count
         if not 0 <= begin <= end <= self._count:
@@ -888,18 +888,24 @@ cdef class StepList:
             if not isinstance(a, np.ndarray) or a.shape != t.shape or a.strides != t.strides:
                 raise ValueError(f"tensor {i} must be an array of shape {t.shape} "
                                  f"and strides {t.strides}")
-        if times is not None and times.shape[0] != end - begin + 1:
-            raise ValueError(f"times must have {end - begin + 1} entries")
+        if times is not None and times.shape[0] not in (2, end - begin + 1):
+            raise ValueError(f"times must have {end - begin + 1} entries (or 2)")
         if self._busy:
             raise RuntimeError("StepList.run is not reentrant")
         cdef double* tptr = &times[0] if times is not None else NULL
-        self._table[0] = _data(x, False)
-        self._table[last] = _data(y, True)
+        cdef int each = times is not None and times.shape[0] == end - begin + 1
+        # Same shape and strides as the C-contiguous templates: flat views, no copies.
+        if x.dtype != np.float32 or y.dtype != np.float32 or not y.flags.writeable:
+            raise ValueError("x and y must be float32 numpy arrays, y writeable")
+        cdef const float[::1] xv = x.reshape(-1)
+        cdef float[::1] yv = y.reshape(-1)
+        self._table[0] = <float*>&xv[0] if xv.shape[0] else NULL
+        self._table[last] = &yv[0] if yv.shape[0] else NULL
         self._busy = True
         try:
             with nogil:
                 fs_run_steps(self._steps + begin, end - begin, self._table, self.num_threads,
-                             tptr)
+                             tptr, each)
         finally:
             self._busy = False
             self._table[0] = self._table[last] = NULL
