@@ -96,6 +96,30 @@ def test_dense_fallback_matches_reference():
     assert _rel_err(net(x), fs.reference.mobilenet_v2(sd, x)) < RTOL
 
 
+def test_dense_layers_choose_blocks_or_sgemm():
+    """Above the sparse break-even a 1x1 runs in 4x1 blocks when it is small or its blocks
+    skip zeros, else through NumPy's sgemm; both paths match the reference."""
+    from fastsparse.models import _pointwise
+    rng = np.random.default_rng(11)
+    small = _pointwise(rng.standard_normal((96, 16)).astype(np.float32), None, (0.0, 6.0),
+                       None, None)
+    big = _pointwise(rng.standard_normal((512, 512)).astype(np.float32), None, (0.0, 6.0),
+                     None, None)
+    holey = rng.standard_normal((512, 512)).astype(np.float32)
+    holey *= np.repeat(rng.random((128, 512)) < 0.6, 4, axis=0)  # 60 % of 4x1 blocks kept
+    holey = _pointwise(holey, None, (0.0, 6.0), None, None)  # above every break-even
+    assert not (small.sparse or big.sparse or holey.sparse)
+    assert small.matrix(56 * 56).block_size == 4 and small.matrix(56 * 56).nnz == 96 * 16
+    assert big.matrix(14 * 14) is None
+    assert holey.matrix(14 * 14) is not None
+    assert "4x1 blocks" in small.describe((1, 16, 56, 56))[3]
+    for sparsity in (0.0, 0.7):  # networks mixing both paths, against the reference
+        sd = _pruned_v2(1.0, sparsity, None)
+        net = fs.MobileNetV2.from_dense(sd, num_threads=2)
+        x = _images(np.random.default_rng(12), 1, 64, 64)
+        assert _rel_err(net(x), fs.reference.mobilenet_v2(sd, x)) < RTOL
+
+
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     for net, n in [(fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None)), 2),
                    (fs.MobileNetV2.from_dense(_pruned_v2(0.35, 0.0, None)), 1),

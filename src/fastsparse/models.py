@@ -28,6 +28,17 @@ NONE = (-np.inf, np.inf)
 # the break-even up because each activation load then feeds block_size FMAs.
 SPARSE_MAX_DENSITY = {1: 0.3, 2: 0.4, 4: 0.5, 8: 0.5}
 
+# A layer above that break-even still runs in the spmm kernels, packed in 4x1 blocks (zeros
+# inside a block stored), instead of through NumPy's sgemm, when it is small or when its
+# blocks skip enough zeros: there the fused epilogue, the skipped blocks and staying in the C
+# step list beat sgemm plus three NumPy passes for bias, residual and clamp (MobileNet v2
+# dense: 13 small layers, 1.1 ms of 12 ms; at 70 % unstructured sparsity, where 4x1 blocks
+# store ~76 % of the weights, every layer). Fully dense large layers keep sgemm, whose
+# register blocking wins (all of MobileNet v1's). Measured per layer on the MobileNets.
+DENSE_AS_BLOCKS_MAX_CHANNELS = 192
+DENSE_AS_BLOCKS_MAX_MACS = 20_000_000
+DENSE_AS_BLOCKS_MAX_STORED = 0.85
+
 # A sparse 1x1 whose only reader is a depthwise conv runs fused with it (one step, by groups of
 # channels whose planes stay in L2) on images of at least FUSE_MIN_HW positions, where the
 # expanded tensor would not fit in L2 (96 x 112 x 112 floats = 4.8 MB). A group's planes
@@ -137,6 +148,21 @@ class _Pointwise(_Layer):
     def __init__(self, W, b, act):
         self.W, self.b, self.act = W, b, act  # W: SparseMatrix or a dense (Cout, Cin) array
         self.sparse = isinstance(W, SparseMatrix)
+        self._blocked = None
+
+    def matrix(self, hw):
+        """The packed matrix the C kernels run on images of hw positions: the sparse one, a
+        small dense one stored whole in 4x1 blocks, or None for NumPy's sgemm."""
+        if self.sparse:
+            return self.W
+        cout, cin = self.W.shape
+        if self._blocked is None:
+            self._blocked = SparseMatrix.from_dense(self.W, block_size=4)
+        small = (max(cout, cin) <= DENSE_AS_BLOCKS_MAX_CHANNELS
+                 and cout * cin * hw <= DENSE_AS_BLOCKS_MAX_MACS)
+        if small or self._blocked.stored <= DENSE_AS_BLOCKS_MAX_STORED * cout * cin:
+            return self._blocked
+        return None
 
     def out_shape(self, shape):
         return (shape[0], self.W.shape[0], shape[2], shape[3])
@@ -144,27 +170,30 @@ class _Pointwise(_Layer):
     def macs(self, shape):
         n, _, h, w = shape
         cout, cin = self.W.shape
-        executed = self.W.stored if self.sparse else cout * cin
+        W = self.matrix(h * w)
+        executed = W.stored if W is not None else cout * cin
         return n * h * w * cout * cin, n * h * w * executed
 
     def add_step(self, steps, isa, shapes, layout):
-        if not self.sparse:
-            return False
         shape = shapes[self.src]
         hw = int(np.prod(shape[2:]))
-        kisa, index = _dispatch.spmm_kernel(isa, self.W.block_size, hw, plane=_plane(shape))
-        steps.add_spmm(kisa, index, self.W._packed, self.src,
+        W = self.matrix(hw)
+        if W is None:
+            return False
+        kisa, index = _dispatch.spmm_kernel(isa, W.block_size, hw, plane=_plane(shape))
+        steps.add_spmm(kisa, index, W._packed, self.src,
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act)
         return True
 
     def add_fused_step(self, steps, isa, shapes, dw):
-        """This (sparse) 1x1 and the depthwise conv `dw` reading its output, as one step."""
+        """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
+        as one step."""
         hw = int(np.prod(shapes[self.src][2:]))
-        kisa, index = _dispatch.spmm_kernel(isa, self.W.block_size, hw,
-                                            plane=_plane(shapes[self.src]))
-        nr = self.W.block_size
+        W = self.matrix(hw)
+        kisa, index = _dispatch.spmm_kernel(isa, W.block_size, hw, plane=_plane(shapes[self.src]))
+        nr = W.block_size
         rows = max(nr, FUSE_GROUP_BYTES // (4 * hw) // nr * nr)
-        steps.add_spmm_dwconv2d(kisa, index, self.W._packed, self.src, self.dst, dw.dst, self.b,
+        steps.add_spmm_dwconv2d(kisa, index, W._packed, self.src, self.dst, dw.dst, self.b,
                                 *self.act, _dispatch.isa_id(isa), dw.w2, dw.b, dw.w.shape[2],
                                 dw.stride, dw.padding[0], dw.padding[1], *dw.act, rows)
 
@@ -191,12 +220,16 @@ class _Pointwise(_Layer):
 
     def describe(self, shape):
         sparsity = f"{1 - self.density():.2f}"
-        if not self.sparse:
+        W = self.matrix(shape[2] * shape[3])
+        if W is None:
             return sparsity, "", "dense sgemm", self.why_dense
-        isa, index = _dispatch.spmm_kernel(_dispatch.isa(), self.W.block_size, shape[2] * shape[3],
+        isa, index = _dispatch.spmm_kernel(_dispatch.isa(), W.block_size, shape[2] * shape[3],
                                            plane=_plane(shape))
         name = _kernels.spmm_kernels(isa)[index][0].replace("fs_f32_spmm_minmax_", "")
-        return sparsity, str(self.W.block_size), name, "sparse"
+        if W is not self.W:
+            return (sparsity, str(W.block_size), name,
+                    self.why_dense + "; runs in 4x1 blocks in the spmm kernels")
+        return sparsity, str(W.block_size), name, "sparse"
 
 
 class _Pool(_Layer):
@@ -329,7 +362,8 @@ class Network:
             for t in (layer.src, layer.res):
                 readers[t] = readers.get(t, 0) + 1
         return {i for i, (a, b) in enumerate(zip(self.layers, self.layers[1:]))
-                if type(a) is _Pointwise and a.sparse and a.res is None
+                if type(a) is _Pointwise and a.res is None
+                and a.matrix(int(np.prod(shapes[a.src][2:]))) is not None
                 and isinstance(b, _Depthwise) and b.src == a.dst and readers[a.dst] == 1
                 and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW}
 
@@ -435,7 +469,9 @@ class Network:
             total[r] = time.perf_counter() - t0
         return list(np.median(per, axis=0) * 1e3), float(np.median(total) * 1e3)
 
-    def _run(self, images, layout, times):
+    def _run(self, images, layout, times, inside=None):
+        """One call. `times` (per layer, seconds) is filled for profile(); `inside` (one
+        float) accumulates the time the call spends in its C step loops."""
         if layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
         x = float32_array(images, "images", ndim=4)
@@ -457,10 +493,16 @@ class Network:
             for seg in segments:
                 if isinstance(seg, tuple):
                     first, end, run = seg
-                    stamps = None if times is None else np.empty(end - first + 1)
+                    stamps = None
+                    if times is not None:
+                        stamps = np.empty(end - first + 1)
+                    elif inside is not None:
+                        stamps = np.empty(2)
                     steps.run(x, logits, first, end, stamps)
                     if times is not None:
                         times[run] = np.diff(stamps)
+                    if inside is not None:
+                        inside[0] += stamps[-1] - stamps[0]
                     continue
                 t0 = time.perf_counter()
                 layer = self.layers[seg]
