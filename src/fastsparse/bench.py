@@ -12,7 +12,6 @@ import time
 import numpy as np
 
 from . import _dispatch
-from .ops import sparse_conv1x1
 from .prune import magnitude
 from .sparse import SparseMatrix
 
@@ -97,9 +96,34 @@ def _random_layer(rng, hw, cout, cin, sparsity, block_size):
     return w, x
 
 
+def _layer_in_network_layout(W, x, hw, threads, kernel):
+    """A callable running the 1x1 `W` on x (1, Cin, 1, HW) as a network call does: one C step
+    over channel planes padded to whole 64-byte lines (models._planned_view), with the tile
+    the executor picks for aligned planes (or `kernel`)."""
+    from . import _kernels
+    from .models import _plane, _planned_view
+    cout, cin = W.shape
+    shape_in, shape_out = (1, cin, 1, hw), (1, cout, 1, hw)
+    xin = _planned_view(np.empty(cin * _plane(shape_in), np.float32), shape_in)
+    xin[...] = x
+    yout = _planned_view(np.empty(cout * _plane(shape_out), np.float32), shape_out)
+    # Tensors 0 and 3 are placeholders: the layer reads and writes planned buffers 1 and 2.
+    ends = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
+    steps = _kernels.StepList([ends[0], xin, yout, ends[1]], threads)
+    kisa, index = _dispatch.spmm_kernel(_dispatch.isa(), W.block_size, hw, kernel,
+                                        plane=_plane(shape_in))
+    steps.add_spmm(kisa, index, W._packed, 1, -1, 2, None, -np.inf, np.inf)
+
+    def run():
+        steps.run(*ends)
+    run.out = yout  # for tests
+    return run
+
+
 def bench_spmm(networks=("mobilenet_v2", "mobilenet_v1"), sparsities=(0.7, 0.8, 0.9, 0.95),
                threads=(1, None), block_sizes=(1,), repeat=21, kernel=None, seed=0, out=print):
-    """Per-layer and per-network tables: sparse_conv1x1 vs numpy's dense matmul (sgemm)."""
+    """Per-layer and per-network tables: the sparse 1x1 kernels as a network runs them (one C
+    step, padded channel planes) vs numpy's dense matmul (sgemm) on contiguous arrays."""
     rng = np.random.default_rng(seed)
     out(machine_description())
     all_threads = os.cpu_count() or 1
@@ -121,9 +145,7 @@ def bench_spmm(networks=("mobilenet_v2", "mobilenet_v1"), sparsities=(0.7, 0.8, 
                         for b in block_sizes:
                             w, x = _random_layer(rng, hw, cout, cin, s, b)
                             W = SparseMatrix.from_dense(w, block_size=b)
-                            y = np.empty((1, cout, 1, hw), np.float32)
-                            fns[(li, s, b)] = (lambda x=x, W=W, y=y: sparse_conv1x1(
-                                x, W, num_threads=t, kernel=kernel, out=y))
+                            fns[(li, s, b)] = _layer_in_network_layout(W, x, hw, t, kernel)
                             meta[(li, s, b)] = W.nnz * hw * 2
                 times = time_interleaved(fns, repeat)
                 results.append(_report(out, net, layers, sparsities, block_sizes, times, meta, t))

@@ -1,0 +1,26 @@
+"""The spmm benchmark harness (python -m fastsparse bench spmm): what it times is correct."""
+import numpy as np
+
+import fastsparse as fs
+from fastsparse import bench
+
+
+def test_layer_in_network_layout_computes_the_layer(isa):
+    rng = np.random.default_rng(0)
+    for hw, cout, cin in [(49, 40, 96), (196, 24, 16), (30, 8, 5)]:
+        w = fs.prune.magnitude(rng.standard_normal((cout, cin)).astype(np.float32), 0.8)
+        W = fs.SparseMatrix.from_dense(w, block_size=1)
+        x = rng.standard_normal((1, cin, 1, hw)).astype(np.float32)
+        run = bench._layer_in_network_layout(W, x, hw, 2, None)
+        run()
+        ref = fs.reference.sparse_conv1x1(x, W)
+        np.testing.assert_allclose(run.out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_bench_spmm_reports_every_layer():
+    lines = []
+    res = bench.bench_spmm(networks=("mobilenet_v1",), sparsities=(0.9,), threads=(1,),
+                           repeat=1, out=lines.append)
+    text = "\n".join(lines)
+    assert "sum over the 13 1x1 layers" in text
+    assert res[0][0] == "mobilenet_v1" and res[0][2][(0.9, 1)] > 0
