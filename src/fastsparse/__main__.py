@@ -35,6 +35,9 @@ def main(argv=None):
                      help="sparsities also run with blocks of 4 output channels (default 0.9)")
     e2e.add_argument("--engines", default="fastsparse,onnxruntime,torch")
     e2e.add_argument("--plot", default="bench_e2e.png", help="PNG path ('' for none)")
+    e2e.add_argument("--consecutive", type=int, default=1,
+                     help="calls of one engine in a row per round, the last one timed (default "
+                          "1: every timed call follows another engine's; 2: warm caches)")
     bench.add_argument("--kernel", default=None, help="force one spmm variant by name")
     bench.add_argument("--isa", default=None, help="force an ISA (default: the best available)")
     args = parser.parse_args(argv)
@@ -60,7 +63,7 @@ def main(argv=None):
         bench_e2e.run_e2e(archs=archs, configs=configs, batches=args.batch, threads=threads,
                           repeat=args.repeat or 30, width=args.width,
                           input_size=(args.size, args.size), engines=args.engines.split(","),
-                          plot=args.plot or None)
+                          plot=args.plot or None, consecutive=args.consecutive)
         return 0
     repeat = args.repeat or 21
     if args.what == "dwconv":

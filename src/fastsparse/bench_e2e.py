@@ -286,9 +286,12 @@ def _callables(arch, weights, block, threads, engines, input_size, blas, width):
     return out
 
 
-def time_rounds(fns, repeat, warmup=3, seed=0):
-    """{key: array of `repeat` single-call times}. Each round calls every fn once, in a fresh
-    random order (no engine always follows the same neighbour); warm-up calls come first."""
+def time_rounds(fns, repeat, warmup=3, seed=0, consecutive=1):
+    """{key: array of `repeat` single-call times}. Each round calls every fn `consecutive`
+    times back to back, in a fresh random order (no engine always follows the same
+    neighbour), and times the last of those calls: with 1, each timed call follows another
+    engine's (caches hold its data); with 2, it follows a call of its own engine, as in a
+    loop serving one model. Warm-up calls come first."""
     for f in fns.values():
         for _ in range(warmup):
             f()
@@ -300,6 +303,8 @@ def time_rounds(fns, repeat, warmup=3, seed=0):
         order.shuffle(keys)
         for k in keys:
             f = fns[k]
+            for _ in range(consecutive - 1):
+                f()
             t0 = clock()
             f()
             out[k][r] = clock() - t0
@@ -413,18 +418,18 @@ def machine(out=print):
 
 def run_e2e(archs=ARCHS, configs=CONFIGS, batches=(1, 8), threads=(1, 2), repeat=30,
             width=1.0, input_size=(224, 224), engines=None, plot="bench_e2e.png", seed=0,
-            out=print):
+            out=print, consecutive=1):
     """The whole benchmark; returns the results as a dict (also used by the tests)."""
     previous_threads = _dispatch.get_num_threads()
     try:
         return _run_e2e(archs, configs, batches, threads, repeat, width, input_size, engines,
-                        plot, seed, out)
+                        plot, seed, out, consecutive)
     finally:
         _dispatch.set_num_threads(previous_threads)
 
 
 def _run_e2e(archs, configs, batches, threads, repeat, width, input_size, engines, plot, seed,
-             out):
+             out, consecutive):
     engines = [e for e in (engines or ENGINES) if e in available_engines()]
     if FS not in engines:
         engines.insert(0, FS)
@@ -433,7 +438,9 @@ def _run_e2e(archs, configs, batches, threads, repeat, width, input_size, engine
     out(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     out(f"engines: {', '.join(engines)}; width {width}, input {input_size[0]}x{input_size[1]}, "
         f"batches {batches}, threads {threads}, {repeat} interleaved rounds after 3 warm-up "
-        f"calls; single-call times, median (min-max), ms")
+        f"calls; single-call times, median (min-max), ms; each timed call follows "
+        + ("another engine's call" if consecutive == 1 else
+           f"{consecutive - 1} call(s) of the same engine (warm, as when serving one model)"))
     missing = [e for e in ENGINES if e not in engines]
     if missing:
         out(f"not installed (or not requested), skipped: {', '.join(missing)}")
@@ -456,7 +463,7 @@ def _run_e2e(archs, configs, batches, threads, repeat, width, input_size, engine
                 ref = fns[(s, b, threads[0], FS)](x)
                 results["errors"][(arch, n, s, b, t, e)] = _rel_err(f(x), ref)
             times = time_rounds({k: (lambda f=f: f(x)) for k, f in fns.items()}, repeat,
-                                seed=seed + n)
+                                seed=seed + n, consecutive=consecutive)
             for k, v in times.items():
                 results["times"][(arch, n) + k] = v
             _table(out, arch, n, results, configs, threads, engines)
