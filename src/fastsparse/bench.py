@@ -147,7 +147,18 @@ def bench_spmm(networks=("mobilenet_v2", "mobilenet_v1"), sparsities=(0.7, 0.8, 
                             W = SparseMatrix.from_dense(w, block_size=b)
                             fns[(li, s, b)] = _layer_in_network_layout(W, x, hw, t, kernel)
                             meta[(li, s, b)] = W.nnz * hw * 2
-                times = time_interleaved(fns, repeat)
+                if t == 1:
+                    times = time_interleaved(fns, repeat)
+                else:
+                    # Two thread pools taking turns (numpy's BLAS threads, fastsparse's OpenMP
+                    # team) spin against each other on a small machine and time that fight
+                    # (BENCHMARKS.md): with several threads, all repetitions of the dense
+                    # layers run first, then all of the sparse ones.
+                    times = {}
+                    for group in (True, False):
+                        times.update(time_interleaved(
+                            {k: f for k, f in fns.items() if (k[1] == "dense") == group},
+                            repeat))
                 results.append(_report(out, net, layers, sparsities, block_sizes, times, meta, t))
     return results
 
