@@ -617,16 +617,23 @@ cdef int _vadd_step(fs_step* st, int isa, const float[::1] a, const float[::1] b
     return 0
 
 
-cdef void _run_one(fs_step* st, float* x, float* res, float* y, float* scratch,
-                   int num_threads) noexcept nogil:
-    """Runs one filled step over the caller's arrays (tensor table: x, res, y)."""
+cdef int _run_one(fs_step* st, const float* x, const float* res, float* y,
+                  int num_threads) except -1:
+    """Runs one filled step over the caller's arrays (tensor table: x, res, y), with zeroed
+    scratch for each thread if the kernel needs it."""
+    if st.items == 0:
+        return 0
+    num_threads = <int>min(<size_t>max(num_threads, 1), st.items)
+    cdef float[::1] scratch
+    if st.scratch_floats:
+        scratch = np.zeros(st.scratch_floats * num_threads, dtype=np.float32)
+        st.scratch = &scratch[0]
     cdef float* table[3]
-    table[0], table[1], table[2] = x, res, y
+    table[0], table[1], table[2] = <float*>x, <float*>res, y
     st.src, st.res, st.dst = 0, 1 if res != NULL else -1, 2
-    st.scratch = scratch
-    if num_threads < 1:
-        num_threads = 1
-    fs_run_steps(st, 1, table, <int>min(<size_t>num_threads, st.items), NULL, 0)
+    with nogil:
+        fs_run_steps(st, 1, table, num_threads, NULL, 0)
+    return 0
 
 
 cdef float* _data(object a, bint write) except? NULL:
@@ -656,12 +663,11 @@ def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bi
     if st.items == 0:
         return
     cdef const float[:, :, ::1] r
-    cdef float* rptr = NULL
+    cdef const float* rptr = NULL
     if residual is not None:
         r = residual
-        rptr = <float*>&r[0, 0, 0]
-    with nogil:
-        _run_one(&st, <float*>&x[0, 0, 0], rptr, &out[0, 0, 0], NULL, num_threads)
+        rptr = &r[0, 0, 0]
+    _run_one(&st, &x[0, 0, 0], rptr, &out[0, 0, 0], num_threads)
 
 
 def dwconv2d(int isa, const float[:, :, :, ::1] x, const float[:, ::1] w, bias,
@@ -674,12 +680,8 @@ def dwconv2d(int isa, const float[:, :, :, ::1] x, const float[:, ::1] w, bias,
     cdef fs_step st
     memset(&st, 0, sizeof(st))
     _dwconv2d_step(&st, isa, x, w, bias, out, k, stride, pad_top, pad_left, lo, hi, num_threads)
-    if st.items == 0:
-        return
-    num_threads = <int>min(<size_t>max(num_threads, 1), st.items)
-    cdef float[::1] scratch = np.zeros(st.scratch_floats * num_threads, dtype=np.float32)
-    with nogil:
-        _run_one(&st, <float*>&x[0, 0, 0, 0], NULL, &out[0, 0, 0, 0], &scratch[0], num_threads)
+    if st.items:
+        _run_one(&st, &x[0, 0, 0, 0], NULL, &out[0, 0, 0, 0], num_threads)
 
 
 def conv2d(int isa, x, bint nhwc, const float[:, ::1] w, bias, float[:, :, :, ::1] out,
@@ -694,12 +696,8 @@ def conv2d(int isa, x, bint nhwc, const float[:, ::1] w, bias, float[:, :, :, ::
     memset(&st, 0, sizeof(st))
     _conv2d_step(&st, isa, xv, nhwc, w, bias, out, stride, pad_top, pad_left, lo, hi,
                  num_threads)
-    if st.items == 0:
-        return
-    num_threads = <int>min(<size_t>max(num_threads, 1), st.items)
-    cdef float[::1] scratch = np.zeros(st.scratch_floats * num_threads, dtype=np.float32)
-    with nogil:
-        _run_one(&st, <float*>&xv[0, 0, 0, 0], NULL, &out[0, 0, 0, 0], &scratch[0], num_threads)
+    if st.items:
+        _run_one(&st, &xv[0, 0, 0, 0], NULL, &out[0, 0, 0, 0], num_threads)
 
 
 def gavgpool(int isa, const float[:, :, ::1] x, float[:, ::1] out):
@@ -707,10 +705,8 @@ def gavgpool(int isa, const float[:, :, ::1] x, float[:, ::1] out):
     cdef fs_step st
     memset(&st, 0, sizeof(st))
     _gavgpool_step(&st, isa, x, out)
-    if st.items == 0:
-        return
-    with nogil:
-        _run_one(&st, <float*>&x[0, 0, 0], NULL, &out[0, 0], NULL, 1)
+    if st.items:
+        _run_one(&st, &x[0, 0, 0], NULL, &out[0, 0], 1)
 
 
 def vadd(int isa, const float[::1] a, const float[::1] b, float[::1] y, float lo, float hi,
@@ -719,10 +715,8 @@ def vadd(int isa, const float[::1] a, const float[::1] b, float[::1] y, float lo
     cdef fs_step st
     memset(&st, 0, sizeof(st))
     _vadd_step(&st, isa, a, b, y, lo, hi, num_threads)
-    if st.items == 0:
-        return
-    with nogil:
-        _run_one(&st, <float*>&a[0], <float*>&b[0], &y[0], NULL, num_threads)
+    if st.items:
+        _run_one(&st, &a[0], &b[0], &y[0], num_threads)
 
 
 cdef class StepList:
