@@ -157,14 +157,18 @@ def test_profile_times_every_layer(v2_net):
     assert sum(per) <= total * 1.5
 
 
-@pytest.mark.parametrize("block,cout,group_rows,k,stride,threads", [
-    (1, 16, 1, 3, 1, 1), (1, 17, 5, 3, 2, 2), (2, 13, 4, 5, 1, 3), (4, 22, 8, 3, 2, 2),
-    (8, 19, 3, 5, 2, 1), (4, 12, 64, 3, 1, 2),
+@pytest.mark.parametrize("block,cout,group_rows,k,stride,threads,part_bytes", [
+    (1, 16, 1, 3, 1, 1, None), (1, 17, 5, 3, 2, 2, None), (2, 13, 4, 5, 1, 3, None),
+    (4, 22, 8, 3, 2, 2, None), (8, 19, 3, 5, 2, 1, None), (4, 12, 64, 3, 1, 2, None),
+    (1, 17, 5, 3, 2, 2, 4), (4, 22, 8, 3, 1, 1, 100),
 ])
 def test_fused_1x1_depthwise_equals_the_two_steps(isa, block, cout, group_rows, k, stride,
-                                                   threads):
+                                                   threads, part_bytes, monkeypatch):
     """The fused step runs the same kernels on the same numbers: bit-identical to the 1x1
-    then the depthwise conv, for every block size, leftover rows and group size."""
+    then the depthwise conv, for every block size, leftover rows and group size, with the
+    1x1's input channels in one part or several (K-blocking)."""
+    if part_bytes is not None:
+        monkeypatch.setattr(_kernels, "SPMM_PART_BYTES", part_bytes)
     rng = np.random.default_rng(block * 100 + cout)
     cin, h, w = 7, 9, 11
     dense = rng.standard_normal((cout, cin)).astype(np.float32)
