@@ -326,6 +326,16 @@ def _absurd_headers(header, data):
     ]
 
 
+def _refused_peak_bytes(path):
+    """Loads `path` expecting a ValueError; returns the peak bytes Python allocated doing so."""
+    tracemalloc.start()
+    try:
+        expect_refused(path, ValueError)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_absurd_declarations_are_refused_without_allocating(model_file, tmp_path):
     path, raw = model_file
     header, data = split(raw)
@@ -333,12 +343,7 @@ def test_absurd_declarations_are_refused_without_allocating(model_file, tmp_path
     for name, h in _absurd_headers(header, data):
         h.setdefault("data_bytes", len(data))
         p.write_bytes(rebuild(h, data))
-        tracemalloc.start()
-        try:
-            expect_refused(p, ValueError)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        peak = _refused_peak_bytes(p)
         # Parsing copies the file (and its arrays) a few times at most: nothing near what the
         # header claims (up to 2**93 floats).
         assert peak < 8 * len(raw) + (4 << 20), f"{name}: {peak} bytes allocated"
@@ -365,12 +370,7 @@ def test_malformed_headers_are_refused(model_file, tmp_path):
     }
     for name, content in cases.items():
         p.write_bytes(content)
-        tracemalloc.start()
-        try:
-            expect_refused(p, ValueError)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        peak = _refused_peak_bytes(p)
         assert peak < 8 * max(len(content), len(raw)) + (4 << 20), f"{name}: {peak} bytes"
 
 

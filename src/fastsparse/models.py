@@ -174,13 +174,20 @@ class _Pointwise(_Layer):
         executed = W.stored if W is not None else cout * cin
         return n * h * w * cout * cin, n * h * w * executed
 
-    def add_step(self, steps, isa, shapes, layout):
-        shape = shapes[self.src]
+    def _kernel(self, isa, shape):
+        """(packed matrix, ISA id, variant index) the spmm kernels run on an input of `shape`
+        in the executor's layout, or None for NumPy's sgemm."""
         hw = int(np.prod(shape[2:]))
         W = self.matrix(hw)
         if W is None:
+            return None
+        return (W,) + _dispatch.spmm_kernel(isa, W.block_size, hw, plane=_plane(shape))
+
+    def add_step(self, steps, isa, shapes, layout):
+        choice = self._kernel(isa, shapes[self.src])
+        if choice is None:
             return False
-        kisa, index = _dispatch.spmm_kernel(isa, W.block_size, hw, plane=_plane(shape))
+        W, kisa, index = choice
         steps.add_spmm(kisa, index, W._packed, self.src,
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act)
         return True
@@ -188,9 +195,8 @@ class _Pointwise(_Layer):
     def add_fused_step(self, steps, isa, shapes, dw):
         """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
         as one step."""
+        W, kisa, index = self._kernel(isa, shapes[self.src])
         hw = int(np.prod(shapes[self.src][2:]))
-        W = self.matrix(hw)
-        kisa, index = _dispatch.spmm_kernel(isa, W.block_size, hw, plane=_plane(shapes[self.src]))
         nr = W.block_size
         rows = max(nr, FUSE_GROUP_BYTES // (4 * hw) // nr * nr)
         steps.add_spmm_dwconv2d(kisa, index, W._packed, self.src, self.dst, dw.dst, self.b,
@@ -220,11 +226,10 @@ class _Pointwise(_Layer):
 
     def describe(self, shape):
         sparsity = f"{1 - self.density():.2f}"
-        W = self.matrix(shape[2] * shape[3])
-        if W is None:
+        choice = self._kernel(_dispatch.isa(), shape)
+        if choice is None:
             return sparsity, "", "dense sgemm", self.why_dense
-        isa, index = _dispatch.spmm_kernel(_dispatch.isa(), W.block_size, shape[2] * shape[3],
-                                           plane=_plane(shape))
+        W, isa, index = choice
         name = _kernels.spmm_kernels(isa)[index][0].replace("fs_f32_spmm_minmax_", "")
         if W is not self.W:
             return (sparsity, str(W.block_size), name,
