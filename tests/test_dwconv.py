@@ -133,6 +133,59 @@ def test_flat_path_writes_only_its_output(isa):
             np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5, err_msg=f"k={k} {h}x{w}")
 
 
+@pytest.mark.parametrize("k", [3, 5])
+def test_quarter_path_edges(isa, k):
+    """Stride 2 on even sizes with padding k//2 (PyTorch) or k//2 - 1 on top/left (TensorFlow
+    "same") and outputs up to 32 wide runs on four quarter planes in scratch (dwconv_impl.h,
+    fs_kernels.h): output widths around every vector length (columns wrap inside a vector) and
+    past 32 (the row path), output planes around vector multiples, input rows with and without
+    a gap after them (the row stride), odd sizes (the row path). Large planes run in bands of
+    output rows, each copying its halo rows again. The images sit back to back in a NaN-filled
+    buffer, so a read outside a plane poisons an output; every activation."""
+    rng = np.random.default_rng(20 + k)
+    wt = rng.standard_normal((2, 1, k, k)).astype(np.float32)
+    bias = rng.standard_normal(2).astype(np.float32)
+    p = k // 2
+    pads = [p, (p - 1, p - 1, p, p), (p, p, p - 1, p - 1)]
+    half_widths = [1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33]  # 33: past FS_DW_QUARTER_MAX_OW
+    half_heights = [1, 2, 3, 7, 8, 17]
+    cases = [(2 * oh, 2 * ow) for oh in half_heights for ow in half_widths] + [(6, 5), (5, 6)]
+    # Planes of more than one band (FS_DW_BAND_FLOATS output floats): whole and partial last
+    # bands.
+    cases += [(80, 64), (200, 32), (140, 62), (2200, 2)]
+    for i, (h, w) in enumerate(cases):
+        gap = 3 if i % 3 == 0 else 0
+        size = 2 * 2 * h * (w + gap)
+        buf = np.full(size + 64, np.nan, dtype=np.float32)
+        x = buf[32:32 + size].reshape(2, 2, h, w + gap)[..., :w]
+        x[...] = rng.standard_normal(x.shape)
+        check_dwconv(x, wt, bias if i % 2 else None, 2, pads[i % 3],
+                     ACTIVATIONS[i % len(ACTIVATIONS)], 1 + i % 2, what="(guarded buffer)")
+
+
+def test_quarter_path_writes_only_its_output(isa):
+    """Direct kernel calls of the stride-2 quarter path into outputs with guard values on both
+    sides, both paddings it takes, plane sizes around multiples of 16 floats."""
+    rng = np.random.default_rng(6)
+    for k in (3, 5):
+        for h, w in [(2, 2), (2, 30), (2, 34), (4, 4), (6, 10), (14, 14), (16, 32), (34, 2)]:
+            for pad in (k // 2, k // 2 - 1):
+                oh, ow = h // 2, w // 2
+                x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+                wt = rng.standard_normal((3, k * k)).astype(np.float32)
+                size = 3 * oh * ow
+                buf = np.full(size + 64, 7.0, dtype=np.float32)
+                out = buf[32:32 + size].reshape(1, 3, oh, ow)
+                _kernels.dwconv2d(_dispatch.isa_id(isa), x, wt, None, out, k, 2, pad, pad,
+                                  -np.inf, np.inf, 1)
+                assert np.all(buf[:32] == 7.0) and np.all(buf[32 + size:] == 7.0), (k, h, w)
+                ref = fs.reference.depthwise_conv2d(
+                    x, wt.reshape(3, 1, k, k), stride=2,
+                    padding=(pad, pad, k - 2 - pad, k - 2 - pad))
+                np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"k={k} {h}x{w} pad={pad}")
+
+
 def test_keras_same_padding_stride2(isa):
     """TF/Keras 'same' with stride 2 on even sizes pads only bottom/right: (0, 0, 1, 1)."""
     rng = np.random.default_rng(2)

@@ -68,8 +68,8 @@ cdef extern from "csrc/fs_kernels.h" nogil:
         const char* vadd_name
         fs_vadd_fn vadd
     const fs_chw_ops* fs_chw_ops_for(int isa)
-    size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t iw, size_t ow,
-                                      size_t pad_left)
+    size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t ih, size_t iw, size_t oh,
+                                      size_t ow, size_t pad_top, size_t pad_left)
     size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
                                     size_t pad_left)
 
@@ -516,7 +516,8 @@ cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, :] x, const f
     st.dw.fn = ops.dwconv2d[k == 5][stride == 2]
     st.dw.c, st.dw.ih, st.dw.iw, st.dw.oh, st.dw.ow = c, ih, iw, oh, ow
     st.dw.pad_top, st.dw.pad_left, st.dw.taps = pad_top, pad_left, k * k
-    st.dw.scratch_floats = fs_dwconv2d_scratch_floats(k, stride, iw, ow, pad_left)
+    st.dw.scratch_floats = fs_dwconv2d_scratch_floats(k, stride, ih, iw, oh, ow, pad_top,
+                                                        pad_left)
     st.scratch_floats = st.dw.scratch_floats
     st.items = n * c
     return 0

@@ -56,7 +56,7 @@ typedef struct {
   float copy[FLAT_IH][MAX_IW];
   double ref[MAX_OH][MAX_OW], mag[MAX_OH][MAX_OW];
   size_t scratch_floats; /* 0: scratch must be zero-filled before the next call */
-  size_t key[5];         /* (k, s, iw, ow, pad_left) the scratch was used with */
+  size_t key[8];         /* (k, s, ih, iw, oh, ow, pad_top, pad_left) of the scratch */
 } dw_buffers;
 
 static float* plane_row(const dw_case* c, const dw_plane* p, size_t r, size_t len, size_t rows,
@@ -208,8 +208,9 @@ static void run_case(const char* name, fs_dwconv2d_fn fn, const char* oname, fs_
   fs_clamp_bounds(c->clamp, c->scale, &lo, &hi);
   reference(c, b, w_copy, bias, lo, hi);
 
-  const size_t ns = fs_dwconv2d_scratch_floats(c->k, c->s, c->iw, c->ow, c->pad.l);
-  const size_t key[5] = {c->k, c->s, c->iw, c->ow, c->pad.l};
+  const size_t ns =
+      fs_dwconv2d_scratch_floats(c->k, c->s, c->ih, c->iw, c->oh, c->ow, c->pad.t, c->pad.l);
+  const size_t key[8] = {c->k, c->s, c->ih, c->iw, c->oh, c->ow, c->pad.t, c->pad.l};
   if (b->scratch_floats != ns || memcmp(key, b->key, sizeof key) != 0) {
     fs_block_fill_canary(&b->scratch_k);
     fs_block_fill_canary(&b->scratch_o);

@@ -1,7 +1,7 @@
 /* Depthwise KxK convolution of one CHW channel plane (K in {3, 5}, stride 1 or 2), written
  * once for every ISA over the vector vocabulary of vec_<isa>.h (see spmm_impl.h for the list;
  * this file also uses fs_vdeinterleave, and fs_vsub, fs_vlt, fs_vmaskz, fs_vload_range for the
- * flat path).
+ * flat paths).
  *
  * Scheme: output rows are produced top to bottom. The K input rows an output row needs are
  * copied, each exactly once, into a ring of K + 2 padded scratch rows (slot = input row mod (K + 2)):
@@ -12,9 +12,10 @@
  * above or below the image read a zero row. Each output vector keeps one accumulator per
  * kernel row (K independent FMA chains) and two output vectors are computed side by side.
  *
- * Stride 1 with "same" padding on contiguous planes takes the flat path instead (see
- * fs_dw_flat_vector below): vectors run along the whole plane, not along rows, which on the
- * narrow planes of a network's later layers saves most of the lanes and all per-row work.
+ * "Same" padding at stride 1 on contiguous planes, and at stride 2 on even sizes, takes a flat
+ * path instead (see fs_dw_flat_vector below): vectors run along the whole output plane, not
+ * along rows, which on the narrow planes of a network's later layers saves most of the lanes
+ * and most per-row work.
  *
  * Out-of-bounds contract: the input plane is read only inside ih x iw (the last partial
  * vector of a row, or the plane's first and last vectors on the flat path, are masked loads),
@@ -135,82 +136,108 @@ FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t oh, size_t
   }
 }
 
-/* Flat path (stride 1, "same" padding, contiguous planes): the plane is one run of ih * iw
- * floats and output i = y * iw + x takes tap (ky, kx) from flat index i + (ky - k/2) * iw +
- * (kx - k/2), so no lane is wasted on narrow rows and there is no per-row work. A tap whose
- * column x + kx - k/2 falls outside the row reads the neighbouring row's element instead:
- * each kx has its own accumulator (k independent FMA chains), whose wrapped lanes are zeroed
- * by a select (which also drops a NaN read there) before the sum. Vectors whose taps reach
- * above or below the plane load only the lanes inside it (fs_vload_range). */
-FS_INLINE fs_vec fs_dw_flat_vector(size_t k, int edge, const float* input, size_t n, size_t i,
-                                   size_t iw, const fs_vec* wv, fs_vec vbias, fs_vec col) {
-  const ptrdiff_t p = (ptrdiff_t)(k / 2);
+/* Flat paths ("same" padding). Stride 1: the plane is one run of ih * iw floats and output
+ * i = y * iw + x takes tap (ky, kx) from flat index i + (ky - k/2) * iw + (kx - k/2), so no
+ * lane is wasted on narrow rows and there is no per-row work. Stride 2 (even sizes): the
+ * input is first split into four oh x ow quarter planes by row and column parity; input row
+ * 2y + r is row y + floor(r/2) of the quarters of parity r & 1, so tap (ky, kx) reads quarter
+ * (ry & 1, rx & 1) at flat index i + floor(ry/2) * ow + floor(rx/2), ry = ky - pad,
+ * rx = kx - pad: the stride-1 scheme again, on planes of the output's width. With pad k/2
+ * (PyTorch's) or k/2 - 1 (TensorFlow's "same" on even sizes) every shift is -1, 0 or 1.
+ * A tap whose column shift dx moves it outside the row reads the neighbouring row's element
+ * instead: each kx has its own accumulator (k independent FMA chains), whose wrapped lanes are
+ * zeroed by a select (which also drops a NaN read there) before the sum. On stride 1,
+ * vectors whose taps reach above or below the plane load only the lanes inside it
+ * (fs_vload_range); the quarter planes have zero margins instead. */
+FS_INLINE ptrdiff_t fs_dw_flat_shift(size_t s, ptrdiff_t r) { return s == 1 ? r : (r - (r & 1)) / 2; }
+
+FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge,
+                                   const float* const* src, size_t n, size_t i, size_t w,
+                                   const fs_vec* wv, fs_vec vbias, fs_vec col) {
+  const ptrdiff_t p = (ptrdiff_t)pad, c = (ptrdiff_t)(k / 2); /* tap column c has dx = 0 */
   fs_vec acc[5];
 #pragma GCC unroll 5
-  for (size_t kx = 0; kx < k; kx++) acc[kx] = (ptrdiff_t)kx == p ? vbias : fs_vzero();
+  for (size_t kx = 0; kx < k; kx++) acc[kx] = (ptrdiff_t)kx == c ? vbias : fs_vzero();
 #pragma GCC unroll 5
   for (size_t ky = 0; ky < k; ky++) {
+    const ptrdiff_t ry = (ptrdiff_t)ky - p, dy = fs_dw_flat_shift(s, ry);
 #pragma GCC unroll 5
     for (size_t kx = 0; kx < k; kx++) {
-      const ptrdiff_t at = (ptrdiff_t)i + ((ptrdiff_t)ky - p) * (ptrdiff_t)iw + (ptrdiff_t)kx - p;
+      const ptrdiff_t rx = (ptrdiff_t)kx - p, dx = fs_dw_flat_shift(s, rx);
+      const float* plane = s == 1 ? src[0] : src[(ry & 1) * 2 + (rx & 1)];
+      const ptrdiff_t at = (ptrdiff_t)i + dy * (ptrdiff_t)w + dx;
       fs_vec x;
       if (!edge) {
-        x = fs_vload(input + at);
+        x = fs_vload(plane + at);
       } else {
         /* Lanes [lo, hi) of this load are inside the plane. */
         const ptrdiff_t vl = FS_VLEN, lo = at < 0 ? (-at < vl ? -at : vl) : 0;
         const ptrdiff_t end = (ptrdiff_t)n - at, hi = end < lo ? lo : (end < vl ? end : vl);
-        x = fs_vload_range(input + at, (size_t)lo, (size_t)hi);
+        x = fs_vload_range(plane + at, (size_t)lo, (size_t)hi);
       }
       acc[kx] = fs_vfma(wv[ky * k + kx], x, acc[kx]);
     }
   }
-  fs_vec y = acc[p];
-#pragma GCC unroll 2
-  for (ptrdiff_t d = 1; d <= p; d++) {
-    y = fs_vadd(y, fs_vmaskz(fs_vlt(fs_vset1((float)(d - 1)), col), acc[p - d])); /* x >= d */
-    y = fs_vadd(y, fs_vmaskz(fs_vlt(col, fs_vset1((float)((ptrdiff_t)iw - d))), acc[p + d]));
+  fs_vec y = acc[c];
+#pragma GCC unroll 5
+  for (size_t kx = 0; kx < k; kx++) {
+    const ptrdiff_t dx = fs_dw_flat_shift(s, (ptrdiff_t)kx - p);
+    if ((ptrdiff_t)kx == c) continue;
+    if (dx < 0) { /* column x + dx >= 0 */
+      y = fs_vadd(y, fs_vmaskz(fs_vlt(fs_vset1((float)(-dx - 1)), col), acc[kx]));
+    } else if (dx > 0) { /* column x + dx < w */
+      y = fs_vadd(y, fs_vmaskz(fs_vlt(col, fs_vset1((float)((ptrdiff_t)w - dx))), acc[kx]));
+    } else {
+      y = fs_vadd(y, acc[kx]);
+    }
   }
   return y;
 }
 
 /* Output vectors from flat index i up to `end` (a multiple of FS_VLEN, or n); col = the
- * columns of the vector at i, step = FS_VLEN % iw. Returns the columns of the vector at end. */
-FS_INLINE fs_vec fs_dw_flat_span(size_t k, int edge, const float* input, size_t n, size_t iw,
-                                 size_t i, size_t end, fs_vec col, size_t step,
-                                 const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,
-                                 fs_vec vhi) {
-  const fs_vec vw = fs_vset1((float)iw), vlast = fs_vset1((float)(iw - 1));
+ * columns of the vector at i in rows of w, step = FS_VLEN % w. Returns the columns of the
+ * vector at end. */
+FS_INLINE fs_vec fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
+                                 const float* const* src, size_t n, size_t w, size_t i,
+                                 size_t end, fs_vec col, size_t step, const fs_vec* wv,
+                                 fs_vec vbias, float* output, fs_vec vlo, fs_vec vhi) {
+  const fs_vec vw = fs_vset1((float)w), vlast = fs_vset1((float)(w - 1));
   const fs_vec vstep = fs_vset1((float)step);
   for (; i < end; i += FS_VLEN) {
-    const fs_vec y = fs_vclamp(fs_dw_flat_vector(k, edge, input, n, i, iw, wv, vbias, col), vlo,
-                               vhi);
+    const fs_vec y = fs_vclamp(fs_dw_flat_vector(k, s, pad, edge, src, n, i, w, wv, vbias, col),
+                               vlo, vhi);
     if (n - i >= FS_VLEN) {
       fs_vstore(output + i, y);
     } else {
       fs_vstore_tail(output + i, y, fs_tail_make(n - i));
     }
     col = fs_vadd(col, vstep);
-    col = fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw)); /* both terms were < iw */
+    col = fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw)); /* both terms were < w */
   }
   return col;
+}
+
+/* The column of each lane of a vector that starts at column 0 of rows of w, l % w: l minus w
+ * for every multiple of w in (0, l]. (Vector arithmetic: a table filled here would be read
+ * back before its stores could forward.) *step = FS_VLEN % w, the shift from one vector to
+ * the next. */
+FS_INLINE fs_vec fs_dw_flat_columns(size_t w, size_t* step) {
+  static const float ramp[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const fs_vec vramp = fs_vload(ramp);
+  fs_vec vcol = vramp;
+  for (size_t m = w; m < FS_VLEN; m += w) {
+    vcol = fs_vsub(vcol, fs_vmaskz(fs_vlt(fs_vset1((float)m - 0.5f), vramp), fs_vset1((float)w)));
+  }
+  *step = FS_VLEN % w;
+  return vcol;
 }
 
 FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
                                 const fs_vec* wv, fs_vec vbias, float* stage, float* output,
                                 fs_vec vlo, fs_vec vhi) {
   const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
-  /* The column of each lane of a vector that starts at column 0, l % iw: l minus iw for
-   * every multiple of iw in (0, l]. (Vector arithmetic: a table filled here would be read
-   * back before its stores could forward.) */
-  static const float ramp[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const fs_vec vramp = fs_vload(ramp);
-  fs_vec vcol = vramp;
-  for (size_t m = iw; m < FS_VLEN; m += iw) {
-    vcol = fs_vsub(vcol, fs_vmaskz(fs_vlt(fs_vset1((float)m - 0.5f), vramp), fs_vset1((float)iw)));
-  }
-  size_t step = FS_VLEN; /* FS_VLEN % iw, the column shift from one vector to the next */
-  while (step >= iw) step -= iw;
+  size_t step;
+  const fs_vec vcol = fs_dw_flat_columns(iw, &step);
   if (ih <= FS_DW_FLAT_STAGE_ROWS) {
     /* A small plane is copied behind zeros that are never written, and followed by zeros up
      * to the farthest tap of its last output (a previous plane may have left data there);
@@ -221,7 +248,8 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
       fs_vstore(copy + j, j + FS_VLEN <= n ? fs_vload(input + j)
                                            : fs_vload_range(input + j, 0, n > j ? n - j : 0));
     }
-    fs_dw_flat_span(k, 0, copy, n, iw, 0, n, vcol, step, wv, vbias, output, vlo, vhi);
+    const float* src[1] = {copy};
+    fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, 0, n, vcol, step, wv, vbias, output, vlo, vhi);
     return;
   }
   /* Only the vectors whose taps reach above or below the plane bound their loads. */
@@ -229,11 +257,75 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
   if (head > n) head = n;
   if (n >= FS_VLEN + reach) tail = (n - FS_VLEN - reach) / FS_VLEN * FS_VLEN + FS_VLEN;
   if (tail < head) tail = head;
-  fs_vec c0 = fs_dw_flat_span(k, 1, input, n, iw, 0, head, vcol, step, wv, vbias, output,
+  const float* src[1] = {input};
+  fs_vec c0 = fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, 0, head, vcol, step, wv, vbias, output,
                               vlo, vhi);
-  c0 = fs_dw_flat_span(k, 0, input, n, iw, head, tail, c0, step, wv, vbias, output, vlo,
-                       vhi);
-  fs_dw_flat_span(k, 1, input, n, iw, tail, n, c0, step, wv, vbias, output, vlo, vhi);
+  c0 = fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, head, tail, c0, step, wv, vbias, output, vlo, vhi);
+  fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, tail, n, c0, step, wv, vbias, output, vlo, vhi);
+}
+
+/* ow floats of quarter rows even[0, ow) and odd[0, ow) = the even and odd columns of an input
+ * row of 2 * ow floats, or zeros when row is NULL (rows above or below the image). Nothing
+ * past ow is stored. */
+FS_INLINE void fs_dw_quarter_row(float* even, float* odd, const float* row, size_t ow) {
+  const size_t iw = 2 * ow;
+  size_t x = 0;
+  fs_vec e = fs_vzero(), o = fs_vzero();
+  for (; x + 2 * FS_VLEN <= iw; x += 2 * FS_VLEN) {
+    if (row != NULL) fs_vdeinterleave(fs_vload(row + x), fs_vload(row + x + FS_VLEN), &e, &o);
+    fs_vstore(even + x / 2, e);
+    fs_vstore(odd + x / 2, o);
+  }
+  if (x < iw) {
+    const size_t rem = iw - x; /* even, < 2 * FS_VLEN */
+    if (row != NULL) {
+      const fs_vec a = rem >= FS_VLEN ? fs_vload(row + x)
+                                      : fs_vload_tail(row + x, fs_tail_make(rem));
+      const fs_vec b = rem > FS_VLEN ? fs_vload_tail(row + x + FS_VLEN, fs_tail_make(rem - FS_VLEN))
+                                     : fs_vzero();
+      fs_vdeinterleave(a, b, &e, &o);
+    }
+    fs_vstore_tail(even + x / 2, e, fs_tail_make(rem / 2));
+    fs_vstore_tail(odd + x / 2, o, fs_tail_make(rem / 2));
+  }
+}
+
+/* Stride 2 on quarter planes (four of fs_dw_quarter_floats in `quarters`), band by band
+ * (fs_dw_band_rows output rows): slot j of a quarter holds row y0 - 1 + j of that parity
+ * (input row 2 (y0 - 1 + j) + row parity, split by column parity), zeros above and below the
+ * image, so every tap is a plain load. */
+FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, size_t ow,
+                                    const float* input, size_t input_stride, const fs_vec* wv,
+                                    fs_vec vbias, float* quarters, float* output, fs_vec vlo,
+                                    fs_vec vhi) {
+  const size_t qf = fs_dw_quarter_floats(oh, ow), band = fs_dw_band_rows(oh, ow);
+  float* q[4];
+  for (size_t j = 0; j < 4; j++) q[j] = quarters + j * qf + 16;
+  const float* src[4] = {q[0] + ow, q[1] + ow, q[2] + ow, q[3] + ow}; /* slot 1: row y0 */
+  size_t step;
+  const fs_vec vcol0 = fs_dw_flat_columns(ow, &step);
+  for (size_t y0 = 0; y0 < oh; y0 += band) {
+    const size_t rows = oh - y0 < band ? oh - y0 : band;
+    for (size_t j = 0; j < rows + 2; j++) {
+      const ptrdiff_t y = (ptrdiff_t)(y0 + j) - 1;
+      for (size_t a = 0; a < 2; a++) {
+        const size_t iy = 2 * (size_t)y + a;
+        const float* row = (y < 0 || iy >= ih) ? NULL
+                           : (const float*)((const char*)input + iy * input_stride);
+        fs_dw_quarter_row(q[2 * a] + j * ow, q[2 * a + 1] + j * ow, row, ow);
+      }
+    }
+    /* Every band starts at column 0. pad is k/2 or k/2 - 1: a constant in each call, so the
+     * tap offsets fold. */
+    const size_t n = rows * ow;
+    float* out = output + y0 * ow;
+    if (pad == k / 2) {
+      fs_dw_flat_span(k, 2, k / 2, 0, src, n, ow, 0, n, vcol0, step, wv, vbias, out, vlo, vhi);
+    } else {
+      fs_dw_flat_span(k, 2, k / 2 - 1, 0, src, n, ow, 0, n, vcol0, step, wv, vbias, out, vlo,
+                      vhi);
+    }
+  }
 }
 
 FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t oh, size_t ow,
@@ -248,10 +340,16 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   for (size_t i = 0; i < k * k; i++) wv[i] = fs_vset1(weights[i]);
   const fs_vec vbias = fs_vset1(bias), vlo = fs_vset1(lo), vhi = fs_vset1(hi);
   const size_t rowlen = fs_chw_row_floats(k, s, iw, ow, pad_left);
-  if (s == 1 && pad_top == k / 2 && pad_left == k / 2 && oh == ih && ow == iw &&
-      input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
-    /* The plane copy lies after the row ring (fs_dwconv2d_scratch_floats). */
+  /* A flat path's plane copy or quarter planes lie after the row ring
+   * (fs_dwconv2d_scratch_floats). */
+  const int flat = fs_dw_flat_kind(k, s, ih, iw, oh, ow, pad_top, pad_left);
+  if (flat == 1 && input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
     fs_dwconv2d_flat(k, ih, iw, input, wv, vbias, scratch + (k + 3) * rowlen, output, vlo, vhi);
+    return;
+  }
+  if (flat == 2 && output_stride == ow * sizeof(float)) {
+    fs_dwconv2d_quarters(k, pad_top, ih, oh, ow, input, input_stride, wv, vbias,
+                         scratch + (k + 3) * rowlen, output, vlo, vhi);
     return;
   }
   const size_t half = rowlen / 2;
