@@ -65,3 +65,23 @@ def test_set_num_threads_round_trip():
         assert fs.get_num_threads() == (2 if _kernels.OPENMP else 1)
     finally:
         fs.set_num_threads(before)
+
+
+def test_spmm_tile_follows_plane_alignment():
+    """On AVX-512 the 16-wide tiles run on planes that start on 64-byte lines and the AVX2
+    tile on misaligned ones below 1024 positions; the one-op entry point judges alignment by
+    the arrays' addresses too, and its own outputs start on lines."""
+    from fastsparse import _dispatch, _kernels
+    if "avx512" not in fs.available_isas():
+        pytest.skip("needs AVX-512")
+
+    def name(choice):
+        return _kernels.spmm_kernels(choice[0])[choice[1]][0]
+    assert "avx512" in name(_dispatch.spmm_kernel("avx512", 1, 196, plane=208))
+    assert "avx2" in name(_dispatch.spmm_kernel("avx512", 1, 196))
+    assert "avx2" in name(_dispatch.spmm_kernel("avx512", 1, 208, aligned=False))
+    assert "avx512" in name(_dispatch.spmm_kernel("avx512", 1, 208, aligned=True))
+    import numpy as np
+    W = fs.SparseMatrix.from_dense(np.eye(8, dtype=np.float32))
+    x = np.ones((1, 8, 4, 4), np.float32)
+    assert fs.sparse_conv1x1(x, W).ctypes.data % 64 == 0

@@ -120,6 +120,22 @@ def test_dense_layers_choose_blocks_or_sgemm():
         assert _rel_err(net(x), fs.reference.mobilenet_v2(sd, x)) < RTOL
 
 
+def test_planned_activations_start_on_cache_lines():
+    """Every planned 4-D activation and each of its padded channel planes starts on a 64-byte
+    line (NumPy itself only aligns to 16 bytes): the kernel choice assumes it, and the 16-wide
+    loads of misaligned planes split lines (MobileNet v2 at 90 %: 3.4 -> 3.0 ms)."""
+    from fastsparse import _dispatch
+    net = fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None), num_threads=1)
+    key = ((1, 3, 64, 64), "NCHW")
+    plan = net._plan(key)
+    for _ in range(3):  # several workspaces: fresh allocations each
+        views = net._workspace((key, 1, _dispatch.isa()), plan)[0]
+        planned = [v for v in views[1:-1] if v is not None and v.ndim == 4]
+        assert len(planned) > 10
+        for v in planned:
+            assert v.ctypes.data % 64 == 0 and v.strides[1] % 64 == 0, v.shape
+
+
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     for net, n in [(fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None)), 2),
                    (fs.MobileNetV2.from_dense(_pruned_v2(0.35, 0.0, None)), 1),

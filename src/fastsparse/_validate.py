@@ -99,3 +99,13 @@ def bias_vector(bias, rows, name="bias"):
     if b.shape != (rows,):
         raise ValueError(f"{name} must have shape ({rows},), got {b.shape}")
     return np.ascontiguousarray(b, dtype=np.float32)
+
+
+def line_aligned_empty(shape):
+    """An uninitialized float32 array of `shape` starting on a 64-byte boundary (NumPy only
+    promises 16 bytes): channel planes of whole 64-byte lines start on lines only if the
+    array does, and the widest vector loads split no line."""
+    floats = int(np.prod(shape))
+    raw = np.empty(floats + 15, dtype=np.float32)
+    skip = (-raw.ctypes.data % 64) // 4
+    return raw[skip:skip + floats].reshape(shape)

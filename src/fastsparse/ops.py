@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import _dispatch, _kernels
-from ._validate import activation_bounds, bias_vector, float32_array
+from ._validate import activation_bounds, bias_vector, float32_array, line_aligned_empty
 from .sparse import SparseMatrix
 
 
@@ -16,7 +16,7 @@ def _sparse_matrix(W, name="W"):
 def _output(out, shape, inputs):
     """A fresh output array, or the caller's `out` after checking it can be written safely."""
     if out is None:
-        return np.empty(shape, dtype=np.float32)
+        return line_aligned_empty(shape)
     if not isinstance(out, np.ndarray) or out.dtype != np.float32:
         raise TypeError("out must be a numpy.ndarray of float32")
     if out.shape != shape:
@@ -43,13 +43,16 @@ def _check_image_size(W, hw, name):
 def _spmm(x3, W, bias, residual3, lo, hi, num_threads, kernel, out=None):
     """out (N, rows, HW) = clamp(W @ x3[n] + bias + residual3[n]) with the active ISA."""
     isa, hw = _dispatch.isa(), x3.shape[2]
-    key = (isa, kernel, hw)
+    if out is None:
+        out = line_aligned_empty((x3.shape[0], W.shape[0], hw))
+    # Rows start on 64-byte lines only if every array starts on one and hw is a whole line.
+    aligned = hw % 16 == 0 and all(a.ctypes.data % 64 == 0 for a in (x3, residual3, out)
+                                   if a is not None)
+    key = (isa, kernel, hw, aligned)
     choice = W._kernel_cache.get(key)
     if choice is None:
-        choice = _dispatch.spmm_kernel(isa, W.block_size, hw, kernel)
+        choice = _dispatch.spmm_kernel(isa, W.block_size, hw, kernel, aligned=aligned)
         W._kernel_cache[key] = choice
-    if out is None:
-        out = np.empty((x3.shape[0], W.shape[0], hw), dtype=np.float32)
     _kernels.spmm(choice[0], choice[1], W._packed, x3, bias, residual3, out, lo, hi,
                   _dispatch.resolve_threads(num_threads))
     return out
