@@ -149,6 +149,31 @@ def test_network_is_bit_identical_for_every_thread_count(v2_net):
     assert outs[0] == outs[1] == outs[2]
 
 
+@pytest.mark.parametrize("k", [3, 5])
+def test_threads_splitting_positions_match_one_thread(isa, k):
+    """With fewer images than 2 per thread, threads split the positions of 1x1 and stride-1
+    depthwise steps at the same 16-float cuts (_kernels._spatial_chunk), cuts falling inside
+    rows; planes of up to 32 rows (copied to scratch, only as far as a piece's taps reach) and
+    taller (bounded loads at the plane's ends): bit-identical to one thread, close to the
+    reference."""
+    if not _kernels.OPENMP:
+        pytest.skip("built without OpenMP")
+    rng = np.random.default_rng(40 + k)
+    for n, h, w in [(1, 16, 16), (1, 15, 19), (1, 33, 9), (3, 40, 41), (1, 70, 5)]:
+        x = rng.standard_normal((n, 6, h, w)).astype(np.float32)
+        wt = rng.standard_normal((6, 1, k, k)).astype(np.float32)
+        W = fs.SparseMatrix.from_dense(fs.prune.magnitude(
+            rng.standard_normal((10, 6)).astype(np.float32), 0.5))
+        dws = [fs.depthwise_conv2d(x, wt, padding=k // 2, activation="relu6", num_threads=t)
+               for t in (1, 2, 3)]
+        pws = [fs.sparse_conv1x1(x, W, num_threads=t) for t in (1, 2, 3)]
+        assert dws[0].tobytes() == dws[1].tobytes() == dws[2].tobytes(), (n, h, w)
+        assert pws[0].tobytes() == pws[1].tobytes() == pws[2].tobytes(), (n, h, w)
+        ref = reference.depthwise_conv2d(x, wt, padding=k // 2, activation="relu6")
+        assert _rel_err(dws[1], ref) < RTOL
+        assert _rel_err(pws[2], reference.sparse_conv1x1(x, W.to_dense())) < RTOL
+
+
 def test_profile_times_every_layer(v2_net):
     _, net = v2_net
     x = np.random.default_rng(7).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)

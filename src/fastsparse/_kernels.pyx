@@ -47,7 +47,8 @@ cdef extern from "csrc/fs_kernels.h" nogil:
     ctypedef void (*fs_dwconv2d_fn)(
         size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
         const float* input, size_t input_stride, const float* weights, float bias,
-        float* scratch, float* output, size_t output_stride, float lo, float hi) noexcept nogil
+        float* scratch, float* output, size_t output_stride, size_t out_begin, size_t out_end,
+        float lo, float hi) noexcept nogil
     ctypedef void (*fs_conv2d_fn)(
         size_t cin, size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
         size_t oy_begin, size_t oy_end, const float* input, size_t channel_stride,
@@ -70,6 +71,8 @@ cdef extern from "csrc/fs_kernels.h" nogil:
     const fs_chw_ops* fs_chw_ops_for(int isa)
     size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t ih, size_t iw, size_t oh,
                                       size_t ow, size_t pad_top, size_t pad_left)
+    int fs_dw_flat_kind(size_t k, size_t stride, size_t ih, size_t iw, size_t oh, size_t ow,
+                        size_t pad_top, size_t pad_left)
     size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
                                     size_t pad_left)
 
@@ -101,7 +104,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         float lo, hi
     ctypedef struct fs_dwconv2d_args:
         fs_dwconv2d_fn fn
-        size_t c, ih, iw, oh, ow, pad_top, pad_left, taps
+        size_t c, ih, iw, oh, ow, pad_top, pad_left, taps, chunk, pieces
         const float* weights
         const float* bias
         float lo, hi
@@ -355,6 +358,17 @@ cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
+cdef Py_ssize_t _spatial_chunk(Py_ssize_t n, Py_ssize_t hw, int num_threads) noexcept:
+    """Positions per piece when threads split each image's positions, or 0 when they do not:
+    with fewer images than 2 per thread and at least 128 positions per thread. One piece per
+    thread, cut on 16-float boundaries; the 1x1 steps and the stride-1 depthwise steps of one
+    image size cut at the same positions, so a thread mostly reads what it wrote itself (data
+    written by the other core costs 2-3x the kernel time on small layers)."""
+    if num_threads < 2 or n >= 2 * num_threads or hw < 128 * num_threads:
+        return 0
+    return _ceil_div(_ceil_div(hw, num_threads), 16) * 16
+
+
 cdef const float* _bias_pointer(object bias, Py_ssize_t rows) except? NULL:
     """The float32 data of a bias of `rows` entries, or NULL for None. The caller holds `bias`,
     which keeps the buffer alive while the kernels read it."""
@@ -458,16 +472,18 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
     cdef Py_ssize_t mr = k.mr
     if num_threads < 1:
         num_threads = 1
-    # Enough chunks per image for ~4 per thread, each a whole number of tiles.
-    cdef Py_ssize_t tiles = _ceil_div(hw, mr)
-    cdef Py_ssize_t pieces = min(tiles, max(1, _ceil_div(4 * num_threads, n))) if num_threads > 1 else 1
-    cdef Py_ssize_t chunk = _ceil_div(tiles, pieces) * mr
-    pieces = _ceil_div(hw, chunk)
-    # Small images (7x7 is one tile) leave threads idle: then threads also split the output
-    # blocks, in runs of equal work. Rows are independent, so results stay bit-identical.
+    # Fewer images than 2 per thread: threads split each image, by positions where it is large
+    # enough (_spatial_chunk), else by output blocks, in runs of equal work, each over all
+    # positions (7x7 is one tile). Rows and positions are independent, so results stay
+    # bit-identical.
+    cdef Py_ssize_t chunk = _spatial_chunk(n, hw, num_threads), pieces = 1
     cdef Py_ssize_t nblocks = nnzmap.shape[0], groups = 1
-    if num_threads > 1 and n * pieces < 2 * num_threads and nblocks > 1:
-        groups = min(nblocks, _ceil_div(2 * num_threads, n * pieces))
+    if chunk:
+        pieces = _ceil_div(hw, chunk)
+    else:
+        chunk = hw
+        if num_threads > 1 and n < 2 * num_threads and nblocks > 1:
+            groups = min(nblocks, _ceil_div(2 * num_threads, n))
     cdef const int64_t[::1] bounds = w.groups(groups)
     cdef const int64_t[:, ::1] starts = w._starts
     # K-blocking: input channels in parts of about SPMM_PART_BYTES per tile (see fs_steps.h).
@@ -519,7 +535,14 @@ cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, :] x, const f
     st.dw.scratch_floats = fs_dwconv2d_scratch_floats(k, stride, ih, iw, oh, ow, pad_top,
                                                         pad_left)
     st.scratch_floats = st.dw.scratch_floats
-    st.items = n * c
+    cdef Py_ssize_t chunk = 0
+    if fs_dw_flat_kind(k, stride, ih, iw, oh, ow, pad_top, pad_left) == 1:
+        chunk = _spatial_chunk(n, oh * ow, num_threads)
+    if chunk:
+        st.dw.chunk, st.dw.pieces = chunk, _ceil_div(oh * ow, chunk)
+        st.items = n * st.dw.pieces
+    else:
+        st.items = n * c
     return 0
 
 
@@ -656,8 +679,9 @@ def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bi
          residual, float[:, :, ::1] out, float lo, float hi, int num_threads):
     """out[n] = clamp(W @ x[n] + bias + residual[n], lo, hi) for x of shape (N, cols, HW).
 
-    Threads split (image, spatial chunk) pairs; chunks are whole tiles of the kernel's MR,
-    so the result does not depend on the thread count."""
+    Threads split (image, spatial chunk) pairs, or output blocks of small images; an output's
+    sum runs over its row's non-zeros in the same order wherever the tiles are cut, so the
+    result does not depend on the thread count."""
     cdef fs_step st
     memset(&st, 0, sizeof(st))
     _spmm_step(&st, isa, kernel, w, x, bias, residual, out, lo, hi, num_threads)
@@ -676,8 +700,9 @@ def dwconv2d(int isa, const float[:, :, :, ::1] x, const float[:, ::1] w, bias,
              Py_ssize_t pad_left, float lo, float hi, int num_threads):
     """out[n, c] = clamp(depthwise KxK conv of x[n, c] with w[c] (k*k floats) + bias[c]).
 
-    Threads split (image, channel) planes; each plane is one kernel call, so the result does
-    not depend on the thread count."""
+    Threads split (image, channel) planes, or, on the stride-1 flat path with few images,
+    (image, range of positions) pairs; an output's taps are summed in the same order either
+    way, so the result does not depend on the thread count."""
     cdef fs_step st
     memset(&st, 0, sizeof(st))
     _dwconv2d_step(&st, isa, x, w, bias, out, k, stride, pad_top, pad_left, lo, hi, num_threads)

@@ -171,7 +171,7 @@ static void run_kernel(fs_dwconv2d_fn fn, const dw_case* c, dw_buffers* b, const
   fn(c->ih, c->iw, c->oh, c->ow, c->pad.t, c->pad.l,
      plane_row(c, &b->in, 0, c->iw, c->ih, c->in_front), plane_stride(c, &b->in, c->iw), w,
      bias, scratch, plane_row(c, out, 0, c->ow, c->oh, c->out_front),
-     plane_stride(c, out, c->ow), lo, hi);
+     plane_stride(c, out, c->ow), 0, c->oh * c->ow, lo, hi);
 }
 
 static void run_case(const char* name, fs_dwconv2d_fn fn, const char* oname, fs_dwconv2d_fn ofn,

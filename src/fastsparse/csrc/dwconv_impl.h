@@ -217,39 +217,44 @@ FS_INLINE fs_vec fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
   return col;
 }
 
-/* The column of each lane of a vector that starts at column 0 of rows of w, l % w: l minus w
- * for every multiple of w in (0, l]. (Vector arithmetic: a table filled here would be read
- * back before its stores could forward.) *step = FS_VLEN % w, the shift from one vector to
- * the next. */
-FS_INLINE fs_vec fs_dw_flat_columns(size_t w, size_t* step) {
+/* The column of each lane of the vector at flat index `start` in rows of w, (start + l) % w:
+ * start % w + l, minus w for every row boundary the lanes cross. (Vector arithmetic: a table
+ * filled here would be read back before its stores could forward.) *step = FS_VLEN % w, the
+ * shift from one vector to the next. */
+FS_INLINE fs_vec fs_dw_flat_columns(size_t w, size_t start, size_t* step) {
   static const float ramp[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const fs_vec vramp = fs_vload(ramp);
+  const fs_vec vramp = fs_vadd(fs_vload(ramp), fs_vset1((float)(start % w)));
   fs_vec vcol = vramp;
-  for (size_t m = w; m < FS_VLEN; m += w) {
+  for (size_t m = w; m < start % w + FS_VLEN; m += w) {
     vcol = fs_vsub(vcol, fs_vmaskz(fs_vlt(fs_vset1((float)m - 0.5f), vramp), fs_vset1((float)w)));
   }
   *step = FS_VLEN % w;
   return vcol;
 }
 
+/* Flat output positions [begin, end) of a stride-1 plane (begin a multiple of FS_VLEN). */
 FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
                                 const fs_vec* wv, fs_vec vbias, float* stage, float* output,
-                                fs_vec vlo, fs_vec vhi) {
+                                size_t begin, size_t end, fs_vec vlo, fs_vec vhi) {
   const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
   size_t step;
-  const fs_vec vcol = fs_dw_flat_columns(iw, &step);
+  const fs_vec vcol = fs_dw_flat_columns(iw, begin, &step);
   if (ih <= FS_DW_FLAT_STAGE_ROWS) {
     /* A small plane is copied behind zeros that are never written, and followed by zeros up
      * to the farthest tap of its last output (a previous plane may have left data there);
-     * then every load is a plain one. Lanes past the plane read whatever lies beyond (inside
-     * the copy's floats) and are never stored. */
+     * then every load is a plain one. Only the part the range's taps reach is copied. Lanes
+     * past the range read whatever lies beyond (inside the copy's floats) and are never
+     * stored. */
     float* copy = stage + (reach + 15) / 16 * 16;
-    for (size_t j = 0; j < n + reach; j += FS_VLEN) {
+    const size_t from = begin > reach ? (begin - reach) / FS_VLEN * FS_VLEN : 0;
+    const size_t to = end + reach < n + reach ? end + reach : n + reach;
+    for (size_t j = from; j < to; j += FS_VLEN) {
       fs_vstore(copy + j, j + FS_VLEN <= n ? fs_vload(input + j)
                                            : fs_vload_range(input + j, 0, n > j ? n - j : 0));
     }
     const float* src[1] = {copy};
-    fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, 0, n, vcol, step, wv, vbias, output, vlo, vhi);
+    fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, begin, end, vcol, step, wv, vbias, output,
+                    vlo, vhi);
     return;
   }
   /* Only the vectors whose taps reach above or below the plane bound their loads. */
@@ -257,11 +262,15 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
   if (head > n) head = n;
   if (n >= FS_VLEN + reach) tail = (n - FS_VLEN - reach) / FS_VLEN * FS_VLEN + FS_VLEN;
   if (tail < head) tail = head;
+  /* The three spans clipped to [begin, end); an empty one leaves the columns as they are. */
+  const size_t h0 = head < begin ? begin : (head > end ? end : head);
+  const size_t t0 = tail < h0 ? h0 : (tail > end ? end : tail);
   const float* src[1] = {input};
-  fs_vec c0 = fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, 0, head, vcol, step, wv, vbias, output,
-                              vlo, vhi);
-  c0 = fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, head, tail, c0, step, wv, vbias, output, vlo, vhi);
-  fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, tail, n, c0, step, wv, vbias, output, vlo, vhi);
+  fs_vec c0 = fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, begin, h0, vcol, step, wv, vbias,
+                              output, vlo, vhi);
+  c0 = fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, h0, t0, c0, step, wv, vbias, output, vlo,
+                       vhi);
+  fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, t0, end, c0, step, wv, vbias, output, vlo, vhi);
 }
 
 /* ow floats of quarter rows even[0, ow) and odd[0, ow) = the even and odd columns of an input
@@ -303,7 +312,7 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
   for (size_t j = 0; j < 4; j++) q[j] = quarters + j * qf + 16;
   const float* src[4] = {q[0] + ow, q[1] + ow, q[2] + ow, q[3] + ow}; /* slot 1: row y0 */
   size_t step;
-  const fs_vec vcol0 = fs_dw_flat_columns(ow, &step);
+  const fs_vec vcol0 = fs_dw_flat_columns(ow, 0, &step);
   for (size_t y0 = 0; y0 < oh; y0 += band) {
     const size_t rows = oh - y0 < band ? oh - y0 : band;
     for (size_t j = 0; j < rows + 2; j++) {
@@ -331,8 +340,8 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
 FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t oh, size_t ow,
                                size_t pad_top, size_t pad_left, const float* input,
                                size_t input_stride, const float* weights, float bias,
-                               float* scratch, float* output, size_t output_stride, float lo,
-                               float hi) {
+                               float* scratch, float* output, size_t output_stride,
+                               size_t out_begin, size_t out_end, float lo, float hi) {
   assert(ih >= 1 && iw >= 1 && oh >= 1 && ow >= 1);
   assert(input != NULL && weights != NULL && scratch != NULL && output != NULL);
   assert(!(lo > hi));
@@ -343,10 +352,14 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   /* A flat path's plane copy or quarter planes lie after the row ring
    * (fs_dwconv2d_scratch_floats). */
   const int flat = fs_dw_flat_kind(k, s, ih, iw, oh, ow, pad_top, pad_left);
+  assert(out_begin % 16 == 0 && out_begin < out_end && out_end <= oh * ow);
+  assert(out_end % 16 == 0 || out_end == oh * ow);
   if (flat == 1 && input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
-    fs_dwconv2d_flat(k, ih, iw, input, wv, vbias, scratch + (k + 3) * rowlen, output, vlo, vhi);
+    fs_dwconv2d_flat(k, ih, iw, input, wv, vbias, scratch + (k + 3) * rowlen, output, out_begin,
+                     out_end, vlo, vhi);
     return;
   }
+  assert(out_begin == 0 && out_end == oh * ow); /* ranges are for the stride-1 flat path */
   if (flat == 2 && output_stride == ow * sizeof(float)) {
     fs_dwconv2d_quarters(k, pad_top, ih, oh, ow, input, input_stride, wv, vbias,
                          scratch + (k + 3) * rowlen, output, vlo, vhi);
@@ -380,7 +393,7 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
 #define FS_DWCONV_DEFINE(K, S, ISA)                                                          \
   void fs_f32_dwconv2d_chw_##K##x##K##s##S##__##ISA(FS_DWCONV_PARAMS) {                      \
     fs_dwconv2d_chw(K, S, ih, iw, oh, ow, pad_top, pad_left, input, input_stride, weights,  \
-                    bias, scratch, output, output_stride, lo, hi);                          \
+                    bias, scratch, output, output_stride, out_begin, out_end, lo, hi);      \
   }
 
 #endif /* FS_DWCONV_IMPL_H */

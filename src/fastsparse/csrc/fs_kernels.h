@@ -164,11 +164,18 @@ typedef struct fs_spmm_kernel {
  * stride 2 on even sizes (ih = 2 oh, iw = 2 ow, pad_top = pad_left = K/2 or K/2 - 1) with
  * contiguous output rows, whose input is split into four quarter planes there
  * (fs_dw_quarter_floats).
+ *
+ * [out_begin, out_end) are the flat output positions (oy * ow + ox) the call writes: the
+ * whole plane, [0, oh * ow), or, on the stride-1 flat path only (fs_dw_flat_kind() == 1,
+ * contiguous rows), any range with out_begin a multiple of 16 and out_end a multiple of 16 or
+ * oh * ow, so that threads can split one plane at the positions where they split the 1x1
+ * convolutions around it (fs_steps.h). Positions outside the range are neither written nor
+ * computed; the input is read only as far as the range's taps reach.
  */
 typedef void (*fs_dwconv2d_fn)(
     size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
     const float* input, size_t input_stride, const float* weights, float bias, float* scratch,
-    float* output, size_t output_stride, float lo, float hi);
+    float* output, size_t output_stride, size_t out_begin, size_t out_end, float lo, float hi);
 
 /* Floats in one padded scratch row; the widest vector (16 floats) and every tap of the last
  * output vector, whatever the ISA, fit. For stride 2 a row is two halves: the even padded
@@ -297,7 +304,8 @@ typedef void (*fs_vadd_fn)(size_t n, const float* a, const float* b, float* y, f
 #define FS_DWCONV_PARAMS                                                                  \
   size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,            \
       const float *input, size_t input_stride, const float *weights, float bias,          \
-      float *scratch, float *output, size_t output_stride, float lo, float hi
+      float *scratch, float *output, size_t output_stride, size_t out_begin, size_t out_end, \
+      float lo, float hi
 #define FS_CONV2D_PARAMS                                                                   \
   size_t cin, size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left, \
       size_t oy_begin, size_t oy_end, const float *input, size_t channel_stride,           \

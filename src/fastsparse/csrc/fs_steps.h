@@ -62,10 +62,13 @@ typedef struct fs_spmm_args {
   float lo, hi;
 } fs_spmm_args;
 
-/* Depthwise: item t = one (image, channel) plane. */
+/* Depthwise: item t = one (image, channel) plane; or, with pieces > 0 (stride-1 flat path
+ * only), t = (image, piece of `chunk` output positions) over every channel, the positions
+ * cut where the 1x1 steps on the same image size cut theirs, so that a thread reads the 1x1
+ * output it wrote itself, but for one row of taps at each cut. */
 typedef struct fs_dwconv2d_args {
   fs_dwconv2d_fn fn;
-  size_t c, ih, iw, oh, ow, pad_top, pad_left, taps;
+  size_t c, ih, iw, oh, ow, pad_top, pad_left, taps, chunk, pieces;
   const float* weights;
   const float* bias;
   float lo, hi;
@@ -163,12 +166,13 @@ static inline void fs_spmm_rows(const fs_spmm_args* a, int64_t b0, int64_t b1, s
   }
 }
 
-/* Depthwise conv of channel ch, from its input plane to its output plane. */
+/* Depthwise conv of channel ch, from its input plane to output positions [begin, end) of its
+ * output plane. */
 static inline void fs_dwconv2d_plane(const fs_dwconv2d_args* a, size_t ch, const float* plane,
-                                     float* scratch, float* out) {
+                                     float* scratch, float* out, size_t begin, size_t end) {
   a->fn(a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, plane, a->iw * sizeof(float),
         a->weights + ch * a->taps, a->bias != NULL ? a->bias[ch] : 0.0f, scratch, out,
-        a->ow * sizeof(float), a->lo, a->hi);
+        a->ow * sizeof(float), begin, end, a->lo, a->hi);
 }
 
 /* Floats between the planes a fused step keeps in scratch: whole 64-byte lines. */
@@ -207,15 +211,25 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const size_t r0 = (size_t)a->row_start[b0], r1 = (size_t)a->row_start[b1];
       for (size_t ch = r0; ch < r1; ch++) {
         fs_dwconv2d_plane(&st->dw, ch, planes + (ch - r0) * ps, scratch,
-                          y + img * ys.image + ch * ys.channel);
+                          y + img * ys.image + ch * ys.channel, 0, st->dw.oh * st->dw.ow);
       }
       return;
     }
     case FS_STEP_DWCONV2D: {
       const fs_dwconv2d_args* a = &st->dw;
-      const size_t img = t / a->c, ch = t % a->c;
-      fs_dwconv2d_plane(a, ch, x + img * xs.image + ch * xs.channel, scratch,
-                        y + img * ys.image + ch * ys.channel);
+      const size_t n = a->oh * a->ow;
+      if (a->pieces == 0) {
+        const size_t img = t / a->c, ch = t % a->c;
+        fs_dwconv2d_plane(a, ch, x + img * xs.image + ch * xs.channel, scratch,
+                          y + img * ys.image + ch * ys.channel, 0, n);
+        return;
+      }
+      const size_t img = t / a->pieces, begin = (t % a->pieces) * a->chunk;
+      const size_t end = n - begin < a->chunk ? n : begin + a->chunk;
+      for (size_t ch = 0; ch < a->c; ch++) {
+        fs_dwconv2d_plane(a, ch, x + img * xs.image + ch * xs.channel, scratch,
+                          y + img * ys.image + ch * ys.channel, begin, end);
+      }
       return;
     }
     case FS_STEP_CONV2D: {
