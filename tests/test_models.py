@@ -136,6 +136,18 @@ def test_planned_activations_start_on_cache_lines():
             assert v.ctypes.data % 64 == 0 and v.strides[1] % 64 == 0, v.shape
 
 
+def test_hugepage_arrays_are_aligned_writable_and_separate():
+    """The executor's activation arena: any size, 64-byte aligned, writable, and two arenas
+    never share memory (small ones fall back to ordinary line-aligned arrays)."""
+    from fastsparse._validate import hugepage_empty
+    arrays = [hugepage_empty(n) for n in (1, 17, 300_000, 1 << 20, 3_000_001)]
+    for i, a in enumerate(arrays):
+        assert a.dtype == np.float32 and a.ndim == 1 and a.ctypes.data % 64 == 0
+        a[...] = i
+    for i, a in enumerate(arrays):
+        assert np.all(a == i) and a.shape[0] == (1, 17, 300_000, 1 << 20, 3_000_001)[i]
+
+
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     for net, n in [(fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None)), 2),
                    (fs.MobileNetV2.from_dense(_pruned_v2(0.35, 0.0, None)), 1),

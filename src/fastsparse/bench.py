@@ -101,13 +101,13 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
     over channel planes padded to whole 64-byte lines (models._planned_view), with the tile
     the executor picks for aligned planes (or `kernel`)."""
     from . import _kernels
-    from ._validate import line_aligned_empty
+    from ._validate import hugepage_empty
     from .models import _plane, _planned_view
     cout, cin = W.shape
     shape_in, shape_out = (1, cin, 1, hw), (1, cout, 1, hw)
-    xin = _planned_view(line_aligned_empty(cin * _plane(shape_in)), shape_in)
+    xin = _planned_view(hugepage_empty(cin * _plane(shape_in)), shape_in)
     xin[...] = x
-    yout = _planned_view(line_aligned_empty(cout * _plane(shape_out)), shape_out)
+    yout = _planned_view(hugepage_empty(cout * _plane(shape_out)), shape_out)
     # Tensors 0 and 3 are placeholders: the layer reads and writes planned buffers 1 and 2.
     ends = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
     steps = _kernels.StepList([ends[0], xin, yout, ends[1]], threads)

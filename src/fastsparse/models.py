@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from . import _dispatch, _kernels, _reference_nets as refnets
-from ._validate import finite_float32, float32_array, line_aligned_empty
+from ._validate import finite_float32, float32_array, hugepage_empty
 from .ops import _spmm
 from .prune import magnitude
 from .sparse import SparseMatrix
@@ -425,7 +425,10 @@ class Network:
                 return stack.pop()
         (in_shape, layout), threads, isa = key
         shapes, slots, buffer_of, fused = plan
-        buffers = [line_aligned_empty(s) for s in slots]
+        # One arena on huge pages, each buffer starting on a 64-byte line.
+        starts = np.cumsum([0] + [-(-s // 16) * 16 for s in slots])
+        arena = hugepage_empty(int(starts[-1]))
+        buffers = [arena[starts[i]:starts[i] + s] for i, s in enumerate(slots)]
         views = [None] * (len(self.layers) + 1)
         for layer in self.layers[:-1]:
             views[layer.dst] = _planned_view(buffers[buffer_of[layer.dst]], shapes[layer.dst])
