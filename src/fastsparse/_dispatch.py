@@ -100,12 +100,13 @@ def spmm_kernels(isa=None):
 # boundaries in the executor (fs_steps.h), and with aligned planes the 16-wide AVX-512 tile
 # wins at every size (MobileNet v1 at 90 %: 5.4 -> 4.9 ms over the 8-wide AVX2 tile), while on
 # misaligned planes (49 or 196 floats apart) the AVX2 tile is 1.2-1.3x faster below 1024
-# positions; 128-wide tiles pay off on large images, where few non-zeros per row make the
-# per-row epilogue dominate.
+# positions. Above 64 positions the 128-wide tile: fewer passes over a row's non-zeros (14x14
+# = 128 + 68, not 3 x 64 + 4) and over the per-row epilogue (v2 and v1 at 90 %: -2..3 %, 1 and
+# 2 threads); 7x7 planes (64 floats) take the 64-wide one.
 def _avx512_nr1(hw, aligned):
     if hw <= 16 or (hw < 1024 and not aligned):
         return _avx2_nr1(hw, aligned)
-    return ("avx512", 64) if hw < 1024 else ("avx512", 128)
+    return ("avx512", 64) if hw <= 64 else ("avx512", 128)
 
 
 def _avx2_nr1(hw, aligned):
