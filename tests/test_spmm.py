@@ -51,6 +51,44 @@ def test_default_kernel_choice_matches_reference(isa, block_size, data):
     _check_spmm(data.draw(spmm_case(block_size)), block_size)
 
 
+ONE_POSITION = [k for k in KERNELS if "_1x1__" in k[1]]
+
+
+@pytest.mark.skipif(not ONE_POSITION, reason="no ISA with a gather here")
+@pytest.mark.parametrize("isa_name,kernel,block_size", ONE_POSITION,
+                         ids=[k[1] for k in ONE_POSITION])
+def test_one_position_variant_every_row_length(isa_name, kernel, block_size):
+    """The gather variant (MR = 1) walks each row's non-zeros a vector at a time: rows of 0
+    to past three vectors of non-zeros (both chains, the single vector, the masked tail),
+    on 1 to 3 positions, with bias, residual, an active clamp, and a NaN input that must
+    reach exactly the rows that read it."""
+    previous = fs.set_isa(isa_name)
+    try:
+        rng = np.random.default_rng(17)
+        cin = 70
+        counts = list(range(0, 52)) + [64, 69, 70]
+        wd = np.zeros((len(counts), cin), np.float32)
+        for r, c in enumerate(counts):
+            wd[r, rng.choice(cin, c, replace=False)] = rng.standard_normal(c)
+        W = fs.SparseMatrix.from_dense(wd)
+        bias = rng.standard_normal(len(counts)).astype(np.float32)
+        for hw in (1, 2, 3):
+            x = rng.standard_normal((1, cin, 1, hw)).astype(np.float32)
+            res = rng.standard_normal((1, len(counts), 1, hw)).astype(np.float32)
+            out = fs.sparse_conv1x1(x, W, bias=bias, residual=res,
+                                    activation=("clamp", -3.0, 3.0), kernel=kernel)
+            ref = fs.reference.sparse_conv1x1(x, W, bias=bias, residual=res,
+                                              activation=("clamp", -3.0, 3.0))
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4,
+                                       err_msg=f"{kernel} hw={hw}")
+        x[0, 5, 0, 1] = np.nan
+        out = fs.sparse_conv1x1(x, W, activation="relu6", kernel=kernel)
+        assert np.array_equal(np.isnan(out[0, :, 0, 1]), wd[:, 5] != 0)
+        assert not np.isnan(out[0, :, 0, 0]).any() and not np.isnan(out[0, :, 0, 2]).any()
+    finally:
+        fs.set_isa(previous)
+
+
 @pytest.mark.parametrize("isa_name,kernel,block_size", KERNELS,
                          ids=[k[1] for k in KERNELS])
 def test_every_spatial_tail(isa_name, kernel, block_size):

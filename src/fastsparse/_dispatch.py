@@ -104,14 +104,19 @@ def spmm_kernels(isa=None):
 # = 128 + 68, not 3 x 64 + 4) and over the per-row epilogue (v2 and v1 at 90 %: -2..3 %, 1 and
 # 2 threads); 7x7 planes (64 floats) take the 64-wide one.
 def _avx512_nr1(hw, aligned):
+    if hw == 1:
+        return ("avx512", 1)
     if hw <= 16 or (hw < 1024 and not aligned):
         return _avx2_nr1(hw, aligned)
     return ("avx512", 64) if hw <= 64 else ("avx512", 128)
 
 
 def _avx2_nr1(hw, aligned):
-    # Up to 16 positions (a batch-1 classifier: one partial vector per row), the unrolled
-    # tile's two FMA chains win (1280x1000 at 90 %: 80 vs 117 us).
+    # One position (a batch-1 classifier): the gather variant, a vector of non-zeros per FMA
+    # instead of one lane. Up to 16 positions, the unrolled tile's two FMA chains win
+    # (1280x1000 at 90 %: 80 vs 117 us).
+    if hw == 1:
+        return ("avx2", 1)
     return ("avx2", 16) if hw <= 16 else ("avx2", 64)
 
 

@@ -72,7 +72,9 @@ typedef void (*fs_spmm_fn)(
   X(8, 4, 1, sse2)           \
   X(4, 8, 1, sse2)
 
+/* MR = 1: the one-position variant (a gather per FS_VLEN non-zeros), for batch-1 classifiers. */
 #define FS_SPMM_AVX2_LIST(X) \
+  X(1, 1, 1, avx2)           \
   X(8, 1, 2, avx2)           \
   X(16, 1, 2, avx2)          \
   X(32, 1, 2, avx2)          \
@@ -86,6 +88,7 @@ typedef void (*fs_spmm_fn)(
 
 /* 32 zmm registers: up to 16 accumulators plus the loaded activations. */
 #define FS_SPMM_AVX512_LIST(X) \
+  X(1, 1, 1, avx512)           \
   X(16, 1, 2, avx512)          \
   X(32, 1, 2, avx512)          \
   X(64, 1, 2, avx512)          \

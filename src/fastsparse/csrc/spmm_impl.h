@@ -132,6 +132,52 @@ FS_INLINE void fs_spmm_tile(size_t nv, size_t nr, size_t unroll, int has_tail, f
   }
 }
 
+/* MR = 1 (ISAs with a gather): one position at a time, each row's dot product running along
+ * its non-zeros, FS_VLEN of them per vector, their inputs gathered by offset; two chains.
+ * For a batch-1 classifier, where the other tiles fill one lane of a vector per non-zero. */
+#if defined(FS_HAVE_VGATHER)
+FS_INLINE void fs_spmm_dot(size_t mc, size_t nc, const float* input, const float* weights,
+                           const uint32_t* nnzmap, const int32_t* offsets, const float* bias,
+                           const float* residual, size_t residual_stride, float* output,
+                           size_t output_stride, float lo, float hi) {
+  for (size_t m = 0; m < mc; m++) {
+    const float* w = weights;
+    const int32_t* o = offsets;
+    for (size_t r = 0; r < nc; r++) {
+      const uint32_t nnz = nnzmap[r];
+      fs_vec acc0 = fs_vzero(), acc1 = fs_vzero();
+      uint32_t j = 0;
+      for (; j + 2 * FS_VLEN <= nnz; j += 2 * FS_VLEN) {
+        acc0 = fs_vfma(fs_vload(w + j), fs_vgather(input + m, o + j), acc0);
+        acc1 = fs_vfma(fs_vload(w + j + FS_VLEN), fs_vgather(input + m, o + j + FS_VLEN), acc1);
+      }
+      if (j + FS_VLEN <= nnz) {
+        acc0 = fs_vfma(fs_vload(w + j), fs_vgather(input + m, o + j), acc0);
+        j += FS_VLEN;
+      }
+      if (j < nnz) {
+        const fs_tail t = fs_tail_make(nnz - j);
+        acc1 = fs_vfma(fs_vload_tail(w + j, t), fs_vgather_tail(input + m, o + j, t), acc1);
+      }
+      float y = fs_vhsum(fs_vadd(acc0, acc1)) + (bias != NULL ? bias[r] : 0.0f);
+      if (residual != NULL) y += ((const float*)((const char*)residual + r * residual_stride))[m];
+      if (y < lo) y = lo; /* comparisons keep a NaN */
+      if (y > hi) y = hi;
+      ((float*)((char*)output + r * output_stride))[m] = y;
+      w += nnz;
+      o += nnz;
+    }
+  }
+}
+#define FS_SPMM_DOT(MR, ...) \
+  if (MR == 1) {             \
+    fs_spmm_dot(__VA_ARGS__); \
+    return;                  \
+  }
+#else
+#define FS_SPMM_DOT(MR, ...)
+#endif
+
 #define FS_SPMM_TAIL_CASE(NVT)                                                                  \
   case NVT:                                                                                     \
     if (NVT <= NV_) {                                                                \
@@ -148,12 +194,15 @@ FS_INLINE void fs_spmm_tile(size_t nv, size_t nr, size_t unroll, int has_tail, f
       const int32_t* offsets, const float* bias, const float* residual,                       \
       size_t residual_stride, float* output, size_t output_stride, float lo, float hi) {      \
     enum { MR_ = MR, NR_ = NR, UNROLL_ = UNROLL, NV_ = MR / FS_VLEN };                         \
-    _Static_assert(MR % FS_VLEN == 0 && NV_ <= FS_MAX_NV && NR <= FS_MAX_NR, "tile");          \
+    _Static_assert((MR % FS_VLEN == 0 || (MR == 1 && NR == 1)) && NV_ <= FS_MAX_NV &&          \
+                   NR <= FS_MAX_NR, "tile");                                                   \
     assert(mc != 0);                                                                            \
     assert(nc != 0);                                                                            \
     assert(input != NULL && weights != NULL && nnzmap != NULL && offsets != NULL);              \
     assert(output != NULL);                                                                     \
     assert(!(lo > hi));                                                                         \
+    FS_SPMM_DOT(MR, mc, nc, input, weights, nnzmap, offsets, bias, residual, residual_stride,  \
+                output, output_stride, lo, hi)                                                  \
     const fs_vec vlo = fs_vset1(lo);                                                            \
     const fs_vec vhi = fs_vset1(hi);                                                            \
     const fs_tail full = fs_tail_make(FS_VLEN);                                                 \

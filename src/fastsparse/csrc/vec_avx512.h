@@ -10,6 +10,7 @@
 #endif
 #include <immintrin.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define FS_VLEN 16
 typedef __m512 fs_vec;
@@ -55,6 +56,17 @@ static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return _mm512_maskz_mov_p
 /* Lanes [a, b) of the vector at p (a <= b <= 16), zeros elsewhere; reads only p[a..b). */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
   return _mm512_maskz_loadu_ps((__mmask16)((1u << b) - (1u << a)), p);
+}
+
+/* Used by the one-position spmm variant (spmm_impl.h): lanes of floats at byte offsets from
+ * base; the tail form reads only off[0, n) and their floats, zeros elsewhere. */
+#define FS_HAVE_VGATHER 1
+static inline fs_vec fs_vgather(const float* base, const int32_t* off) {
+  return _mm512_i32gather_ps(_mm512_loadu_si512(off), base, 1);
+}
+static inline fs_vec fs_vgather_tail(const float* base, const int32_t* off, fs_tail m) {
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_maskz_loadu_epi32(m, off), base,
+                                  1);
 }
 
 #endif /* FS_VEC_AVX512_H */
