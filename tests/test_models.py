@@ -111,13 +111,15 @@ def test_dense_layers_choose_blocks_or_sgemm():
     assert not (small.sparse or big.sparse or holey.sparse)
     assert small.matrix(56 * 56).block_size == 4 and small.matrix(56 * 56).nnz == 96 * 16
     assert big.matrix(14 * 14) is None
+    assert big.matrix(14 * 14, threads=2).block_size == 4  # no OpenBLAS pool between steps
     assert holey.matrix(14 * 14) is not None
     assert "4x1 blocks" in small.describe((1, 16, 56, 56))[3]
     for sparsity in (0.0, 0.7):  # networks mixing both paths, against the reference
         sd = _pruned_v2(1.0, sparsity, None)
-        net = fs.MobileNetV2.from_dense(sd, num_threads=2)
-        x = _images(np.random.default_rng(12), 1, 64, 64)
-        assert _rel_err(net(x), fs.reference.mobilenet_v2(sd, x)) < RTOL
+        for threads, n in ((1, 1), (2, 1), (2, 3)):  # batch 3: the classifier from Python
+            net = fs.MobileNetV2.from_dense(sd, num_threads=threads)
+            x = _images(np.random.default_rng(12), n, 64, 64)
+            assert _rel_err(net(x), fs.reference.mobilenet_v2(sd, x)) < RTOL
 
 
 def test_planned_activations_start_on_cache_lines():

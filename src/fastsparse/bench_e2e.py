@@ -508,8 +508,8 @@ def _table(out, arch, n, res, configs, threads, engines):
             out(row)
     out("\n(x / fs = that engine's median over fastsparse's: > 1 means fastsparse is faster. "
         "err = max |y - y_fastsparse| / max |y_fastsparse| on the same input and weights. "
-        "At sparsity 0 fastsparse runs its 1x1 layers through numpy's sgemm, threads set "
-        "per call.)")
+        "At sparsity 0 fastsparse runs its large 1x1 layers through numpy's sgemm on 1 "
+        "thread, and in its spmm kernels (4x1 blocks) on several.)")
 
 
 def _detail(out, arch, width, input_size, threads, seed):

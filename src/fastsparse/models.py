@@ -60,11 +60,11 @@ class _Layer:
     def out_shape(self, shape):
         raise NotImplementedError
 
-    def macs(self, shape):
+    def macs(self, shape, threads=1):
         """(dense multiply-adds, executed multiply-adds) for one call on input `shape`."""
         raise NotImplementedError
 
-    def describe(self, shape):
+    def describe(self, shape, threads=1):
         """(sparsity, block, kernel, path note) for the summary."""
         return "", "", "", ""
 
@@ -97,7 +97,7 @@ class _Conv(_Layer):
         return (n, self.w.shape[0], (h + t + b - 3) // self.stride + 1,
                 (w + l + r - 3) // self.stride + 1)
 
-    def macs(self, shape):
+    def macs(self, shape, threads=1):
         n, o, oh, ow = self.out_shape(shape)
         m = n * o * oh * ow * self.w[0].size
         return m, m
@@ -108,7 +108,7 @@ class _Conv(_Layer):
                          self.stride, t, l, *self.act)
         return True
 
-    def describe(self, shape):
+    def describe(self, shape, threads=1):
         return "0.00", "", "dense", "first conv (dense by design)"
 
 
@@ -125,7 +125,7 @@ class _Depthwise(_Layer):
         t, l, b, r = self.padding
         return n, c, (h + t + b - k) // self.stride + 1, (w + l + r - k) // self.stride + 1
 
-    def macs(self, shape):
+    def macs(self, shape, threads=1):
         n, c, oh, ow = self.out_shape(shape)
         m = n * c * oh * ow * self.w.shape[2] * self.w.shape[3]
         return m, m
@@ -135,7 +135,7 @@ class _Depthwise(_Layer):
                            self.stride, self.padding[0], self.padding[1], *self.act)
         return True
 
-    def describe(self, shape):
+    def describe(self, shape, threads=1):
         k = self.w.shape[2]
         return "0.00", "", f"{k}x{k}s{self.stride}", "depthwise (dense by design, <3% of MACs)"
 
@@ -150,9 +150,12 @@ class _Pointwise(_Layer):
         self.sparse = isinstance(W, SparseMatrix)
         self._blocked = None
 
-    def matrix(self, hw):
+    def matrix(self, hw, threads=1):
         """The packed matrix the C kernels run on images of hw positions: the sparse one, a
-        small dense one stored whole in 4x1 blocks, or None for NumPy's sgemm."""
+        dense one stored whole in 4x1 blocks, or None for NumPy's sgemm. sgemm only runs on
+        one thread: with several, OpenBLAS's thread pool and the executor's OpenMP team would
+        take turns, each spinning against the other (MobileNet v2 dense on 2 threads: 112 ms
+        instead of ~10)."""
         if self.sparse:
             return self.W
         cout, cin = self.W.shape
@@ -160,31 +163,31 @@ class _Pointwise(_Layer):
             self._blocked = SparseMatrix.from_dense(self.W, block_size=4)
         small = (max(cout, cin) <= DENSE_AS_BLOCKS_MAX_CHANNELS
                  and cout * cin * hw <= DENSE_AS_BLOCKS_MAX_MACS)
-        if small or self._blocked.stored <= DENSE_AS_BLOCKS_MAX_STORED * cout * cin:
+        if threads > 1 or small or self._blocked.stored <= DENSE_AS_BLOCKS_MAX_STORED * cout * cin:
             return self._blocked
         return None
 
     def out_shape(self, shape):
         return (shape[0], self.W.shape[0], shape[2], shape[3])
 
-    def macs(self, shape):
+    def macs(self, shape, threads=1):
         n, _, h, w = shape
         cout, cin = self.W.shape
-        W = self.matrix(h * w)
+        W = self.matrix(h * w, threads)
         executed = W.stored if W is not None else cout * cin
         return n * h * w * cout * cin, n * h * w * executed
 
-    def _kernel(self, isa, shape):
+    def _kernel(self, isa, shape, threads=1):
         """(packed matrix, ISA id, variant index) the spmm kernels run on an input of `shape`
         in the executor's layout, or None for NumPy's sgemm."""
         hw = int(np.prod(shape[2:]))
-        W = self.matrix(hw)
+        W = self.matrix(hw, threads)
         if W is None:
             return None
         return (W,) + _dispatch.spmm_kernel(isa, W.block_size, hw, plane=_plane(shape))
 
     def add_step(self, steps, isa, shapes, layout):
-        choice = self._kernel(isa, shapes[self.src])
+        choice = self._kernel(isa, shapes[self.src], steps.num_threads)
         if choice is None:
             return False
         W, kisa, index = choice
@@ -224,9 +227,9 @@ class _Pointwise(_Layer):
         nnz = W.nnz if self.sparse else int(np.count_nonzero(W))
         return nnz / (W.shape[0] * W.shape[1])
 
-    def describe(self, shape):
+    def describe(self, shape, threads=1):
         sparsity = f"{1 - self.density():.2f}"
-        choice = self._kernel(_dispatch.isa(), shape)
+        choice = self._kernel(_dispatch.isa(), shape, threads)
         if choice is None:
             return sparsity, "", "dense sgemm", self.why_dense
         W, isa, index = choice
@@ -243,7 +246,7 @@ class _Pool(_Layer):
     def out_shape(self, shape):
         return (shape[0], shape[1])
 
-    def macs(self, shape):
+    def macs(self, shape, threads=1):
         return 0, 0
 
     def add_step(self, steps, isa, shapes, layout):
@@ -259,9 +262,10 @@ class _Classifier(_Pointwise):
     def out_shape(self, shape):
         return (shape[0], self.W.shape[0])
 
-    def macs(self, shape):
+    def macs(self, shape, threads=1):
         cout, cin = self.W.shape
-        return shape[0] * cout * cin, shape[0] * (self.W.stored if self.sparse else cout * cin)
+        W = self.matrix(shape[0], threads)
+        return shape[0] * cout * cin, shape[0] * (W.stored if W is not None else cout * cin)
 
     def add_step(self, steps, isa, shapes, layout):
         # One image: its (1, C) features are one image of C channels x 1 position. A batch
@@ -271,9 +275,10 @@ class _Classifier(_Pointwise):
         return _Pointwise.add_step(self, steps, isa, shapes, layout)
 
     def run(self, x, out, res, threads):
-        if self.sparse:
+        W = self.matrix(x.shape[0], threads)
+        if W is not None:
             xt = np.ascontiguousarray(x.T)[None]  # (1, C, N): the batch is the spatial axis
-            y = _spmm(xt, self.W, self.b, None, -np.inf, np.inf, threads, None)
+            y = _spmm(xt, W, self.b, None, -np.inf, np.inf, threads, None)
             out[...] = y[0].T
             return out
         np.matmul(x, self.W.T, out=out)
@@ -281,9 +286,9 @@ class _Classifier(_Pointwise):
             out += self.b
         return out
 
-    def describe(self, shape):
+    def describe(self, shape, threads=1):
         # The kernels see the batch as the spatial axis: one "image" of N positions.
-        return _Pointwise.describe(self, (1, shape[1], 1, shape[0]))
+        return _Pointwise.describe(self, (1, shape[1], 1, shape[0]), threads)
 
 
 def _padded_size(shape):
@@ -531,14 +536,15 @@ class Network:
         2 per multiply-add) and whether the sparse path runs, and why not."""
         shapes = self._shapes((batch, 3) + tuple(input_size))
         fused = self._fused_pairs(shapes)
+        threads = _dispatch.resolve_threads(self.num_threads)
         rows = [("#", "op", "input -> output", "sparsity", "block", "kernel", "MFLOP dense",
                  "MFLOP run", "path")]
         tot_d = tot_r = 0
         for i, layer in enumerate(self.layers):
             src = shapes[layer.src]
-            d, r = layer.macs(src)
+            d, r = layer.macs(src, threads)
             tot_d, tot_r = tot_d + d, tot_r + r
-            sp, blk, kern, why = layer.describe(src)
+            sp, blk, kern, why = layer.describe(src, threads)
             if i in fused:
                 why += f", fused with {i + 1}"
             io = f"{'x'.join(map(str, src[1:]))} -> {'x'.join(map(str, shapes[layer.dst][1:]))}"
@@ -550,7 +556,8 @@ class Network:
         rows.append(("", "total", "", "", "", "", f"{2 * tot_d / 1e6:.1f}", f"{2 * tot_r / 1e6:.1f}",
                      f"{n_sparse}/{n_pw} 1x1+linear layers sparse"))
         widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
-        lines = [f"{self.arch}: input {batch}x3x{input_size[0]}x{input_size[1]}, ISA {_dispatch.isa()}"]
+        lines = [f"{self.arch}: input {batch}x3x{input_size[0]}x{input_size[1]}, ISA {_dispatch.isa()}, "
+                 f"{threads} thread(s)"]
         for j, r in enumerate(rows):
             lines.append("  ".join(v.ljust(widths[k]) for k, v in enumerate(r)).rstrip())
             if j == 0 or j == len(rows) - 2:
