@@ -198,10 +198,17 @@ class _Pointwise(_Layer):
     def add_fused_step(self, steps, isa, shapes, dw):
         """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
         as one step."""
-        W, kisa, index = self._kernel(isa, shapes[self.src])
+        W, kisa, index = self._kernel(isa, shapes[self.src], steps.num_threads)
         hw = int(np.prod(shapes[self.src][2:]))
         nr = W.block_size
         rows = max(nr, FUSE_GROUP_BYTES // (4 * hw) // nr * nr)
+        # With fewer images than threads, groups of about that size, as many as a multiple of
+        # the threads, so that the threads' shares are even (v1's 128 channels at 56x56 came
+        # in 7 groups of 20).
+        cout, threads = W.shape[0], steps.num_threads
+        if shapes[self.src][0] < threads:
+            while rows > nr and -(-cout // rows) % threads:
+                rows -= nr
         steps.add_spmm_dwconv2d(kisa, index, W._packed, self.src, self.dst, dw.dst, self.b,
                                 *self.act, _dispatch.isa_id(isa), dw.w2, dw.b, dw.w.shape[2],
                                 dw.stride, dw.padding[0], dw.padding[1], *dw.act, rows)
