@@ -174,6 +174,52 @@ def test_threads_splitting_positions_match_one_thread(isa, k):
         assert _rel_err(pws[2], reference.sparse_conv1x1(x, W.to_dense())) < RTOL
 
 
+KSPLIT = 6  # FS_STEP_SPMM_KSPLIT
+
+
+@pytest.mark.parametrize("block,nparts_bytes,residual,n", [
+    (1, None, True, 1), (1, 4, False, 1), (4, 100, True, 2), (2, 300, False, 1),
+    (8, None, True, 3), (1, 30, True, 1),
+])
+def test_ksplit_step_matches_reference_on_every_thread_count(isa, block, nparts_bytes,
+                                                             residual, n, monkeypatch):
+    """FS_STEP_SPMM_KSPLIT (a 1x1 summed in two halves of its input channels, then added with
+    the residual and clamped): close to the reference, bit-identical on 1, 2 and 3 threads,
+    for 2 to many parts, residual or not, spatial sizes around the vector and tile lengths.
+    With a single part the flag is ignored (a plain step)."""
+    if nparts_bytes is not None:
+        monkeypatch.setattr(_kernels, "SPMM_PART_BYTES", nparts_bytes)
+    rng = np.random.default_rng(block * 10 + n)
+    cin, cout = 61, 13
+    dense = rng.standard_normal((cout, cin)).astype(np.float32)
+    dense[rng.random((cout, cin)) < 0.7] = 0
+    dense[2] = 0  # an empty row
+    W = fs.SparseMatrix.from_dense(dense, block_size=block)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    isa_id = _dispatch.isa_id(fs.isa())
+    for hw in (1, 15, 16, 17, 49, 129, 196):
+        x = rng.standard_normal((n, cin, 1, hw)).astype(np.float32)
+        r = rng.standard_normal((n, cout, 1, hw)).astype(np.float32)
+        kisa, k = _dispatch.spmm_kernel(fs.isa(), block, hw)
+        outs = []
+        for threads in (1, 2, 3):
+            tensors = [np.empty_like(x), np.empty_like(r), np.empty((n, cout, 1, hw), np.float32)]
+            steps = _kernels.StepList(tensors, threads)
+            steps.add_spmm(kisa, k, W._packed, 0, 1 if residual else -1, 2, bias, -1.5, 2.5,
+                           ksplit=True)
+            split = steps.kinds()[0] == KSPLIT
+            if nparts_bytes is not None and min(hw, 16) * cin * 4 > nparts_bytes:
+                assert split, (hw, nparts_bytes)  # several parts: the split runs
+            tensors[1][...] = r  # the residual is a planned tensor (the middle one)
+            y = np.empty((n, cout, 1, hw), np.float32)
+            steps.run(x, y)
+            outs.append(y.tobytes())
+        ref = reference.sparse_conv1x1(x, dense, bias=bias, residual=r if residual else None,
+                                       activation=("clamp", -1.5, 2.5))
+        assert _rel_err(np.frombuffer(outs[0], np.float32).reshape(ref.shape), ref) < RTOL, hw
+        assert outs[0] == outs[1] == outs[2], (hw, block, residual, n)
+
+
 def test_profile_times_every_layer(v2_net):
     _, net = v2_net
     x = np.random.default_rng(7).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)

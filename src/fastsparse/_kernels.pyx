@@ -8,6 +8,8 @@ O(1) against it.
 """
 import numpy as np
 
+from ._validate import line_aligned_empty
+
 from libc.stdint cimport int32_t, int64_t, uint32_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memset
@@ -88,6 +90,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         FS_STEP_GAVGPOOL
         FS_STEP_VADD
         FS_STEP_SPMM_DWCONV2D
+        FS_STEP_SPMM_KSPLIT
     ctypedef struct fs_spmm_part:
         const float* values
         const uint32_t* nnzmap
@@ -102,6 +105,9 @@ cdef extern from "csrc/fs_steps.h" nogil:
         const int64_t* row_start
         const float* bias
         float lo, hi
+        float* partial
+        size_t plane, rchunk, rpieces
+        fs_vadd_fn vadd
     ctypedef struct fs_dwconv2d_args:
         fs_dwconv2d_fn fn
         size_t c, ih, iw, oh, ow, pad_top, pad_left, taps, chunk, pieces
@@ -780,6 +786,10 @@ cdef class StepList:
         free(self._steps)
         free(self._table)
 
+    def kinds(self):
+        """The kind of each step (FS_STEP_* in fs_steps.h): for tests and profiles."""
+        return [self._steps[i].kind for i in range(self._count)]
+
     def __len__(self):
         return self._count
 
@@ -824,16 +834,34 @@ cdef class StepList:
         return &s[(64 - misalign) // 4 if misalign else 0]
 
     def add_spmm(self, int isa, Py_ssize_t kernel, SpmmWeights w, int src, int res, int dst,
-                 bias, float lo, float hi):
+                 bias, float lo, float hi, bint ksplit=False):
         """dst = clamp(W @ src + bias + res, lo, hi); src, res, dst viewed as (N, C, -1)
-        (a 2-D (N, C) tensor is N images of one position). res = -1: none."""
+        (a 2-D (N, C) tensor is N images of one position). res = -1: none.
+
+        ksplit: sum the two halves of the input channels apart and add them after
+        (FS_STEP_SPMM_KSPLIT), when the input is wide enough to run in several parts; on any
+        thread count, so the thread count never changes the result."""
         cdef fs_step st
         self._check_roles(src, res, dst)
         memset(&st, 0, sizeof(st))
         res_view = self._tensor(res, True) if res >= 0 else None
         _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias, res_view,
                    self._tensor(dst, True), lo, hi, self.num_threads)
-        self._append(&st, src, res, dst, (w, bias))
+        partial = None
+        cdef float[::1] pv
+        cdef Py_ssize_t n, hw
+        if ksplit and st.items != 0 and st.spmm.nparts >= 2:
+            n, hw = self._tensors[src].shape[0], st.spmm.hw
+            st.kind = FS_STEP_SPMM_KSPLIT
+            st.spmm.plane = _ceil_div(hw, 16) * 16
+            partial = line_aligned_empty(n * st.spmm.cout * st.spmm.plane)
+            pv = partial
+            st.spmm.partial = &pv[0]
+            st.spmm.rchunk = _ceil_div(_ceil_div(hw, self.num_threads), 16) * 16
+            st.spmm.rpieces = _ceil_div(hw, st.spmm.rchunk)
+            st.spmm.vadd = _chw_ops(isa).vadd
+            st.items = 2 * n
+        self._append(&st, src, res, dst, (w, bias, partial))
 
     def add_dwconv2d(self, int isa, int src, int dst, w, bias, Py_ssize_t k, Py_ssize_t stride,
                      Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi):

@@ -46,6 +46,12 @@ DENSE_AS_BLOCKS_MAX_STORED = 0.85
 FUSE_MIN_HW = 56 * 56
 FUSE_GROUP_BYTES = 256 * 1024
 
+# Batch-1 1x1 layers on images below KSPLIT_MAX_HW positions with at least KSPLIT_MIN_RATIO
+# times more input than output channels sum their input channels in two halves
+# (FS_STEP_SPMM_KSPLIT, _kernels.StepList.add_spmm).
+KSPLIT_MAX_HW = 256
+KSPLIT_MIN_RATIO = 3
+
 
 class _Layer:
     """One op: reads tensor `src` (and `res`), writes tensor `dst`.
@@ -191,8 +197,16 @@ class _Pointwise(_Layer):
         if choice is None:
             return False
         W, kisa, index = choice
+        shape = shapes[self.src]  # (N, C, H, W), or (N, C) for the classifier
+        n, cin, hw = shape[0], shape[1], int(np.prod(shape[2:]))
+        # A batch-1 projection on a small image (whose input a depthwise step wrote split by
+        # channels) sums the two halves of its input channels apart, each on the thread that
+        # wrote them, then adds them: reading the other core's half cost 2.5x the layer on 2
+        # threads (576->96 at 14x14). Decided without the thread count: same sums on any.
+        ksplit = n == 1 and hw < KSPLIT_MAX_HW and cin >= KSPLIT_MIN_RATIO * W.shape[0]
         steps.add_spmm(kisa, index, W._packed, self.src,
-                       -1 if self.res is None else self.res, self.dst, self.b, *self.act)
+                       -1 if self.res is None else self.res, self.dst, self.b, *self.act,
+                       ksplit=ksplit)
         return True
 
     def add_fused_step(self, steps, isa, shapes, dw):

@@ -33,7 +33,8 @@ enum fs_step_kind {
   FS_STEP_CONV2D = 2,
   FS_STEP_GAVGPOOL = 3,
   FS_STEP_VADD = 4,
-  FS_STEP_SPMM_DWCONV2D = 5 /* a sparse 1x1 fused with the depthwise conv that reads it */
+  FS_STEP_SPMM_DWCONV2D = 5, /* a sparse 1x1 fused with the depthwise conv that reads it */
+  FS_STEP_SPMM_KSPLIT = 6    /* a 1x1 summed in two halves of its input channels, then added */
 };
 
 /* The non-zeros of a packed sparse matrix in one range of input channels (a "part"; the
@@ -60,6 +61,15 @@ typedef struct fs_spmm_args {
   const int64_t* row_start; /* per block (and one past the last): first row */
   const float* bias;        /* NULL: no bias */
   float lo, hi;
+  /* FS_STEP_SPMM_KSPLIT (nparts >= 2, one image per call item pair): item t = (image, half
+   * h of the parts). Half 0 sums bias + its parts into the output, half 1 its parts into
+   * `partial` (cout planes of `plane` floats per image), neither clamped; then, by pieces of
+   * `rchunk` positions, output = clamp(output + partial (+ residual)). Each thread thus reads
+   * the input channels a channel-split step before it wrote on the same thread; the sums are
+   * associated the same way on any thread count. */
+  float* partial;
+  size_t plane, rchunk, rpieces;
+  fs_vadd_fn vadd;
 } fs_spmm_args;
 
 /* Depthwise: item t = one (image, channel) plane; or, with pieces > 0 (stride-1 flat path
@@ -198,6 +208,24 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
                    ys.channel * sizeof(float));
       return;
     }
+    case FS_STEP_SPMM_KSPLIT: {
+      const fs_spmm_args* a = &st->spmm;
+      const size_t img = t / 2, half = t % 2, q0 = half * a->nparts / 2;
+      const size_t q1 = (half + 1) * a->nparts / 2, nc = a->cout;
+      float* dst = half == 0 ? y + img * ys.image : a->partial + img * a->cout * a->plane;
+      const size_t stride = (half == 0 ? ys.channel : a->plane) * sizeof(float);
+      x += img * xs.image;
+      for (size_t m = 0; m < a->hw; m += a->part_mc) {
+        const size_t n = a->hw - m < a->part_mc ? a->hw - m : a->part_mc;
+        for (size_t q = q0; q < q1; q++) {
+          const fs_spmm_part* p = &a->parts[q];
+          a->fn(n, nc, x + m, p->values + p->value_start[0], p->nnzmap, p->offsets + p->nz_start[0],
+                q == q0 && half == 0 ? a->bias : NULL, q == q0 ? NULL : dst + m, stride, dst + m,
+                stride, -INFINITY, INFINITY);
+        }
+      }
+      return;
+    }
     case FS_STEP_SPMM_DWCONV2D: {
       /* One group of the 1x1's output channels, whole planes, into this thread's scratch
        * (after the depthwise kernel's own), where the depthwise conv reads them at once:
@@ -259,6 +287,25 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
   }
 }
 
+/* Second phase of FS_STEP_SPMM_KSPLIT: item t = (image, piece of rchunk positions). */
+static void fs_step_reduce(const fs_step* st, size_t t, float* const* tensors) {
+  const fs_spmm_args* a = &st->spmm;
+  const size_t img = t / a->rpieces, m0 = (t % a->rpieces) * a->rchunk;
+  const size_t n = a->hw - m0 < a->rchunk ? a->hw - m0 : a->rchunk;
+  float* y = tensors[st->dst] + img * st->dst_s.image + m0;
+  const float* part = a->partial + img * a->cout * a->plane + m0;
+  const float* r = st->res >= 0 ? tensors[st->res] + img * st->res_s.image + m0 : NULL;
+  for (size_t c = 0; c < a->cout; c++) {
+    float* yc = y + c * st->dst_s.channel;
+    if (r == NULL) {
+      a->vadd(n, yc, part + c * a->plane, yc, a->lo, a->hi);
+    } else {
+      a->vadd(n, yc, part + c * a->plane, yc, -INFINITY, INFINITY);
+      a->vadd(n, yc, r + c * st->res_s.channel, yc, a->lo, a->hi);
+    }
+  }
+}
+
 /* Runs steps [0, count) on `threads` threads over the tensor table. If `times` is not NULL,
  * times[0] is the start and, if `each`, times[s + 1] the end of step s (after its barrier),
  * else times[1] the end of the last step, in seconds. (A clock read costs up to 0.5 us in a
@@ -281,6 +328,13 @@ static void fs_run_steps(const fs_step* steps, size_t count, float* const* tenso
 #pragma omp for schedule(static)
 #endif
       for (ptrdiff_t t = 0; t < items; t++) fs_step_item(st, (size_t)t, tensors, thread);
+      if (st->kind == FS_STEP_SPMM_KSPLIT) { /* the same branch on every thread */
+        const ptrdiff_t pieces = items / 2 * (ptrdiff_t)st->spmm.rpieces;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (ptrdiff_t t = 0; t < pieces; t++) fs_step_reduce(st, (size_t)t, tensors);
+      }
       if (times != NULL && thread == 0 && (each || s + 1 == count)) times[each ? s + 1 : 1] = fs_now();
     }
   }
