@@ -135,12 +135,10 @@ _PREFERRED = {
 }
 
 
-def spmm_kernel(isa, block_size, hw, name=None, plane=None, aligned=None):
+def spmm_kernel(isa, block_size, hw, name=None, plane=None):
     """(ISA id, index in that ISA's table) of the spmm variant to run for blocks of
     `block_size` rows on images of `hw` positions whose channel planes start `plane` floats
-    apart (default hw); `aligned`: whether every plane starts on a 64-byte line (default:
-    whether `plane` is a whole number of lines, the arrays being line-aligned); `name` forces
-    a variant of `isa`."""
+    apart (default hw); `name` forces a variant of `isa`."""
     table = _kernels.spmm_kernels(isa_id(isa))
     if name is not None:
         if not isinstance(name, str):
@@ -155,9 +153,7 @@ def spmm_kernel(isa, block_size, hw, name=None, plane=None, aligned=None):
                          f"choose from {[k[0] for k in table]}")
     choice = _PREFERRED.get((isa, block_size))
     if callable(choice):
-        if aligned is None:
-            aligned = (hw if plane is None else plane) % 16 == 0
-        choice = choice(hw, aligned)
+        choice = choice(hw, (hw if plane is None else plane) % 16 == 0)
     if choice is not None and choice[0] in available_isas():
         want_isa, want_mr = choice
         for i, (_, mr, nr, _) in enumerate(_kernels.spmm_kernels(isa_id(want_isa))):

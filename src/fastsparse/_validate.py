@@ -126,7 +126,10 @@ def hugepage_empty(floats):
         advice = mmap.MADV_HUGEPAGE
     except (ImportError, AttributeError):  # not Linux
         return line_aligned_empty(floats)
-    mem = mmap.mmap(-1, floats * 4 + huge)  # anonymous, zero-filled on first touch
+    # Private: mmap's default for anonymous memory is MAP_SHARED, which a fork() would share
+    # between parent and child (both writing the same activations) and which gets no
+    # transparent huge pages (shmem has its own setting).
+    mem = mmap.mmap(-1, floats * 4 + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         mem.madvise(advice)  # before the first touch, so faults can map whole huge pages
     except OSError:

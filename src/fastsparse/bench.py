@@ -210,12 +210,6 @@ def _engines(sd, threads):
     """name -> callable(images) for every engine on the same (pruned) weights."""
     from .models import MobileNetV2
     engines = {"fastsparse (sparse)": MobileNetV2.from_dense(sd, num_threads=threads)}
-    dense = {k: (v.copy() if v.ndim else v) for k, v in sd.items()}
-    net0 = MobileNetV2.from_dense(dense, block_size=1, num_threads=threads)
-    for layer in net0.layers:  # the same weights, every 1x1 forced onto the dense path
-        if getattr(layer, "sparse", False):
-            layer.W, layer.sparse, layer.why_dense = layer.W.to_dense(), False, "forced dense"
-    engines["fastsparse (dense path)"] = net0
     try:
         import onnxruntime  # noqa: F401  (optional: the `bench` extra)
         from .bench_e2e import onnx_model, ort_session

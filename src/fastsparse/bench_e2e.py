@@ -241,33 +241,11 @@ def available_engines():
     return found
 
 
-class _BlasThreads:
-    """Sets numpy's BLAS thread count before a call (fastsparse's dense 1x1 path runs sgemm);
-    a no-op without threadpoolctl."""
-
-    def __init__(self):
-        try:
-            from threadpoolctl import ThreadpoolController
-            self.controllers = ThreadpoolController().select(user_api="blas").lib_controllers
-        except Exception:  # threadpoolctl missing or unable to inspect the BLAS
-            self.controllers = []
-
-    def set(self, n):
-        for c in self.controllers:
-            c.set_num_threads(n)
-
-
-def _callables(arch, weights, block, threads, engines, input_size, blas, width):
+def _callables(arch, weights, block, threads, engines, input_size, width):
     """{engine: callable(x) -> logits} on one set of weights, for each thread count."""
     out = {}
     for t in threads:
-        net = build_fastsparse(arch, weights, block_size=block, num_threads=t)
-
-        def run_fs(x, net=net, t=t):
-            # The dense 1x1 path (sparsity 0) runs numpy's sgemm: its threads are set here.
-            blas.set(t)
-            return net(x)
-        out[(t, FS)] = run_fs
+        out[(t, FS)] = build_fastsparse(arch, weights, block_size=block, num_threads=t)
     if ORT in engines:
         model = onnx_model(arch, weights, input_size)
         for t in threads:
@@ -321,7 +299,8 @@ def python_overhead(net, x, repeat=50):
     """Time per call spent outside the compiled step loops (the executor's Python and the
     entry into C): each timed call also reads the clock when its C loop starts and ends, so
     overhead = call time - that call's time inside C, per call; medians over `repeat` calls.
-    Layers run from Python (dense sgemm) count as overhead here; `python_layers` lists them.
+    Layers run from Python (the classifier of a batch) count as overhead here;
+    `python_layers` lists them.
 
     Returns dict(total_ms, inside_ms, overhead_ms, fraction, python_layers)."""
     clock = time.perf_counter
@@ -447,13 +426,12 @@ def _run_e2e(archs, configs, batches, threads, repeat, width, input_size, engine
     results = {"times": {}, "errors": {}, "engines": engines, "configs": tuple(configs),
                "threads": tuple(threads), "batches": tuple(batches)}
     rng = np.random.default_rng(seed + 1)
-    blas = _BlasThreads()
     t_start = time.perf_counter()
     for arch in archs:
         fns = {}
         for s, b in configs:
             w = pruned_weights(arch, s, b, width, 1000, seed)
-            for (t, e), f in _callables(arch, w, b, threads, engines, input_size, blas,
+            for (t, e), f in _callables(arch, w, b, threads, engines, input_size,
                                               width).items():
                 fns[(s, b, t, e)] = f
         for n in batches:
@@ -508,8 +486,8 @@ def _table(out, arch, n, res, configs, threads, engines):
             out(row)
     out("\n(x / fs = that engine's median over fastsparse's: > 1 means fastsparse is faster. "
         "err = max |y - y_fastsparse| / max |y_fastsparse| on the same input and weights. "
-        "At sparsity 0 fastsparse runs its large 1x1 layers through numpy's sgemm on 1 "
-        "thread, and in its spmm kernels (4x1 blocks) on several.)")
+        "Above the sparse break-even (sparsity 0) fastsparse runs a 1x1 layer's whole weight "
+        "in 4x1 blocks in its spmm kernels.)")
 
 
 def _detail(out, arch, width, input_size, threads, seed):

@@ -5,8 +5,8 @@ float32 from the first conv to the pooling; the residual add of MobileNet v2 is 
 the projection 1x1's epilogue. Activation buffers are planned once per input shape (tensors
 whose lifetimes do not overlap share memory) and reused; a call allocates only the logits.
 The layers become a C step list (csrc/fs_steps.h) built once per input shape, thread count
-and ISA: a call runs them all in one OpenMP parallel region, leaving C only for layers the
-kernels do not cover (dense sgemm fallbacks, a batched sparse classifier).
+and ISA: a call runs them all in one OpenMP parallel region, leaving C only for the classifier
+of a batch (run with the batch as the spatial axis).
 """
 import numbers
 import threading
@@ -28,16 +28,13 @@ NONE = (-np.inf, np.inf)
 # the break-even up because each activation load then feeds block_size FMAs.
 SPARSE_MAX_DENSITY = {1: 0.3, 2: 0.4, 4: 0.5, 8: 0.5}
 
-# A layer above that break-even still runs in the spmm kernels, packed in 4x1 blocks (zeros
-# inside a block stored), instead of through NumPy's sgemm, when it is small or when its
-# blocks skip enough zeros: there the fused epilogue, the skipped blocks and staying in the C
-# step list beat sgemm plus three NumPy passes for bias, residual and clamp (MobileNet v2
-# dense: 13 small layers, 1.1 ms of 12 ms; at 70 % unstructured sparsity, where 4x1 blocks
-# store ~76 % of the weights, every layer). Fully dense large layers keep sgemm, whose
-# register blocking wins (all of MobileNet v1's). Measured per layer on the MobileNets.
-DENSE_AS_BLOCKS_MAX_CHANNELS = 192
-DENSE_AS_BLOCKS_MAX_MACS = 20_000_000
-DENSE_AS_BLOCKS_MAX_STORED = 0.85
+# A layer above that break-even runs its whole weight in 4x1 blocks in the spmm kernels (the
+# zeros inside a block stored), never through NumPy's sgemm inside a network: OpenBLAS's
+# thread pool would spin against the executor's OpenMP team (MobileNet v2 dense on 2 threads:
+# 112 ms instead of 4.7), and its sums would differ between one thread and several. On one
+# thread the blocks win on MobileNet v2 (dense 6.1-6.9 -> 5.7-5.9 ms, the fused epilogue and
+# no Python between layers) and lose on v1's large layers (8.3 -> 10.1 ms).
+
 
 # A sparse 1x1 whose only reader is a depthwise conv runs fused with it (one step, by groups of
 # channels whose planes stay in L2) on images of at least FUSE_MIN_HW positions, where the
@@ -57,7 +54,8 @@ class _Layer:
     """One op: reads tensor `src` (and `res`), writes tensor `dst`.
 
     add_step() appends the op to the network's C step list and returns True; an op the
-    kernels do not cover (dense sgemm) returns False and is run() from Python."""
+    step list does not cover (the classifier of a batch) returns False and is run() from
+    Python."""
 
     op = ""
     src = dst = 0
@@ -66,11 +64,11 @@ class _Layer:
     def out_shape(self, shape):
         raise NotImplementedError
 
-    def macs(self, shape, threads=1):
+    def macs(self, shape):
         """(dense multiply-adds, executed multiply-adds) for one call on input `shape`."""
         raise NotImplementedError
 
-    def describe(self, shape, threads=1):
+    def describe(self, shape):
         """(sparsity, block, kernel, path note) for the summary."""
         return "", "", "", ""
 
@@ -103,7 +101,7 @@ class _Conv(_Layer):
         return (n, self.w.shape[0], (h + t + b - 3) // self.stride + 1,
                 (w + l + r - 3) // self.stride + 1)
 
-    def macs(self, shape, threads=1):
+    def macs(self, shape):
         n, o, oh, ow = self.out_shape(shape)
         m = n * o * oh * ow * self.w[0].size
         return m, m
@@ -114,7 +112,7 @@ class _Conv(_Layer):
                          self.stride, t, l, *self.act)
         return True
 
-    def describe(self, shape, threads=1):
+    def describe(self, shape):
         return "0.00", "", "dense", "first conv (dense by design)"
 
 
@@ -131,7 +129,7 @@ class _Depthwise(_Layer):
         t, l, b, r = self.padding
         return n, c, (h + t + b - k) // self.stride + 1, (w + l + r - k) // self.stride + 1
 
-    def macs(self, shape, threads=1):
+    def macs(self, shape):
         n, c, oh, ow = self.out_shape(shape)
         m = n * c * oh * ow * self.w.shape[2] * self.w.shape[3]
         return m, m
@@ -141,13 +139,14 @@ class _Depthwise(_Layer):
                            self.stride, self.padding[0], self.padding[1], *self.act)
         return True
 
-    def describe(self, shape, threads=1):
+    def describe(self, shape):
         k = self.w.shape[2]
         return "0.00", "", f"{k}x{k}s{self.stride}", "depthwise (dense by design, <3% of MACs)"
 
 
 class _Pointwise(_Layer):
-    """1x1 convolution: sparse kernels, or dense sgemm when the weights are too dense."""
+    """1x1 convolution in the spmm kernels: its sparse weights, or its dense weight whole in
+    4x1 blocks when too dense for the sparse path."""
 
     op = "conv1x1"
 
@@ -156,47 +155,32 @@ class _Pointwise(_Layer):
         self.sparse = isinstance(W, SparseMatrix)
         self._blocked = None
 
-    def matrix(self, hw, threads=1):
-        """The packed matrix the C kernels run on images of hw positions: the sparse one, a
-        dense one stored whole in 4x1 blocks, or None for NumPy's sgemm. sgemm only runs on
-        one thread: with several, OpenBLAS's thread pool and the executor's OpenMP team would
-        take turns, each spinning against the other (MobileNet v2 dense on 2 threads: 112 ms
-        instead of ~10)."""
+    def matrix(self):
+        """The packed matrix the C kernels run: the sparse one, or the dense one stored whole
+        in 4x1 blocks."""
         if self.sparse:
             return self.W
-        cout, cin = self.W.shape
         if self._blocked is None:
             self._blocked = SparseMatrix.from_dense(self.W, block_size=4)
-        small = (max(cout, cin) <= DENSE_AS_BLOCKS_MAX_CHANNELS
-                 and cout * cin * hw <= DENSE_AS_BLOCKS_MAX_MACS)
-        if threads > 1 or small or self._blocked.stored <= DENSE_AS_BLOCKS_MAX_STORED * cout * cin:
-            return self._blocked
-        return None
+        return self._blocked
 
     def out_shape(self, shape):
         return (shape[0], self.W.shape[0], shape[2], shape[3])
 
-    def macs(self, shape, threads=1):
+    def macs(self, shape):
         n, _, h, w = shape
         cout, cin = self.W.shape
-        W = self.matrix(h * w, threads)
-        executed = W.stored if W is not None else cout * cin
-        return n * h * w * cout * cin, n * h * w * executed
+        return n * h * w * cout * cin, n * h * w * self.matrix().stored
 
-    def _kernel(self, isa, shape, threads=1):
+    def _kernel(self, isa, shape):
         """(packed matrix, ISA id, variant index) the spmm kernels run on an input of `shape`
-        in the executor's layout, or None for NumPy's sgemm."""
+        in the executor's layout."""
+        W = self.matrix()
         hw = int(np.prod(shape[2:]))
-        W = self.matrix(hw, threads)
-        if W is None:
-            return None
         return (W,) + _dispatch.spmm_kernel(isa, W.block_size, hw, plane=_plane(shape))
 
     def add_step(self, steps, isa, shapes, layout):
-        choice = self._kernel(isa, shapes[self.src], steps.num_threads)
-        if choice is None:
-            return False
-        W, kisa, index = choice
+        W, kisa, index = self._kernel(isa, shapes[self.src])
         shape = shapes[self.src]  # (N, C, H, W), or (N, C) for the classifier
         n, cin, hw = shape[0], shape[1], int(np.prod(shape[2:]))
         # A batch-1 projection on a small image (whose input a depthwise step wrote split by
@@ -212,7 +196,7 @@ class _Pointwise(_Layer):
     def add_fused_step(self, steps, isa, shapes, dw):
         """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
         as one step."""
-        W, kisa, index = self._kernel(isa, shapes[self.src], steps.num_threads)
+        W, kisa, index = self._kernel(isa, shapes[self.src])
         hw = int(np.prod(shapes[self.src][2:]))
         nr = W.block_size
         rows = max(nr, FUSE_GROUP_BYTES // (4 * hw) // nr * nr)
@@ -227,33 +211,14 @@ class _Pointwise(_Layer):
                                 *self.act, _dispatch.isa_id(isa), dw.w2, dw.b, dw.w.shape[2],
                                 dw.stride, dw.padding[0], dw.padding[1], *dw.act, rows)
 
-    def run(self, x, out, res, threads):
-        """The dense fallback: sgemm per image, then the same epilogue as the kernels."""
-        n, c, h, w = x.shape
-        x3, o3 = x.reshape(n, c, h * w), out.reshape(n, out.shape[1], h * w)
-        r3 = res.reshape(o3.shape) if res is not None else None
-        lo, hi = self.act
-        for i in range(n):
-            np.matmul(self.W, x3[i], out=o3[i])
-        if self.b is not None:
-            o3 += self.b[None, :, None]
-        if r3 is not None:
-            o3 += r3
-        if lo != -np.inf or hi != np.inf:
-            np.clip(o3, lo, hi, out=o3)
-        return out
-
     def density(self):
         W = self.W
         nnz = W.nnz if self.sparse else int(np.count_nonzero(W))
         return nnz / (W.shape[0] * W.shape[1])
 
-    def describe(self, shape, threads=1):
+    def describe(self, shape):
         sparsity = f"{1 - self.density():.2f}"
-        choice = self._kernel(_dispatch.isa(), shape, threads)
-        if choice is None:
-            return sparsity, "", "dense sgemm", self.why_dense
-        W, isa, index = choice
+        W, isa, index = self._kernel(_dispatch.isa(), shape)
         name = _kernels.spmm_kernels(isa)[index][0].replace("fs_f32_spmm_minmax_", "")
         if W is not self.W:
             return (sparsity, str(W.block_size), name,
@@ -267,7 +232,7 @@ class _Pool(_Layer):
     def out_shape(self, shape):
         return (shape[0], shape[1])
 
-    def macs(self, shape, threads=1):
+    def macs(self, shape):
         return 0, 0
 
     def add_step(self, steps, isa, shapes, layout):
@@ -283,10 +248,9 @@ class _Classifier(_Pointwise):
     def out_shape(self, shape):
         return (shape[0], self.W.shape[0])
 
-    def macs(self, shape, threads=1):
+    def macs(self, shape):
         cout, cin = self.W.shape
-        W = self.matrix(shape[0], threads)
-        return shape[0] * cout * cin, shape[0] * (W.stored if W is not None else cout * cin)
+        return shape[0] * cout * cin, shape[0] * self.matrix().stored
 
     def add_step(self, steps, isa, shapes, layout):
         # One image: its (1, C) features are one image of C channels x 1 position. A batch
@@ -296,20 +260,14 @@ class _Classifier(_Pointwise):
         return _Pointwise.add_step(self, steps, isa, shapes, layout)
 
     def run(self, x, out, res, threads):
-        W = self.matrix(x.shape[0], threads)
-        if W is not None:
-            xt = np.ascontiguousarray(x.T)[None]  # (1, C, N): the batch is the spatial axis
-            y = _spmm(xt, W, self.b, None, -np.inf, np.inf, threads, None)
-            out[...] = y[0].T
-            return out
-        np.matmul(x, self.W.T, out=out)
-        if self.b is not None:
-            out += self.b
+        xt = np.ascontiguousarray(x.T)[None]  # (1, C, N): the batch is the spatial axis
+        y = _spmm(xt, self.matrix(), self.b, None, -np.inf, np.inf, threads, None)
+        out[...] = y[0].T
         return out
 
-    def describe(self, shape, threads=1):
+    def describe(self, shape):
         # The kernels see the batch as the spatial axis: one "image" of N positions.
-        return _Pointwise.describe(self, (1, shape[1], 1, shape[0]), threads)
+        return _Pointwise.describe(self, (1, shape[1], 1, shape[0]))
 
 
 def _padded_size(shape):
@@ -394,7 +352,6 @@ class Network:
                 readers[t] = readers.get(t, 0) + 1
         return {i for i, (a, b) in enumerate(zip(self.layers, self.layers[1:]))
                 if type(a) is _Pointwise and a.res is None
-                and a.matrix(int(np.prod(shapes[a.src][2:]))) is not None
                 and isinstance(b, _Depthwise) and b.src == a.dst and readers[a.dst] == 1
                 and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW}
 
@@ -557,15 +514,14 @@ class Network:
         2 per multiply-add) and whether the sparse path runs, and why not."""
         shapes = self._shapes((batch, 3) + tuple(input_size))
         fused = self._fused_pairs(shapes)
-        threads = _dispatch.resolve_threads(self.num_threads)
         rows = [("#", "op", "input -> output", "sparsity", "block", "kernel", "MFLOP dense",
                  "MFLOP run", "path")]
         tot_d = tot_r = 0
         for i, layer in enumerate(self.layers):
             src = shapes[layer.src]
-            d, r = layer.macs(src, threads)
+            d, r = layer.macs(src)
             tot_d, tot_r = tot_d + d, tot_r + r
-            sp, blk, kern, why = layer.describe(src, threads)
+            sp, blk, kern, why = layer.describe(src)
             if i in fused:
                 why += f", fused with {i + 1}"
             io = f"{'x'.join(map(str, src[1:]))} -> {'x'.join(map(str, shapes[layer.dst][1:]))}"
@@ -577,8 +533,7 @@ class Network:
         rows.append(("", "total", "", "", "", "", f"{2 * tot_d / 1e6:.1f}", f"{2 * tot_r / 1e6:.1f}",
                      f"{n_sparse}/{n_pw} 1x1+linear layers sparse"))
         widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
-        lines = [f"{self.arch}: input {batch}x3x{input_size[0]}x{input_size[1]}, ISA {_dispatch.isa()}, "
-                 f"{threads} thread(s)"]
+        lines = [f"{self.arch}: input {batch}x3x{input_size[0]}x{input_size[1]}, ISA {_dispatch.isa()}"]
         for j, r in enumerate(rows):
             lines.append("  ".join(v.ljust(widths[k]) for k, v in enumerate(r)).rstrip())
             if j == 0 or j == len(rows) - 2:

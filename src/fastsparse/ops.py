@@ -45,13 +45,13 @@ def _spmm(x3, W, bias, residual3, lo, hi, num_threads, kernel, out=None):
     isa, hw = _dispatch.isa(), x3.shape[2]
     if out is None:
         out = line_aligned_empty((x3.shape[0], W.shape[0], hw))
-    # Rows start on 64-byte lines only if every array starts on one and hw is a whole line.
-    aligned = hw % 16 == 0 and all(a.ctypes.data % 64 == 0 for a in (x3, residual3, out)
-                                   if a is not None)
-    key = (isa, kernel, hw, aligned)
+    # The tile follows the shape only, never the arrays' addresses: tiles may sum in another
+    # order (unrolling, input-channel parts), and a result must not depend on where NumPy put
+    # the input.
+    key = (isa, kernel, hw)
     choice = W._kernel_cache.get(key)
     if choice is None:
-        choice = _dispatch.spmm_kernel(isa, W.block_size, hw, kernel, aligned=aligned)
+        choice = _dispatch.spmm_kernel(isa, W.block_size, hw, kernel)
         W._kernel_cache[key] = choice
     _kernels.spmm(choice[0], choice[1], W._packed, x3, bias, residual3, out, lo, hi,
                   _dispatch.resolve_threads(num_threads))
