@@ -113,11 +113,24 @@ def test_dense_layers_run_in_blocks_the_same_on_every_thread_count():
     assert "4x1 blocks" in big.describe((1, 512, 14, 14))[3]
     for sparsity in (0.0, 0.7):
         sd = _pruned_v2(1.0, sparsity, None)
-        for n in (1, 3):  # batch 3: the classifier runs from Python
+        for n in (1, 3):  # batch 3: image after image on 1 thread, the batch on 2
             x = _images(np.random.default_rng(12), n, 64, 64)
             outs = [fs.MobileNetV2.from_dense(sd, num_threads=t)(x) for t in (1, 2)]
             assert outs[0].tobytes() == outs[1].tobytes(), (sparsity, n)
             assert _rel_err(outs[1], fs.reference.mobilenet_v2(sd, x)) < RTOL
+
+
+def test_a_batch_gives_each_image_its_batch_1_bytes():
+    """An image's logits are the same bytes alone or in a batch, on 1 thread (image after
+    image) and on 2 (the batch through each step): every decision and kernel call per image
+    is the same, the classifier's one-position variant included."""
+    net1 = fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None), num_threads=1)
+    net2 = fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None), num_threads=2)
+    x = _images(np.random.default_rng(21), 3, 96, 80)
+    alone = np.concatenate([net1(x[i:i + 1]) for i in range(3)])
+    assert net1(x).tobytes() == alone.tobytes() == net2(x).tobytes()
+    per, total = net1.profile(x, repeat=2)  # per-layer times add up over the images
+    assert len(per) == len(net1.layers) and all(t > 0 for t in per)
 
 
 def test_planned_activations_start_on_cache_lines():

@@ -299,7 +299,7 @@ def python_overhead(net, x, repeat=50):
     """Time per call spent outside the compiled step loops (the executor's Python and the
     entry into C): each timed call also reads the clock when its C loop starts and ends, so
     overhead = call time - that call's time inside C, per call; medians over `repeat` calls.
-    Layers run from Python (the classifier of a batch) count as overhead here;
+    Layers run from Python (none in the MobileNets) would count as overhead here;
     `python_layers` lists them.
 
     Returns dict(total_ms, inside_ms, overhead_ms, fraction, python_layers)."""

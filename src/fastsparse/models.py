@@ -5,8 +5,8 @@ float32 from the first conv to the pooling; the residual add of MobileNet v2 is 
 the projection 1x1's epilogue. Activation buffers are planned once per input shape (tensors
 whose lifetimes do not overlap share memory) and reused; a call allocates only the logits.
 The layers become a C step list (csrc/fs_steps.h) built once per input shape, thread count
-and ISA: a call runs them all in one OpenMP parallel region, leaving C only for the classifier
-of a batch (run with the batch as the spatial axis).
+and ISA: a call runs them all in one OpenMP parallel region (on one thread, a batch runs image
+after image through the batch-1 plan).
 """
 import numbers
 import threading
@@ -43,9 +43,9 @@ SPARSE_MAX_DENSITY = {1: 0.3, 2: 0.4, 4: 0.5, 8: 0.5}
 FUSE_MIN_HW = 56 * 56
 FUSE_GROUP_BYTES = 256 * 1024
 
-# Batch-1 1x1 layers on images below KSPLIT_MAX_HW positions with at least KSPLIT_MIN_RATIO
-# times more input than output channels sum their input channels in two halves
-# (FS_STEP_SPMM_KSPLIT, _kernels.StepList.add_spmm).
+# 1x1 layers on images below KSPLIT_MAX_HW positions with at least KSPLIT_MIN_RATIO times more
+# input than output channels sum their input channels in two halves (FS_STEP_SPMM_KSPLIT,
+# _kernels.StepList.add_spmm).
 KSPLIT_MAX_HW = 256
 KSPLIT_MIN_RATIO = 3
 
@@ -53,9 +53,8 @@ KSPLIT_MIN_RATIO = 3
 class _Layer:
     """One op: reads tensor `src` (and `res`), writes tensor `dst`.
 
-    add_step() appends the op to the network's C step list and returns True; an op the
-    step list does not cover (the classifier of a batch) returns False and is run() from
-    Python."""
+    add_step() appends the op to the network's C step list and returns True; an op without a
+    C step would return False and be run() from Python between step lists."""
 
     op = ""
     src = dst = 0
@@ -182,12 +181,13 @@ class _Pointwise(_Layer):
     def add_step(self, steps, isa, shapes, layout):
         W, kisa, index = self._kernel(isa, shapes[self.src])
         shape = shapes[self.src]  # (N, C, H, W), or (N, C) for the classifier
-        n, cin, hw = shape[0], shape[1], int(np.prod(shape[2:]))
-        # A batch-1 projection on a small image (whose input a depthwise step wrote split by
-        # channels) sums the two halves of its input channels apart, each on the thread that
-        # wrote them, then adds them: reading the other core's half cost 2.5x the layer on 2
-        # threads (576->96 at 14x14). Decided without the thread count: same sums on any.
-        ksplit = n == 1 and hw < KSPLIT_MAX_HW and cin >= KSPLIT_MIN_RATIO * W.shape[0]
+        cin, hw = shape[1], int(np.prod(shape[2:]))
+        # A projection on a small image (whose input a depthwise step wrote split by channels)
+        # sums the two halves of its input channels apart, each on the thread that wrote
+        # them, then adds them: reading the other core's half cost 2.5x the layer on 2
+        # threads (576->96 at 14x14). Decided without the thread count or the batch: an
+        # image's sums are the same on any.
+        ksplit = hw < KSPLIT_MAX_HW and cin >= KSPLIT_MIN_RATIO * W.shape[0]
         steps.add_spmm(kisa, index, W._packed, self.src,
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act,
                        ksplit=ksplit)
@@ -253,21 +253,13 @@ class _Classifier(_Pointwise):
         return shape[0] * cout * cin, shape[0] * self.matrix().stored
 
     def add_step(self, steps, isa, shapes, layout):
-        # One image: its (1, C) features are one image of C channels x 1 position. A batch
-        # runs from Python with the batch as the spatial axis instead (one pass, not N).
-        if shapes[self.src][0] != 1:
-            return False
+        # The (N, C) features are N images of C channels x 1 position: each image's logits
+        # come from the same kernel calls whatever the batch (the one-position variant).
         return _Pointwise.add_step(self, steps, isa, shapes, layout)
 
-    def run(self, x, out, res, threads):
-        xt = np.ascontiguousarray(x.T)[None]  # (1, C, N): the batch is the spatial axis
-        y = _spmm(xt, self.matrix(), self.b, None, -np.inf, np.inf, threads, None)
-        out[...] = y[0].T
-        return out
-
     def describe(self, shape):
-        # The kernels see the batch as the spatial axis: one "image" of N positions.
-        return _Pointwise.describe(self, (1, shape[1], 1, shape[0]))
+        # The kernels see each image's features as C channels x 1 position.
+        return _Pointwise.describe(self, (shape[0], shape[1], 1, 1))
 
 
 def _padded_size(shape):
@@ -474,9 +466,23 @@ class Network:
             raise ValueError(f"images must have 3 channels ({layout}), got shape {x.shape}")
         if n < 1 or h < 1 or w < 1:
             raise ValueError(f"images must be non-empty, got shape {x.shape}")
+        threads = _dispatch.resolve_threads(self.num_threads)
+        if n > 1 and threads == 1:
+            # One thread: image after image through the batch-1 plan, whose activations stay
+            # in L2 from layer to layer (a batch's went through L3: v1 per image 3.6 vs 3.1 ms).
+            # Every decision and kernel call per image is the batch's, so the bytes are too.
+            logits, each = None, None if times is None else np.zeros_like(times)
+            for i in range(n):
+                y = self._run(x[i:i + 1], layout, each, inside)
+                if logits is None:
+                    logits = np.empty((n,) + y.shape[1:], dtype=np.float32)
+                logits[i] = y[0]
+                if times is not None:
+                    times += each
+            return logits
         key = ((n, 3, h, w), layout)
         plan = self._plan(key)
-        ws_key = (key, _dispatch.resolve_threads(self.num_threads), _dispatch.isa())
+        ws_key = (key, threads, _dispatch.isa())
         ws = self._workspace(ws_key, plan)
         views, steps, segments = ws
         logits = np.empty(views[-1].shape, dtype=np.float32)
