@@ -122,15 +122,19 @@ def test_dense_layers_run_in_blocks_the_same_on_every_thread_count():
 
 def test_a_batch_gives_each_image_its_batch_1_bytes():
     """An image's logits are the same bytes alone or in a batch, on 1 thread (image after
-    image) and on 2 (the batch through each step): every decision and kernel call per image
-    is the same, the classifier's one-position variant included."""
-    net1 = fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None), num_threads=1)
-    net2 = fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None), num_threads=2)
-    x = _images(np.random.default_rng(21), 3, 96, 80)
-    alone = np.concatenate([net1(x[i:i + 1]) for i in range(3)])
-    assert net1(x).tobytes() == alone.tobytes() == net2(x).tobytes()
-    per, total = net1.profile(x, repeat=2)  # per-layer times add up over the images
-    assert len(per) == len(net1.layers) and all(t > 0 for t in per)
+    image) and on 2 and 3 (T images side by side, the n % T left after them on all threads):
+    every decision and kernel call per image is the same, the classifier's one-position
+    variant included, and concurrent images never share a buffer."""
+    sd = _pruned_v2(0.5, 0.9, None)
+    nets = {t: fs.MobileNetV2.from_dense(sd, num_threads=t) for t in (1, 2, 3)}
+    x = _images(np.random.default_rng(21), 5, 96, 80)
+    alone = np.concatenate([nets[1](x[i:i + 1]) for i in range(5)])
+    for n in (1, 2, 3, 4, 5):
+        for t, net in nets.items():
+            assert net(x[:n]).tobytes() == alone[:n].tobytes(), (n, t)
+    per, total = nets[2].profile(x[:3], repeat=2)  # per-layer times add up over the images
+    assert len(per) == len(nets[2].layers) and all(t > 0 for t in per)
+    assert sum(per) <= total * 1.5
 
 
 def test_planned_activations_start_on_cache_lines():

@@ -1,6 +1,8 @@
 """The C step lists (csrc/fs_steps.h, _kernels.StepList) and the network executor on them:
 results vs the reference and across thread counts, buffers reused across calls, bad
 arguments refused before any kernel runs."""
+import os
+
 import numpy as np
 import pytest
 
@@ -71,6 +73,70 @@ def test_step_list_runs_ranges_and_stamps_times():
     bounds = np.zeros(2)
     steps.run(x, y, 0, 3, bounds)  # two stamps: the start and the end of the whole range
     assert 0 < bounds[0] <= bounds[1]
+
+
+def test_run_images_runs_each_image_through_its_own_list():
+    """run_images: list l takes images [l * per, (l + 1) * per) side by side; each image's
+    output is the bytes of a batch-1 run, also when the OpenMP team is smaller than the
+    number of lists (each thread then takes several lists)."""
+    lists = [_small_list(1) for _ in range(3)]
+    ref = lists[0][2]
+    x = np.random.default_rng(2).standard_normal((6, 8, 5, 6)).astype(np.float32)
+    alone = np.empty((6, 16), np.float32)
+    for i in range(6):
+        lists[0][0].run(x[i:i + 1], alone[i:i + 1])
+    for count in (1, 2, 3):
+        y = np.full((6, 16), np.nan, np.float32)
+        _kernels.run_images([sl for sl, _, _ in lists[:count]], x, y)
+        assert y.tobytes() == alone.tobytes(), count
+    assert _rel_err(alone, np.concatenate([ref(x[i:i + 1]) for i in range(6)])) < RTOL
+    from test_dispatch import _run
+    code = (
+        "import numpy as np, sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_steps import _small_list\n"
+        "from fastsparse import _kernels\n"
+        "x = np.random.default_rng(2).standard_normal((6, 8, 5, 6)).astype(np.float32)\n"
+        "y = np.full((6, 16), np.nan, np.float32)\n"
+        "_kernels.run_images([_small_list(1)[0] for _ in range(3)], x, y)\n"
+        "sys.stdout.write(y.tobytes().hex())\n")
+    r = _run(code, OMP_THREAD_LIMIT="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == alone.tobytes().hex()
+
+
+def test_run_images_refuses_bad_arguments():
+    a, b = _small_list(1)[0], _small_list(1)[0]
+    x = np.zeros((4, 8, 5, 6), np.float32)
+    y = np.zeros((4, 16), np.float32)
+    with pytest.raises(ValueError, match="at least one step list"):
+        _kernels.run_images([], x, y)
+    with pytest.raises(ValueError, match="share tensors"):
+        _kernels.run_images([a, a], x, y)
+    views = [np.empty((1, 8, 5, 6), np.float32), np.empty((1, 16, 5, 6), np.float32),
+             np.empty((1, 16, 3, 3), np.float32), np.empty((1, 16), np.float32)]
+    c, d = _kernels.StepList(views, 1), _kernels.StepList(views, 1)
+    with pytest.raises(ValueError, match="share tensors"):
+        _kernels.run_images([c, d], x, y)
+    with pytest.raises(ValueError, match="built for one thread"):
+        _kernels.run_images([a, _small_list(2)[0]], x, y)
+    with pytest.raises(ValueError, match="a multiple of 3"):
+        _kernels.run_images([a, b, _small_list(1)[0]], x, y)
+    with pytest.raises(ValueError, match="same number of images"):
+        _kernels.run_images([a, b], x, y[:2])
+    with pytest.raises(ValueError, match="not built for images of shape"):
+        _kernels.run_images([a, b], np.zeros((4, 8, 6, 5), np.float32), y)
+    with pytest.raises(ValueError, match="not built for images of shape"):
+        _kernels.run_images([a, b], x, np.zeros((4, 15), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        _kernels.run_images([a, b], x.astype(np.float64), y)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        _kernels.run_images([a, b], x, np.zeros((16, 4), np.float32).T)
+    ro = y.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _kernels.run_images([a, b], x, ro)
+    _kernels.run_images([a, b], x, y)  # and the refusals left both lists usable
 
 
 def test_step_list_refuses_bad_arguments():

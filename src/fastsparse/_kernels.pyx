@@ -11,7 +11,7 @@ import numpy as np
 from ._validate import line_aligned_empty
 
 from libc.stdint cimport int32_t, int64_t, uint32_t
-from libc.stdlib cimport calloc, free, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
 
 cdef extern from "csrc/fs_kernels.h" nogil:
@@ -144,6 +144,9 @@ cdef extern from "csrc/fs_steps.h" nogil:
         fs_vadd_args vadd
     void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
                       double* times, int each)
+    void fs_run_images(const fs_step* const* steps, const size_t* counts, float** const* tables,
+                       size_t ntensors, int lists, const float* x, size_t x_image, float* y,
+                       size_t y_image, size_t per)
 
 
 # Largest byte offset the kernels' int32 offsets can hold.
@@ -765,6 +768,8 @@ cdef class StepList:
     cdef list _tensors, _keep
     cdef bint _busy
     cdef readonly int num_threads
+    cdef size_t* _spans  # byte ranges [lo, hi) of the tensors between input and output,
+    cdef Py_ssize_t _nspans  # sorted by lo
 
     def __cinit__(self, list tensors, int num_threads):
         self._ntensors = len(tensors)
@@ -773,11 +778,23 @@ cdef class StepList:
         self._table = <float**>calloc(self._ntensors, sizeof(float*))
         if self._table == NULL:
             raise MemoryError()
+        spans = []
         for i, a in enumerate(tensors):
             if a is not None:
                 p = _data(a, True)
                 if 0 < i < self._ntensors - 1:
                     self._table[i] = p
+                    if p != NULL:  # strides are >= 0 (_data)
+                        lo = <size_t>p
+                        spans.append((lo, lo + a.itemsize + sum(
+                            (d - 1) * st for d, st in zip(a.shape, a.strides))))
+        spans.sort()
+        self._spans = <size_t*>malloc((2 * len(spans) + 1) * sizeof(size_t))
+        if self._spans == NULL:
+            raise MemoryError()
+        for i, (lo, hi) in enumerate(spans):
+            self._spans[2 * i], self._spans[2 * i + 1] = lo, hi
+        self._nspans = len(spans)
         self._tensors = list(tensors)
         self._keep = []
         self.num_threads = max(1, num_threads)
@@ -785,6 +802,7 @@ cdef class StepList:
     def __dealloc__(self):
         free(self._steps)
         free(self._table)
+        free(self._spans)
 
     def kinds(self):
         """The kind of each step (FS_STEP_* in fs_steps.h): for tests and profiles."""
@@ -957,3 +975,79 @@ cdef class StepList:
         finally:
             self._busy = False
             self._table[0] = self._table[last] = NULL
+
+
+cdef bint _spans_overlap(StepList a, StepList b) noexcept:
+    """Whether a tensor of `a` shares a byte with a tensor of `b` (a merge of the two sorted
+    lists of byte ranges)."""
+    cdef Py_ssize_t i = 0, j = 0
+    while i < a._nspans and j < b._nspans:
+        if a._spans[2 * i] < b._spans[2 * j + 1] and b._spans[2 * j] < a._spans[2 * i + 1]:
+            return True
+        if a._spans[2 * i + 1] <= b._spans[2 * j + 1]:
+            i += 1
+        else:
+            j += 1
+    return False
+
+
+def run_images(list lists, x, y):
+    """Runs the images of x through the step lists side by side, one list per thread: list l
+    takes images [l * per, (l + 1) * per), per = len(x) // len(lists), one after another,
+    and writes their rows of y. Each list must be built for one thread, with tensor 0 and its
+    last tensor of x's and y's shapes for one image, and no two lists may share a tensor."""
+    cdef Py_ssize_t nl = len(lists), per, i, j
+    if nl < 1:
+        raise ValueError("run_images needs at least one step list")
+    for a, name in ((x, "x"), (y, "y")):
+        if (not isinstance(a, np.ndarray) or a.dtype != np.float32
+                or not a.flags.c_contiguous or a.ndim < 2):
+            raise ValueError(f"{name} must be a C-contiguous float32 array of images")
+    if not y.flags.writeable:
+        raise ValueError("y must be writeable")
+    if x.shape[0] != y.shape[0] or x.shape[0] % nl != 0 or x.shape[0] == 0:
+        raise ValueError(f"x and y must hold the same number of images, a multiple of "
+                         f"{nl}, got {x.shape[0]} and {y.shape[0]}")
+    per = x.shape[0] // nl
+    cdef StepList sl, other
+    for i in range(nl):
+        sl = lists[i]
+        if sl.num_threads != 1:
+            raise ValueError("run_images takes step lists built for one thread")
+        for a, t in ((x, sl._tensors[0]), (y, sl._tensors[sl._ntensors - 1])):
+            if a.shape[1:] != t.shape[1:] or t.shape[0] != 1 or not t.flags.c_contiguous:
+                raise ValueError(f"step list {i} is not built for images of shape "
+                                 f"{(1,) + a.shape[1:]}")
+        if sl._busy:
+            raise RuntimeError("a step list given to run_images is running")
+        for j in range(i):
+            other = lists[j]
+            if other is sl or _spans_overlap(sl, other):
+                raise ValueError(f"step lists {j} and {i} share tensors")
+    cdef const fs_step** steps = <const fs_step**>malloc(nl * sizeof(fs_step*))
+    cdef size_t* counts = <size_t*>malloc(nl * sizeof(size_t))
+    cdef float*** tables = <float***>malloc(nl * sizeof(float**))
+    if steps == NULL or counts == NULL or tables == NULL:
+        free(steps); free(counts); free(tables)
+        raise MemoryError()
+    cdef const float[::1] xv = x.reshape(-1)
+    cdef float[::1] yv = y.reshape(-1)
+    cdef size_t x_image = xv.shape[0] // x.shape[0], y_image = yv.shape[0] // y.shape[0]
+    cdef size_t ntensors = (<StepList>lists[0])._ntensors
+    for i in range(nl):
+        sl = lists[i]
+        if <size_t>sl._ntensors != ntensors:
+            free(steps); free(counts); free(tables)
+            raise ValueError("the step lists must have the same tensors")
+        steps[i], counts[i], tables[i] = sl._steps, sl._count, sl._table
+        sl._busy = True
+    try:
+        with nogil:
+            fs_run_images(steps, counts, tables, ntensors, <int>nl, &xv[0], x_image, &yv[0],
+                          y_image, <size_t>per)
+    finally:
+        for i in range(nl):
+            sl = lists[i]
+            sl._busy = False
+            sl._table[0] = sl._table[ntensors - 1] = NULL
+        free(steps); free(counts); free(tables)

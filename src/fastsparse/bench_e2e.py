@@ -299,10 +299,8 @@ def python_overhead(net, x, repeat=50):
     """Time per call spent outside the compiled step loops (the executor's Python and the
     entry into C): each timed call also reads the clock when its C loop starts and ends, so
     overhead = call time - that call's time inside C, per call; medians over `repeat` calls.
-    Layers run from Python (none in the MobileNets) would count as overhead here;
-    `python_layers` lists them.
 
-    Returns dict(total_ms, inside_ms, overhead_ms, fraction, python_layers)."""
+    Returns dict(total_ms, inside_ms, overhead_ms, fraction)."""
     clock = time.perf_counter
     tot, inside, acc = np.empty(repeat), np.empty(repeat), np.zeros(1)
     for _ in range(3):
@@ -314,13 +312,8 @@ def python_overhead(net, x, repeat=50):
         tot[r] = clock() - t0
         inside[r] = acc[0]
     over = tot - inside
-    key = (x.shape, "NCHW")
-    ws_key = (key, _dispatch.resolve_threads(net.num_threads), _dispatch.isa())
-    ws = net._workspace(ws_key, net._plan(key))
-    net._release(ws_key, ws)
     return dict(total_ms=float(np.median(tot)) * 1e3, inside_ms=float(np.median(inside)) * 1e3,
-                overhead_ms=float(np.median(over)) * 1e3, fraction=float(np.median(over / tot)),
-                python_layers=[s for s in ws[2] if not isinstance(s, tuple)])
+                overhead_ms=float(np.median(over)) * 1e3, fraction=float(np.median(over / tot)))
 
 
 def weight_bytes(net):
@@ -509,8 +502,6 @@ def _detail(out, arch, width, input_size, threads, seed):
         f"call's time inside its C step loop, median of 50 calls. The same on a 32x32 input "
         f"(kernels nearly idle): {ov8['overhead_ms'] * 1e3:.0f} us outside C, "
         f"{ov8['total_ms'] * 1e3:.0f} us per call.")
-    if ov["python_layers"]:
-        out(f"(layers {ov['python_layers']} run from Python and count as overhead here)")
     out(f"Weights: 1x1 + classifier packed {wb['pw_packed'] / 1e6:.2f} MB vs dense float32 "
         f"{wb['pw_dense'] / 1e6:.2f} MB = {wb['pw_packed'] / wb['pw_dense']:.1%}; whole network "
         f"(first conv, depthwise, biases dense on both sides) {wb['all_packed'] / 1e6:.2f} MB vs "

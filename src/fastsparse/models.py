@@ -51,10 +51,8 @@ KSPLIT_MIN_RATIO = 3
 
 
 class _Layer:
-    """One op: reads tensor `src` (and `res`), writes tensor `dst`.
-
-    add_step() appends the op to the network's C step list and returns True; an op without a
-    C step would return False and be run() from Python between step lists."""
+    """One op: reads tensor `src` (and `res`), writes tensor `dst`; add_step() appends it to
+    the network's C step list."""
 
     op = ""
     src = dst = 0
@@ -72,9 +70,6 @@ class _Layer:
         return "", "", "", ""
 
     def add_step(self, steps, isa, shapes, layout):
-        return False
-
-    def run(self, x, out, res, threads):
         raise NotImplementedError
 
 
@@ -109,7 +104,6 @@ class _Conv(_Layer):
         t, l, _, _ = self.pads(*shapes[self.src][2:])  # shapes are NCHW whatever the layout
         steps.add_conv2d(_dispatch.isa_id(isa), self.src, layout == "NHWC", self.dst, self.w2, self.b,
                          self.stride, t, l, *self.act)
-        return True
 
     def describe(self, shape):
         return "0.00", "", "dense", "first conv (dense by design)"
@@ -136,7 +130,6 @@ class _Depthwise(_Layer):
     def add_step(self, steps, isa, shapes, layout):
         steps.add_dwconv2d(_dispatch.isa_id(isa), self.src, self.dst, self.w2, self.b, self.w.shape[2],
                            self.stride, self.padding[0], self.padding[1], *self.act)
-        return True
 
     def describe(self, shape):
         k = self.w.shape[2]
@@ -191,7 +184,6 @@ class _Pointwise(_Layer):
         steps.add_spmm(kisa, index, W._packed, self.src,
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act,
                        ksplit=ksplit)
-        return True
 
     def add_fused_step(self, steps, isa, shapes, dw):
         """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
@@ -237,7 +229,6 @@ class _Pool(_Layer):
 
     def add_step(self, steps, isa, shapes, layout):
         steps.add_gavgpool(_dispatch.isa_id(isa), self.src, self.dst)
-        return True
 
 
 class _Classifier(_Pointwise):
@@ -391,9 +382,8 @@ class Network:
         return plan
 
     def _workspace(self, key, plan):
-        """Buffers of the planned tensors, the step list over them, and the segments of the
-        layer sequence: runs of C steps, and the layers run from Python in between. One
-        workspace per concurrent call."""
+        """Buffers of the planned tensors, the step list over them, and the layer index of
+        each step. One workspace per concurrent call (and per image run side by side)."""
         with self._lock:
             stack = self._free.setdefault(key, [])
             if stack:
@@ -412,22 +402,17 @@ class Network:
         views[0] = np.empty((n, h, w, c) if layout == "NHWC" else in_shape, dtype=np.float32)
         views[-1] = np.empty(shapes[self.layers[-1].dst], dtype=np.float32)
         steps = _kernels.StepList(views, threads)
-        segments = []  # (first step, end step, the layer of each step) or a layer index
+        layer_of_step = []  # a fused 1x1 + depthwise pair is one step, of the 1x1 layer
         i = 0
         while i < len(self.layers):
-            layer = self.layers[i]
             if i in fused:
-                layer.add_fused_step(steps, isa, shapes, self.layers[i + 1])
-            if i in fused or layer.add_step(steps, isa, shapes, layout):
-                if segments and isinstance(segments[-1], tuple):
-                    first, _, run = segments[-1]
-                    segments[-1] = (first, len(steps), run + [i])
-                else:
-                    segments.append((len(steps) - 1, len(steps), [i]))
+                self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1])
             else:
-                segments.append(i)
+                self.layers[i].add_step(steps, isa, shapes, layout)
+            layer_of_step.append(i)
             i += 2 if i in fused else 1
-        return views, steps, segments
+        assert len(steps) == len(layer_of_step)
+        return views, steps, layer_of_step
 
     def _release(self, key, ws):
         with self._lock:
@@ -440,9 +425,10 @@ class Network:
 
     def profile(self, images, layout="NCHW", repeat=20):
         """Median wall time of each layer over `repeat` calls, in milliseconds, and the median
-        time of whole calls: (per-layer list, total). Layers that run as C steps are timed by
-        stamps taken after each step's barrier, without leaving C; a 1x1 fused with the
-        depthwise conv after it gets the pair's time, and the depthwise layer 0."""
+        time of whole calls: (per-layer list, total). Layers are timed by stamps taken after
+        each step's barrier, without leaving C; a 1x1 fused with the depthwise conv after it
+        gets the pair's time, and the depthwise layer 0. A batch is profiled image after
+        image through the batch-1 plan on all threads (the layer times summed)."""
         per = np.zeros((repeat, len(self.layers)))
         total = np.zeros(repeat)
         self._run(images, layout, None)  # plan and warm up
@@ -454,7 +440,14 @@ class Network:
 
     def _run(self, images, layout, times, inside=None):
         """One call. `times` (per layer, seconds) is filled for profile(); `inside` (one
-        float) accumulates the time the call spends in its C step loops."""
+        float) accumulates the time the call spends in its C step loops.
+
+        Every image runs through the batch-1 plan, so its logits are the same bytes whatever
+        the batch and the thread count. On T > 1 threads a batch runs T images at a time side
+        by side, one per thread through its own one-thread plan, where its activations stay
+        in that core's L2 from layer to layer (a batch run layer by layer went through L3 and
+        paid for every read of a tensor the other core wrote); the n % T images left over
+        run one after another on all threads, as do batches that are profiled."""
         if layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
         x = float32_array(images, "images", ndim=4)
@@ -467,48 +460,39 @@ class Network:
         if n < 1 or h < 1 or w < 1:
             raise ValueError(f"images must be non-empty, got shape {x.shape}")
         threads = _dispatch.resolve_threads(self.num_threads)
-        if n > 1 and threads == 1:
-            # One thread: image after image through the batch-1 plan, whose activations stay
-            # in L2 from layer to layer (a batch's went through L3: v1 per image 3.6 vs 3.1 ms).
-            # Every decision and kernel call per image is the batch's, so the bytes are too.
-            logits, each = None, None if times is None else np.zeros_like(times)
-            for i in range(n):
-                y = self._run(x[i:i + 1], layout, each, inside)
-                if logits is None:
-                    logits = np.empty((n,) + y.shape[1:], dtype=np.float32)
-                logits[i] = y[0]
-                if times is not None:
-                    times += each
-            return logits
-        key = ((n, 3, h, w), layout)
+        key = ((1, 3, h, w), layout)
         plan = self._plan(key)
-        ws_key = (key, threads, _dispatch.isa())
-        ws = self._workspace(ws_key, plan)
-        views, steps, segments = ws
-        logits = np.empty(views[-1].shape, dtype=np.float32)
-        try:
-            for seg in segments:
-                if isinstance(seg, tuple):
-                    first, end, run = seg
-                    stamps = None
-                    if times is not None:
-                        stamps = np.empty(end - first + 1)
-                    elif inside is not None:
-                        stamps = np.empty(2)
-                    steps.run(x, logits, first, end, stamps)
-                    if times is not None:
-                        times[run] = np.diff(stamps)
-                    if inside is not None:
-                        inside[0] += stamps[-1] - stamps[0]
-                    continue
+        isa = _dispatch.isa()
+        logits = np.empty((n, self.num_classes), dtype=np.float32)
+        side = n - n % threads if times is None and threads > 1 else 0
+        if side:
+            ws_key = (key, 1, isa)
+            wss = [self._workspace(ws_key, plan) for _ in range(threads)]
+            try:
                 t0 = time.perf_counter()
-                layer = self.layers[seg]
-                src = x if layer.src == 0 else views[layer.src]
-                res = views[layer.res] if layer.res is not None else None
-                layer.run(src, logits if seg == len(self.layers) - 1 else views[layer.dst], res,
-                          steps.num_threads)
+                _kernels.run_images([ws[1] for ws in wss], x[:side], logits[:side])
+                if inside is not None:
+                    inside[0] += time.perf_counter() - t0
+            finally:
+                for ws in wss:
+                    self._release(ws_key, ws)
+        if side == n:
+            return logits
+        ws_key = (key, threads, isa)
+        ws = self._workspace(ws_key, plan)
+        _, steps, layer_of_step = ws
+        stamps = None
+        if times is not None:
+            stamps = np.empty(len(steps) + 1)
+        elif inside is not None:
+            stamps = np.empty(2)
+        try:
+            for i in range(side, n):
+                steps.run(x[i:i + 1], logits[i:i + 1], 0, -1, stamps)
                 if times is not None:
-                    times[seg] = time.perf_counter() - t0
+                    np.add.at(times, layer_of_step, np.diff(stamps))
+                if inside is not None:
+                    inside[0] += stamps[-1] - stamps[0]
             return logits
         finally:
             self._release(ws_key, ws)

@@ -148,6 +148,28 @@ static inline int fs_thread_id(void) {
 #endif
 }
 
+/* Blocks [b0, b1) of the 1x1 over parts [q0, q1) of its input channels, for mc positions of
+ * x (already at the first one), tile by tile of part_mc positions: the first part writes bias
+ * + its products (+ `res`), each later one adds its products to `out`, the last one clamps to
+ * [lo, hi]. Residual and output rows are `res_stride` and `out_stride` bytes apart. */
+static inline void fs_spmm_parts(const fs_spmm_args* a, int64_t b0, int64_t b1, size_t q0,
+                                 size_t q1, const float* x, size_t mc, const float* bias,
+                                 const float* res, size_t res_stride, float* out,
+                                 size_t out_stride, float lo, float hi) {
+  const size_t nc = (size_t)(a->row_start[b1] - a->row_start[b0]);
+  for (size_t m = 0; m < mc; m += a->part_mc) {
+    const size_t n = mc - m < a->part_mc ? mc - m : a->part_mc;
+    for (size_t q = q0; q < q1; q++) {
+      const fs_spmm_part* p = &a->parts[q];
+      const int first = q == q0, last = q + 1 == q1;
+      a->fn(n, nc, x + m, p->values + p->value_start[b0], p->nnzmap + b0,
+            p->offsets + p->nz_start[b0], first ? bias : NULL,
+            first ? (res != NULL ? res + m : NULL) : out + m, first ? res_stride : out_stride,
+            out + m, out_stride, last ? lo : -INFINITY, last ? hi : INFINITY);
+    }
+  }
+}
+
 /* Rows [r0, r0 + rows) of the 1x1 for positions [m0, m0 + mc) of image `x` (whose channel
  * planes the packed offsets address). Residual and output rows are `res_stride` and
  * `out_stride` bytes apart from `res` and `out`, which hold row r0's position m0. */
@@ -163,17 +185,8 @@ static inline void fs_spmm_rows(const fs_spmm_args* a, int64_t b0, int64_t b1, s
           bias, res, res_stride, out, out_stride, a->lo, a->hi);
     return;
   }
-  for (size_t m = 0; m < mc; m += a->part_mc) {
-    const size_t n = mc - m < a->part_mc ? mc - m : a->part_mc;
-    for (size_t q = 0; q < a->nparts; q++) {
-      const fs_spmm_part* p = &a->parts[q];
-      const int first = q == 0, last = q + 1 == a->nparts;
-      a->fn(n, nc, x + m, p->values + p->value_start[b0], p->nnzmap + b0,
-            p->offsets + p->nz_start[b0], first ? bias : NULL,
-            first ? (res != NULL ? res + m : NULL) : out + m, first ? res_stride : out_stride,
-            out + m, out_stride, last ? a->lo : -INFINITY, last ? a->hi : INFINITY);
-    }
-  }
+  fs_spmm_parts(a, b0, b1, 0, a->nparts, x, mc, bias, res, res_stride, out, out_stride, a->lo,
+                a->hi);
 }
 
 /* Depthwise conv of channel ch, from its input plane to output positions [begin, end) of its
@@ -210,20 +223,12 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
     }
     case FS_STEP_SPMM_KSPLIT: {
       const fs_spmm_args* a = &st->spmm;
-      const size_t img = t / 2, half = t % 2, q0 = half * a->nparts / 2;
-      const size_t q1 = (half + 1) * a->nparts / 2, nc = a->cout;
+      const size_t img = t / 2, half = t % 2;
       float* dst = half == 0 ? y + img * ys.image : a->partial + img * a->cout * a->plane;
       const size_t stride = (half == 0 ? ys.channel : a->plane) * sizeof(float);
-      x += img * xs.image;
-      for (size_t m = 0; m < a->hw; m += a->part_mc) {
-        const size_t n = a->hw - m < a->part_mc ? a->hw - m : a->part_mc;
-        for (size_t q = q0; q < q1; q++) {
-          const fs_spmm_part* p = &a->parts[q];
-          a->fn(n, nc, x + m, p->values + p->value_start[0], p->nnzmap, p->offsets + p->nz_start[0],
-                q == q0 && half == 0 ? a->bias : NULL, q == q0 ? NULL : dst + m, stride, dst + m,
-                stride, -INFINITY, INFINITY);
-        }
-      }
+      fs_spmm_parts(a, a->bounds[0], a->bounds[a->groups], half * a->nparts / 2,
+                    (half + 1) * a->nparts / 2, x + img * xs.image, a->hw,
+                    half == 0 ? a->bias : NULL, NULL, 0, dst, stride, -INFINITY, INFINITY);
       return;
     }
     case FS_STEP_SPMM_DWCONV2D: {
@@ -339,6 +344,35 @@ static void fs_run_steps(const fs_step* steps, size_t count, float* const* tenso
     }
   }
   if (times != NULL && count == 0) times[1] = times[0];
+}
+
+/* Images side by side: `lists` step lists, each built for one image and one thread, with its
+ * own tensors and scratch. List l runs images [l * per, (l + 1) * per) one after another,
+ * each image's input `x_image` floats after the one before and its output `y_image` floats;
+ * `tables[l]` is list l's tensor table, whose entries 0 and ntensors - 1 this overwrites.
+ * Every image thus gets the arithmetic of a batch-1 call, and its activations stay in its own
+ * core's L2 from layer to layer. A team smaller than asked for takes several lists per thread. */
+static void fs_run_images(const fs_step* const* steps, const size_t* counts, float** const* tables,
+                          size_t ntensors, int lists, const float* x, size_t x_image, float* y,
+                          size_t y_image, size_t per) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(lists) if (lists > 1)
+#endif
+  {
+#ifdef _OPENMP
+    const int team = omp_get_num_threads();
+#else
+    const int team = 1;
+#endif
+    for (int l = fs_thread_id(); l < lists; l += team) {
+      float** table = tables[l];
+      for (size_t i = (size_t)l * per; i < (size_t)(l + 1) * per; i++) {
+        table[0] = (float*)(x + i * x_image);
+        table[ntensors - 1] = y + i * y_image;
+        fs_run_steps(steps[l], counts[l], table, 1, NULL, 0);
+      }
+    }
+  }
 }
 
 #endif /* FS_STEPS_H */
