@@ -97,14 +97,15 @@ def test_kernel_writes_only_its_output(isa, k, stride):
 @pytest.mark.parametrize("k", [3, 5])
 def test_flat_path_edges(isa, k):
     """Stride 1 with "same" padding runs on the flattened plane (dwconv_impl.h): widths around
-    every vector length (columns wrap inside a vector), heights on both sides of the 32 rows
-    up to which the plane is copied into scratch and of the rows the top and bottom vectors'
-    taps reach, plane sizes around vector multiples. The images sit back to back in a
+    every vector length (columns wrap inside a vector) and with lane masks repeating every 2
+    to 16 vectors (read from the table the first plane builds) or later, heights on both
+    sides of the 32 rows up to which the plane is copied into scratch and of the rows the top
+    and bottom vectors' taps reach, plane sizes around vector multiples. The images sit back to back in a
     NaN-filled buffer, so a read outside a plane poisons an output; every activation."""
     rng = np.random.default_rng(k)
     wt = rng.standard_normal((2, 1, k, k)).astype(np.float32)
     bias = rng.standard_normal(2).astype(np.float32)
-    widths = [1, 2, 3, 4, 5, 7, 8, 9, 14, 15, 16, 17, 31, 32, 33]
+    widths = [1, 2, 3, 4, 5, 7, 8, 9, 14, 15, 16, 17, 28, 31, 32, 33, 56, 112]
     heights = [1, 2, 3, 5, 7, 16, 31, 32, 33, 34, 40]
     for i, (h, w) in enumerate((h, w) for h in heights for w in widths):
         size = 2 * 2 * h * w

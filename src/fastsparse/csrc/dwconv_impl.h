@@ -28,6 +28,8 @@
 
 #include <assert.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "fs_kernels.h"
 
@@ -151,9 +153,24 @@ FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t oh, size_t
  * (fs_vload_range); the quarter planes have zero margins instead. */
 FS_INLINE ptrdiff_t fs_dw_flat_shift(size_t s, ptrdiff_t r) { return s == 1 ? r : (r - (r & 1)) / 2; }
 
+/* Which lanes of the vector whose lanes sit in columns `col` (rows of w) keep tap column kx:
+ * those whose column shift dx keeps them inside their row. m[kx] for dx != 0 only. */
+FS_INLINE void fs_dw_flat_masks(size_t k, size_t s, size_t pad, size_t w, fs_vec col,
+                                fs_vmask* m) {
+#pragma GCC unroll 5
+  for (size_t kx = 0; kx < k; kx++) {
+    const ptrdiff_t dx = fs_dw_flat_shift(s, (ptrdiff_t)kx - (ptrdiff_t)pad);
+    if (dx < 0) { /* column x + dx >= 0 */
+      m[kx] = fs_vlt(fs_vset1((float)(-dx - 1)), col);
+    } else if (dx > 0) { /* column x + dx < w */
+      m[kx] = fs_vlt(col, fs_vset1((float)((ptrdiff_t)w - dx)));
+    }
+  }
+}
+
 FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge,
                                    const float* const* src, size_t n, size_t i, size_t w,
-                                   const fs_vec* wv, fs_vec vbias, fs_vec col) {
+                                   const fs_vec* wv, fs_vec vbias, const fs_vmask* m) {
   const ptrdiff_t p = (ptrdiff_t)pad, c = (ptrdiff_t)(k / 2); /* tap column c has dx = 0 */
   fs_vec acc[5];
 #pragma GCC unroll 5
@@ -181,12 +198,9 @@ FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge,
   fs_vec y = acc[c];
 #pragma GCC unroll 5
   for (size_t kx = 0; kx < k; kx++) {
-    const ptrdiff_t dx = fs_dw_flat_shift(s, (ptrdiff_t)kx - p);
     if ((ptrdiff_t)kx == c) continue;
-    if (dx < 0) { /* column x + dx >= 0 */
-      y = fs_vadd(y, fs_vmaskz(fs_vlt(fs_vset1((float)(-dx - 1)), col), acc[kx]));
-    } else if (dx > 0) { /* column x + dx < w */
-      y = fs_vadd(y, fs_vmaskz(fs_vlt(col, fs_vset1((float)((ptrdiff_t)w - dx))), acc[kx]));
+    if (fs_dw_flat_shift(s, (ptrdiff_t)kx - p) != 0) {
+      y = fs_vadd(y, fs_vmaskz(m[kx], acc[kx]));
     } else {
       y = fs_vadd(y, acc[kx]);
     }
@@ -194,27 +208,12 @@ FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge,
   return y;
 }
 
-/* Output vectors from flat index i up to `end` (a multiple of FS_VLEN, or n); col = the
- * columns of the vector at i in rows of w, step = FS_VLEN % w. Returns the columns of the
- * vector at end. */
-FS_INLINE fs_vec fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
-                                 const float* const* src, size_t n, size_t w, size_t i,
-                                 size_t end, fs_vec col, size_t step, const fs_vec* wv,
-                                 fs_vec vbias, float* output, fs_vec vlo, fs_vec vhi) {
-  const fs_vec vw = fs_vset1((float)w), vlast = fs_vset1((float)(w - 1));
-  const fs_vec vstep = fs_vset1((float)step);
-  for (; i < end; i += FS_VLEN) {
-    const fs_vec y = fs_vclamp(fs_dw_flat_vector(k, s, pad, edge, src, n, i, w, wv, vbias, col),
-                               vlo, vhi);
-    if (n - i >= FS_VLEN) {
-      fs_vstore(output + i, y);
-    } else {
-      fs_vstore_tail(output + i, y, fs_tail_make(n - i));
-    }
-    col = fs_vadd(col, vstep);
-    col = fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw)); /* both terms were < w */
+FS_INLINE void fs_dw_flat_store(float* output, size_t n, size_t i, fs_vec y) {
+  if (n - i >= FS_VLEN) {
+    fs_vstore(output + i, y);
+  } else {
+    fs_vstore_tail(output + i, y, fs_tail_make(n - i));
   }
-  return col;
 }
 
 /* The column of each lane of the vector at flat index `start` in rows of w, (start + l) % w:
@@ -232,13 +231,95 @@ FS_INLINE fs_vec fs_dw_flat_columns(size_t w, size_t start, size_t* step) {
   return vcol;
 }
 
+/* The columns one vector further: + step (< w), less w where they reach w. */
+FS_INLINE fs_vec fs_dw_flat_next(fs_vec col, fs_vec vstep, fs_vec vlast, fs_vec vw) {
+  col = fs_vadd(col, vstep);
+  return fs_vsub(col, fs_vmaskz(fs_vlt(vlast, col), vw)); /* both terms were < w */
+}
+
+/* The lane masks repeat every w / gcd(w, FS_VLEN) vectors (7 for rows of 7, 14, 28, 56 or 112
+ * floats on AVX-512). For periods up to FS_DW_MASK_PERIOD_MAX, one period of them lives in
+ * the kernel's scratch (FS_DW_MASK_TABLE_FLOATS), computed by the first plane of a shape and
+ * then only loaded: tracking each vector's columns and comparing them took ~10 of the ~30
+ * vector instructions per output vector. Entry t holds the k masks (FS_DW_MASK_BYTES apart)
+ * of the vectors at flat indices = t * FS_VLEN (mod period * FS_VLEN), after a header whose
+ * first word names the (w, pad, k, s) they were made for (0, as the zero-filled scratch
+ * starts: none yet). Returns the table, or NULL for a longer period. */
+FS_INLINE const unsigned char* fs_dw_mask_table(size_t k, size_t s, size_t pad, size_t w,
+                                                float* scratch, size_t* period) {
+  /* gcd(w, FS_VLEN), FS_VLEN a power of two: w's lowest set bit, at most FS_VLEN (no
+   * division: this runs once per plane, and 7x7 planes are 4 vectors). */
+  const size_t g = (w & (0 - w)) < FS_VLEN ? (w & (0 - w)) : FS_VLEN;
+  *period = w / g;
+  if (*period > FS_DW_MASK_PERIOD_MAX) return NULL;
+  unsigned char* table = (unsigned char*)(scratch + 16);
+  const uint32_t want = (uint32_t)(((w * 8 + pad) * 8 + k) * 2 + s); /* never 0 */
+  uint32_t key;
+  memcpy(&key, scratch, sizeof key);
+  if (key != want) {
+    size_t step;
+    fs_vec col = fs_dw_flat_columns(w, 0, &step);
+    const fs_vec vw = fs_vset1((float)w), vlast = fs_vset1((float)(w - 1));
+    const fs_vec vstep = fs_vset1((float)step);
+    for (size_t t = 0; t < *period; t++) {
+      fs_vmask m[5];
+      memset(m, 0, sizeof m); /* the masks of dx = 0 are never read */
+      fs_dw_flat_masks(k, s, pad, w, col, m);
+      for (size_t kx = 0; kx < k; kx++) {
+        memcpy(table + (t * k + kx) * FS_DW_MASK_BYTES, &m[kx], sizeof(fs_vmask));
+      }
+      col = fs_dw_flat_next(col, vstep, vlast, vw);
+    }
+    memcpy(scratch, &want, sizeof want);
+  }
+  return table;
+}
+
+/* Output vectors from flat index i (a multiple of FS_VLEN) up to `end` (a multiple of
+ * FS_VLEN, or n), their lane masks loaded from `table` (fs_dw_mask_table) or, if it is NULL,
+ * computed from their columns. */
+FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
+                               const float* const* src, size_t n, size_t w, size_t i,
+                               size_t end, const unsigned char* table, size_t period,
+                               const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,
+                               fs_vec vhi) {
+  fs_vmask m[5];
+  if (table != NULL) {
+    size_t t = i / FS_VLEN; /* mod period; 0 for a whole plane */
+    if (t >= period) t %= period;
+    for (; i < end; i += FS_VLEN) {
+      for (size_t kx = 0; kx < k; kx++) {
+        memcpy(&m[kx], table + (t * k + kx) * FS_DW_MASK_BYTES, sizeof(fs_vmask));
+      }
+      fs_dw_flat_store(output, n, i,
+                       fs_vclamp(fs_dw_flat_vector(k, s, pad, edge, src, n, i, w, wv, vbias, m),
+                                 vlo, vhi));
+      t = t + 1 == period ? 0 : t + 1;
+    }
+    return;
+  }
+  if (i >= end) return;
+  size_t step;
+  fs_vec col = fs_dw_flat_columns(w, i, &step);
+  const fs_vec vw = fs_vset1((float)w), vlast = fs_vset1((float)(w - 1));
+  const fs_vec vstep = fs_vset1((float)step);
+  for (; i < end; i += FS_VLEN) {
+    fs_dw_flat_masks(k, s, pad, w, col, m);
+    fs_dw_flat_store(output, n, i,
+                     fs_vclamp(fs_dw_flat_vector(k, s, pad, edge, src, n, i, w, wv, vbias, m),
+                               vlo, vhi));
+    col = fs_dw_flat_next(col, vstep, vlast, vw);
+  }
+}
+
 /* Flat output positions [begin, end) of a stride-1 plane (begin a multiple of FS_VLEN). */
 FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
                                 const fs_vec* wv, fs_vec vbias, float* stage, float* output,
                                 size_t begin, size_t end, fs_vec vlo, fs_vec vhi) {
   const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
-  size_t step;
-  const fs_vec vcol = fs_dw_flat_columns(iw, begin, &step);
+  size_t period;
+  const unsigned char* table =
+      fs_dw_mask_table(k, 1, k / 2, iw, stage + fs_dw_flat_stage_floats(k, iw), &period);
   if (ih <= FS_DW_FLAT_STAGE_ROWS) {
     /* A small plane is copied behind zeros that are never written, and followed by zeros up
      * to the farthest tap of its last output (a previous plane may have left data there);
@@ -253,7 +334,7 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
                                            : fs_vload_range(input + j, 0, n > j ? n - j : 0));
     }
     const float* src[1] = {copy};
-    fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, begin, end, vcol, step, wv, vbias, output,
+    fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, begin, end, table, period, wv, vbias, output,
                     vlo, vhi);
     return;
   }
@@ -262,15 +343,16 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
   if (head > n) head = n;
   if (n >= FS_VLEN + reach) tail = (n - FS_VLEN - reach) / FS_VLEN * FS_VLEN + FS_VLEN;
   if (tail < head) tail = head;
-  /* The three spans clipped to [begin, end); an empty one leaves the columns as they are. */
+  /* The three spans clipped to [begin, end). */
   const size_t h0 = head < begin ? begin : (head > end ? end : head);
   const size_t t0 = tail < h0 ? h0 : (tail > end ? end : tail);
   const float* src[1] = {input};
-  fs_vec c0 = fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, begin, h0, vcol, step, wv, vbias,
-                              output, vlo, vhi);
-  c0 = fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, h0, t0, c0, step, wv, vbias, output, vlo,
-                       vhi);
-  fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, t0, end, c0, step, wv, vbias, output, vlo, vhi);
+  fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, begin, h0, table, period, wv, vbias, output, vlo,
+                  vhi);
+  fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, h0, t0, table, period, wv, vbias, output, vlo,
+                  vhi);
+  fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, t0, end, table, period, wv, vbias, output, vlo,
+                  vhi);
 }
 
 /* ow floats of quarter rows even[0, ow) and odd[0, ow) = the even and odd columns of an input
@@ -311,8 +393,8 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
   float* q[4];
   for (size_t j = 0; j < 4; j++) q[j] = quarters + j * qf + 16;
   const float* src[4] = {q[0] + ow, q[1] + ow, q[2] + ow, q[3] + ow}; /* slot 1: row y0 */
-  size_t step;
-  const fs_vec vcol0 = fs_dw_flat_columns(ow, 0, &step);
+  size_t period;
+  const unsigned char* table = fs_dw_mask_table(k, 2, pad, ow, quarters + 4 * qf, &period);
   for (size_t y0 = 0; y0 < oh; y0 += band) {
     const size_t rows = oh - y0 < band ? oh - y0 : band;
     for (size_t j = 0; j < rows + 2; j++) {
@@ -329,9 +411,9 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
     const size_t n = rows * ow;
     float* out = output + y0 * ow;
     if (pad == k / 2) {
-      fs_dw_flat_span(k, 2, k / 2, 0, src, n, ow, 0, n, vcol0, step, wv, vbias, out, vlo, vhi);
+      fs_dw_flat_span(k, 2, k / 2, 0, src, n, ow, 0, n, table, period, wv, vbias, out, vlo, vhi);
     } else {
-      fs_dw_flat_span(k, 2, k / 2 - 1, 0, src, n, ow, 0, n, vcol0, step, wv, vbias, out, vlo,
+      fs_dw_flat_span(k, 2, k / 2 - 1, 0, src, n, ow, 0, n, table, period, wv, vbias, out, vlo,
                       vhi);
     }
   }

@@ -242,17 +242,24 @@ static inline int fs_dw_flat_kind(size_t k, size_t stride, size_t ih, size_t iw,
   return 0;
 }
 
+/* The flat paths' table of lane masks (dwconv_impl.h, fs_dw_mask_table): a 64-byte header,
+ * then up to FS_DW_MASK_PERIOD_MAX entries of K <= 5 masks of at most FS_DW_MASK_BYTES. */
+#define FS_DW_MASK_PERIOD_MAX 16
+#define FS_DW_MASK_BYTES 64
+#define FS_DW_MASK_TABLE_FLOATS (16 + FS_DW_MASK_PERIOD_MAX * 5 * FS_DW_MASK_BYTES / 4)
+
 /* A ring of K + 2 rows (the input rows of the current output row and of the next one, staged
  * ahead so their stores have retired before they are read) and one zero row; after them, for
  * shapes that may take a flat path, its plane copy or its four quarter planes (the row ring
- * and the flat paths keep apart, so either can follow the other on the same scratch). */
+ * and the flat paths keep apart, so either can follow the other on the same scratch), and
+ * their table of lane masks. */
 static inline size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t ih, size_t iw,
                                                 size_t oh, size_t ow, size_t pad_top,
                                                 size_t pad_left) {
   const size_t ring = (k + 3) * fs_chw_row_floats(k, stride, iw, ow, pad_left);
   switch (fs_dw_flat_kind(k, stride, ih, iw, oh, ow, pad_top, pad_left)) {
-    case 1: return ring + fs_dw_flat_stage_floats(k, iw);
-    case 2: return ring + 4 * fs_dw_quarter_floats(oh, ow);
+    case 1: return ring + fs_dw_flat_stage_floats(k, iw) + FS_DW_MASK_TABLE_FLOATS;
+    case 2: return ring + 4 * fs_dw_quarter_floats(oh, ow) + FS_DW_MASK_TABLE_FLOATS;
     default: return ring;
   }
 }
