@@ -5,8 +5,9 @@ float32 from the first conv to the pooling; the residual add of MobileNet v2 is 
 the projection 1x1's epilogue. Activation buffers are planned once per input shape (tensors
 whose lifetimes do not overlap share memory) and reused; a call allocates only the logits.
 The layers become a C step list (csrc/fs_steps.h) built once per input shape, thread count
-and ISA: a call runs them all in one OpenMP parallel region (on one thread, a batch runs image
-after image through the batch-1 plan).
+and ISA: a call runs them all in one OpenMP parallel region. Every image runs through the
+batch-1 plan: a batch image after image on one thread, and on T threads T images side by side,
+one per thread through its own one-thread plan (Network._run).
 """
 import numbers
 import threading
