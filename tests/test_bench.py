@@ -23,4 +23,23 @@ def test_bench_spmm_reports_every_layer():
                            repeat=1, out=lines.append)
     text = "\n".join(lines)
     assert "sum over the 13 1x1 layers" in text
+    assert ">= 2 ms" in text
     assert res[0][0] == "mobilenet_v1" and res[0][2][(0.9, 1)] > 0
+
+
+def test_time_interleaved_samples_last_at_least_min_seconds():
+    """A sample runs a function back to back until it lasts min_seconds (steady state), and
+    reports the time per call."""
+    import time
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.004)
+    times = bench.time_interleaved({"fast": fast, "slow": slow}, 3, min_seconds=0.002)
+    assert calls["slow"] == 2 + 3  # calibration, then one call per sample: 4 ms >= 2 ms
+    assert calls["fast"] > 2 + 3 * 10
+    assert all(t >= 0.004 for t in times["slow"]) and all(t < 0.004 for t in times["fast"])

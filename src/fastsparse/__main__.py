@@ -27,6 +27,11 @@ def main(argv=None):
     bench.add_argument("--threads", type=_threads, default=(1, None),
                        help="comma-separated thread counts; 'all' = every CPU (default 1,all)")
     bench.add_argument("--repeat", type=int, default=None, help="default 21 (e2e: 30)")
+    spmm = bench.add_argument_group("spmm only")
+    spmm.add_argument("--sample-ms", type=float, default=2.0,
+                      help="each timed sample runs one layer's calls for at least this long "
+                           "(default 2: steady state; 0.2: large layers timed cold, one call "
+                           "after another layer's)")
     e2e = bench.add_argument_group("e2e only")
     e2e.add_argument("--batch", type=lambda t: tuple(int(v) for v in t.split(",")), default=(1, 8))
     e2e.add_argument("--width", type=float, default=1.0)
@@ -72,7 +77,7 @@ def main(argv=None):
     b.bench_spmm(networks=tuple(args.net.split(",")),
                  sparsities=args.sparsity or (0.7, 0.8, 0.9, 0.95),
                  threads=args.threads, block_sizes=args.block_size, repeat=repeat,
-                 kernel=args.kernel)
+                 kernel=args.kernel, sample_ms=args.sample_ms)
     return 0
 
 

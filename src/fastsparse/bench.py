@@ -122,11 +122,20 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
 
 
 def bench_spmm(networks=("mobilenet_v2", "mobilenet_v1"), sparsities=(0.7, 0.8, 0.9, 0.95),
-               threads=(1, None), block_sizes=(1,), repeat=21, kernel=None, seed=0, out=print):
+               threads=(1, None), block_sizes=(1,), repeat=21, kernel=None, seed=0, out=print,
+               sample_ms=2.0):
     """Per-layer and per-network tables: the sparse 1x1 kernels as a network runs them (one C
-    step, padded channel planes) vs numpy's dense matmul (sgemm) on contiguous arrays."""
+    step, padded channel planes) vs numpy's dense matmul (sgemm) on contiguous arrays.
+
+    Each timed sample runs one layer's calls back to back for at least `sample_ms`, the
+    samples of all layers and engines interleaved: with 2 ms every layer is timed in its
+    steady state. With 0.2 ms (the protocol before session 4) a 112x112 layer is one call
+    right after another layer's, which refills its 2-5 MB of activations from memory first:
+    2-4x slower, for dense sgemm and fastsparse alike (BENCHMARKS.md)."""
     rng = np.random.default_rng(seed)
     out(machine_description())
+    out(f"each sample: one layer's calls back to back for >= {sample_ms:g} ms, {repeat} samples "
+        "per layer and engine, interleaved; medians")
     all_threads = os.cpu_count() or 1
     results = []
     for t in threads:
@@ -149,7 +158,7 @@ def bench_spmm(networks=("mobilenet_v2", "mobilenet_v1"), sparsities=(0.7, 0.8, 
                             fns[(li, s, b)] = _layer_in_network_layout(W, x, hw, t, kernel)
                             meta[(li, s, b)] = W.nnz * hw * 2
                 if t == 1:
-                    times = time_interleaved(fns, repeat)
+                    times = time_interleaved(fns, repeat, sample_ms / 1e3)
                 else:
                     # Two thread pools taking turns (numpy's BLAS threads, fastsparse's OpenMP
                     # team) spin against each other on a small machine and time that fight
@@ -159,7 +168,7 @@ def bench_spmm(networks=("mobilenet_v2", "mobilenet_v1"), sparsities=(0.7, 0.8, 
                     for group in (True, False):
                         times.update(time_interleaved(
                             {k: f for k, f in fns.items() if (k[1] == "dense") == group},
-                            repeat))
+                            repeat, sample_ms / 1e3))
                 results.append(_report(out, net, layers, sparsities, block_sizes, times, meta, t))
     return results
 
