@@ -341,6 +341,55 @@ def test_fused_1x1_depthwise_equals_the_two_steps(isa, block, cout, group_rows, 
     assert _rel_err(yf, ref) < RTOL
 
 
+@pytest.mark.parametrize("h,w,k,stride,pad", [
+    (9, 11, 3, 1, 1),    # stride-1 flat path, the plane copied into scratch
+    (40, 12, 3, 1, 1),   # stride-1 flat path on the plane itself; cuts on 16-float positions
+    (9, 11, 5, 1, 2),
+    (20, 24, 3, 2, 1),   # stride 2 on quarter planes (PyTorch's padding)
+    (20, 24, 5, 2, 1),   # ... and TensorFlow's "same" (k/2 - 1)
+    (12, 70, 3, 2, 1),   # stride 2 on the row path (outputs wider than 32)
+    (10, 13, 3, 1, 0),   # no padding: the row path at stride 1
+])
+@pytest.mark.parametrize("bands", [2, 3, 7, 50])
+def test_fused_step_in_bands_of_rows_equals_one_band(isa, h, w, k, stride, pad, bands):
+    """Output rows cut into bands (the threads' shares at batch 1), each band's 1x1 computing
+    only the input rows its taps use: the same bytes as one band and as the two steps, on 1
+    to 3 threads, with several channel groups (a band never reads rows another group or band
+    left in scratch), more bands than rows included."""
+    rng = np.random.default_rng(h * 100 + w * 10 + k + bands)
+    cin, cout = 6, 13
+    dense = rng.standard_normal((cout, cin)).astype(np.float32)
+    dense[rng.random((cout, cin)) < 0.5] = 0
+    W = fs.SparseMatrix.from_dense(dense, block_size=1)
+    b1 = rng.standard_normal(cout).astype(np.float32)
+    wd = rng.standard_normal((cout, k * k)).astype(np.float32)
+    b2 = rng.standard_normal(cout).astype(np.float32)
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    tensors = [np.empty((1, cin, h, w), np.float32), np.empty((1, cout, h, w), np.float32),
+               np.empty((1, cout, oh, ow), np.float32)]
+    isa_id = _dispatch.isa_id(fs.isa())
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, h * w)
+    x = rng.standard_normal((1, cin, h, w)).astype(np.float32)
+    outs = []
+    for threads, nb in ((1, 1), (1, bands), (2, bands), (3, bands)):
+        fused = _kernels.StepList(tensors, threads)
+        fused.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, b1, 0.0, 6.0, isa_id, wd, b2,
+                                k, stride, pad, pad, -1.0, 1.0, 4, nb)
+        y = np.full((1, cout, oh, ow), np.nan, np.float32)
+        fused.run(x, y)
+        outs.append(y.tobytes())
+    assert outs[1] == outs[0] and outs[2] == outs[0] and outs[3] == outs[0]
+    ref = reference.depthwise_conv2d(
+        reference.sparse_conv1x1(x, W, bias=b1, activation="relu6"), wd.reshape(cout, 1, k, k),
+        bias=b2, stride=stride, padding=pad, activation=("clamp", -1.0, 1.0))
+    assert _rel_err(np.frombuffer(outs[0], np.float32).reshape(ref.shape), ref) < RTOL
+    table = _kernels._row_bands(bands, k, stride, h, w, oh, ow, pad, pad).reshape(-1, 4)
+    assert table[0, 0] == 0 and table[-1, 1] == oh * ow and 1 <= len(table) <= bands
+    assert np.all(table[1:, 0] == table[:-1, 1]) and np.all(table[:, 0] % ow == 0)
+    with pytest.raises(ValueError, match="bands must be >= 1"):
+        _kernels._row_bands(0, k, stride, h, w, oh, ow, pad, pad)
+
+
 def test_row_groups_split_on_block_starts():
     W = fs.SparseMatrix.from_dense(np.ones((10, 3), np.float32), block_size=4)._packed
     assert W.row_groups(8).tolist() == [0, 2, 4]     # blocks: rows 0-3, 4-7, then 8 and 9

@@ -115,6 +115,8 @@ cdef extern from "csrc/fs_steps.h" nogil:
         const float* bias
         float lo, hi
         size_t scratch_floats
+        size_t nbands
+        const int64_t* bands
     ctypedef struct fs_conv2d_args:
         fs_conv2d_fn fn
         size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces
@@ -669,6 +671,34 @@ cdef int _run_one(fs_step* st, const float* x, const float* res, float* y,
     return 0
 
 
+def _row_bands(Py_ssize_t bands, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
+               Py_ssize_t iw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t pad_top,
+               Py_ssize_t pad_left):
+    """The depthwise output rows of a fused step cut into about `bands` bands of nearly equal
+    rows (on the stride-1 flat path, each band starting on a 16-float position: the kernel's
+    ranges there are in whole vectors): per band the output positions [begin, end) and the
+    input positions its taps use, whole rows widened to 16-float positions (the 1x1 then
+    runs on aligned vectors), as int64 quadruples."""
+    if bands < 1:
+        raise ValueError(f"bands must be >= 1, got {bands}")
+    flat = fs_dw_flat_kind(k, stride, ih, iw, oh, ow, pad_top, pad_left) == 1
+    cuts = [0]
+    for i in range(1, bands):
+        oy = max(cuts[len(cuts) - 1] + 1, (i * oh + bands // 2) // bands)
+        while flat and oy < oh and oy * ow % 16:
+            oy += 1
+        if oy < oh:
+            cuts.append(oy)
+    cuts.append(oh)
+    table = []
+    for oy0, oy1 in zip(cuts, cuts[1:]):
+        r0 = max(0, oy0 * stride - pad_top)
+        r1 = min(ih, (oy1 - 1) * stride - pad_top + k)
+        table += [oy0 * ow, oy1 * ow, r0 * iw // 16 * 16,
+                  min(ih * iw, _ceil_div(max(r1, r0) * iw, 16) * 16)]
+    return np.array(table, dtype=np.int64)
+
+
 cdef float* _data(object a, bint write) except? NULL:
     """The first float of an array, for the tensor table: float32, non-negative strides, rows
     contiguous (the steps check the rest against each op's shapes). Tensors that are only
@@ -904,11 +934,13 @@ cdef class StepList:
     def add_spmm_dwconv2d(self, int isa, Py_ssize_t kernel, SpmmWeights w, int src, int mid,
                           int dst, bias, float lo, float hi, int dw_isa, dw_w, dw_bias,
                           Py_ssize_t k, Py_ssize_t stride, Py_ssize_t pad_top,
-                          Py_ssize_t pad_left, float dw_lo, float dw_hi, Py_ssize_t group_rows):
-        """dst = depthwise(clamp(W @ src + bias)), by groups of about `group_rows` channels:
-        each group's 1x1 output planes go to per-thread scratch and the depthwise conv reads
-        them there. `mid` is the tensor the 1x1 would write: it fixes the shapes the two
-        halves are checked against, and is never touched. Same arithmetic as the two steps."""
+                          Py_ssize_t pad_left, float dw_lo, float dw_hi, Py_ssize_t group_rows,
+                          Py_ssize_t bands=1):
+        """dst = depthwise(clamp(W @ src + bias)), by groups of about `group_rows` channels
+        and `bands` bands of output rows per image: each (band, group)'s 1x1 output rows go
+        to per-thread scratch planes and the depthwise conv reads them there. `mid` is the
+        tensor the 1x1 would write: it fixes the shapes the two halves are checked against,
+        and is never touched. Same arithmetic as the two steps, whatever the bands."""
         self._check_roles(src, -1, mid)
         self._check_roles(mid, -1, dst)
         self._check_roles(src, -1, dst)
@@ -922,15 +954,19 @@ cdef class StepList:
         bounds = w.row_groups(group_rows)
         cdef const int64_t[::1] b = bounds
         rows = np.diff(w._starts[0][bounds])
+        band_table = _row_bands(bands, k, stride, dw.dw.ih, dw.dw.iw, dw.dw.oh, dw.dw.ow,
+                                pad_top, pad_left)
+        cdef const int64_t[::1] bt = band_table
         st.kind = FS_STEP_SPMM_DWCONV2D
         st.dw, st.dst_s = dw.dw, dw.dst_s  # the 1x1 writes scratch, the depthwise conv dst
+        st.dw.nbands, st.dw.bands = bt.shape[0] // 4, &bt[0]
         st.spmm.bounds, st.spmm.groups, st.spmm.chunk = &b[0], b.shape[0] - 1, st.spmm.hw
-        st.items = (self._tensors[src].shape[0] * st.spmm.groups
+        st.items = (self._tensors[src].shape[0] * st.dw.nbands * st.spmm.groups
                     if st.items != 0 and dw.items != 0 else 0)
         st.dw.scratch_floats = _ceil_div(dw.dw.scratch_floats, 16) * 16
         st.scratch_floats = st.dw.scratch_floats + int(rows.max()) * _ceil_div(st.spmm.hw, 16) * 16
         st.scratch = self._scratch(&st)
-        self._append(&st, src, -1, dst, (w, bias, dw_w, dw_bias, bounds))
+        self._append(&st, src, -1, dst, (w, bias, dw_w, dw_bias, bounds, band_table))
 
     def add_gavgpool(self, int isa, int src, int dst):
         cdef fs_step st

@@ -117,17 +117,17 @@ FS_INLINE void fs_chw_stage_row(size_t s, ptrdiff_t iy, size_t ih, size_t iw, si
 
 /* Points rows[0..k) at the scratch rows of input rows oy*s - pad_top + ky, or at the zero
  * row (after the nslots = k + 2 ring slots) outside the image. The rows of output row oy + 1
- * are staged now too: reading a row right after storing it with a misaligned offset would
+ * (if it is before oy_end, the end of the call's rows) are staged now too: reading a row right after storing it with a misaligned offset would
  * stall on store forwarding, which dominates small images. k + s <= k + 2 consecutive rows
  * get distinct slots. */
-FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t oh, size_t pad_top,
+FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t oy_end, size_t pad_top,
                                 size_t ih, size_t iw, size_t pad_left, const char* plane,
                                 size_t row_stride, float* scratch, size_t rowlen,
                                 ptrdiff_t* tags, const float** rows) {
   const size_t nslots = k + 2;
   const float* zero = scratch + nslots * rowlen;
   const ptrdiff_t top = (ptrdiff_t)(oy * s) - (ptrdiff_t)pad_top;
-  const ptrdiff_t last = top + (ptrdiff_t)(k - 1 + (oy + 1 < oh ? s : 0));
+  const ptrdiff_t last = top + (ptrdiff_t)(k - 1 + (oy + 1 < oy_end ? s : 0));
   for (ptrdiff_t iy = top; iy <= last; iy++) {
     fs_chw_stage_row(s, iy, ih, iw, pad_left, plane, row_stride, scratch, rowlen, nslots, tags);
   }
@@ -386,17 +386,17 @@ FS_INLINE void fs_dw_quarter_row(float* even, float* odd, const float* row, size
  * (input row 2 (y0 - 1 + j) + row parity, split by column parity), zeros above and below the
  * image, so every tap is a plain load. */
 FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, size_t ow,
-                                    const float* input, size_t input_stride, const fs_vec* wv,
-                                    fs_vec vbias, float* quarters, float* output, fs_vec vlo,
-                                    fs_vec vhi) {
+                                    size_t oy0, size_t oy1, const float* input,
+                                    size_t input_stride, const fs_vec* wv, fs_vec vbias,
+                                    float* quarters, float* output, fs_vec vlo, fs_vec vhi) {
   const size_t qf = fs_dw_quarter_floats(oh, ow), band = fs_dw_band_rows(oh, ow);
   float* q[4];
   for (size_t j = 0; j < 4; j++) q[j] = quarters + j * qf + 16;
   const float* src[4] = {q[0] + ow, q[1] + ow, q[2] + ow, q[3] + ow}; /* slot 1: row y0 */
   size_t period;
   const unsigned char* table = fs_dw_mask_table(k, 2, pad, ow, quarters + 4 * qf, &period);
-  for (size_t y0 = 0; y0 < oh; y0 += band) {
-    const size_t rows = oh - y0 < band ? oh - y0 : band;
+  for (size_t y0 = oy0; y0 < oy1; y0 += band) {
+    const size_t rows = oy1 - y0 < band ? oy1 - y0 : band;
     for (size_t j = 0; j < rows + 2; j++) {
       const ptrdiff_t y = (ptrdiff_t)(y0 + j) - 1;
       for (size_t a = 0; a < 2; a++) {
@@ -434,24 +434,26 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   /* A flat path's plane copy or quarter planes lie after the row ring
    * (fs_dwconv2d_scratch_floats). */
   const int flat = fs_dw_flat_kind(k, s, ih, iw, oh, ow, pad_top, pad_left);
-  assert(out_begin % 16 == 0 && out_begin < out_end && out_end <= oh * ow);
-  assert(out_end % 16 == 0 || out_end == oh * ow);
+  assert(out_begin < out_end && out_end <= oh * ow);
   if (flat == 1 && input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
+    assert(out_begin % 16 == 0 && (out_end % 16 == 0 || out_end == oh * ow));
     fs_dwconv2d_flat(k, ih, iw, input, wv, vbias, scratch + (k + 3) * rowlen, output, out_begin,
                      out_end, vlo, vhi);
     return;
   }
-  assert(out_begin == 0 && out_end == oh * ow); /* ranges are for the stride-1 flat path */
+  /* Other paths take whole output rows. */
+  assert(out_begin % ow == 0 && (out_end % ow == 0 || out_end == oh * ow));
+  const size_t oy0 = out_begin / ow, oy1 = (out_end + ow - 1) / ow;
   if (flat == 2 && output_stride == ow * sizeof(float)) {
-    fs_dwconv2d_quarters(k, pad_top, ih, oh, ow, input, input_stride, wv, vbias,
+    fs_dwconv2d_quarters(k, pad_top, ih, oh, ow, oy0, oy1, input, input_stride, wv, vbias,
                          scratch + (k + 3) * rowlen, output, vlo, vhi);
     return;
   }
   const size_t half = rowlen / 2;
   ptrdiff_t tags[7] = {-1, -1, -1, -1, -1, -1, -1};
   const float* rows[5];
-  for (size_t oy = 0; oy < oh; oy++) {
-    fs_chw_ring_rows(k, s, oy, oh, pad_top, ih, iw, pad_left, (const char*)input,
+  for (size_t oy = oy0; oy < oy1; oy++) {
+    fs_chw_ring_rows(k, s, oy, oy1, pad_top, ih, iw, pad_left, (const char*)input,
                      input_stride, scratch, rowlen, tags, rows);
     float* out = (float*)((char*)output + oy * output_stride);
     size_t ox = 0;

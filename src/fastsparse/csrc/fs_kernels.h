@@ -169,11 +169,13 @@ typedef struct fs_spmm_kernel {
  * (fs_dw_quarter_floats).
  *
  * [out_begin, out_end) are the flat output positions (oy * ow + ox) the call writes: the
- * whole plane, [0, oh * ow), or, on the stride-1 flat path only (fs_dw_flat_kind() == 1,
- * contiguous rows), any range with out_begin a multiple of 16 and out_end a multiple of 16 or
- * oh * ow, so that threads can split one plane at the positions where they split the 1x1
+ * whole plane, [0, oh * ow); whole output rows (out_begin and out_end multiples of ow); or,
+ * on the stride-1 flat path (fs_dw_flat_kind() == 1, contiguous rows), any range with
+ * out_begin a multiple of 16 and out_end a multiple of 16 or oh * ow, which a range of whole
+ * rows must also be there. Threads thus split one plane where they split the 1x1
  * convolutions around it (fs_steps.h). Positions outside the range are neither written nor
- * computed; the input is read only as far as the range's taps reach.
+ * computed; only the input rows the range's taps use are needed (data elsewhere may be read,
+ * into lanes that are never stored).
  */
 typedef void (*fs_dwconv2d_fn)(
     size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,

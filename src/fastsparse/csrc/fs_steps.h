@@ -83,6 +83,11 @@ typedef struct fs_dwconv2d_args {
   const float* bias;
   float lo, hi;
   size_t scratch_floats; /* the kernel's scratch, at the start of each thread's scratch */
+  /* FS_STEP_SPMM_DWCONV2D: bands of output rows, 4 values each: the output positions
+   * [out_begin, out_end) and the input positions [in_begin, in_end) (whole rows) that the
+   * band's taps use, which the band's 1x1 computes. */
+  size_t nbands;
+  const int64_t* bands;
 } fs_dwconv2d_args;
 
 /* Dense 3x3: item t = (image, band of `band` output rows). Strides in bytes. */
@@ -232,19 +237,27 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       return;
     }
     case FS_STEP_SPMM_DWCONV2D: {
-      /* One group of the 1x1's output channels, whole planes, into this thread's scratch
-       * (after the depthwise kernel's own), where the depthwise conv reads them at once:
-       * the expanded tensor never makes the round trip through L3 or memory. */
+      /* One group of the 1x1's output channels, for the input rows one band of output rows
+       * uses, into this thread's scratch (after the depthwise kernel's own), where the
+       * depthwise conv reads them at once: the expanded tensor never makes the round trip
+       * through L3 or memory. Bands split an image between threads at the rows where the
+       * steps before and after split it, so each thread reads the input it wrote itself. */
       const fs_spmm_args* a = &st->spmm;
-      const size_t g = t % a->groups, img = t / a->groups, ps = fs_plane_floats(a->hw);
+      const size_t g = t % a->groups, rest = t / a->groups, ps = fs_plane_floats(a->hw);
+      const size_t img = rest / st->dw.nbands;
+      const int64_t* band = st->dw.bands + 4 * (rest % st->dw.nbands);
       const int64_t b0 = a->bounds[g], b1 = a->bounds[g + 1];
       if (b1 <= b0) return;
       float* planes = scratch + st->dw.scratch_floats;
-      fs_spmm_rows(a, b0, b1, 0, a->hw, x + img * xs.image, NULL, 0, planes, ps * sizeof(float));
+      if (band[3] > band[2]) {
+        fs_spmm_rows(a, b0, b1, (size_t)band[2], (size_t)(band[3] - band[2]),
+                     x + img * xs.image, NULL, 0, planes + band[2], ps * sizeof(float));
+      }
       const size_t r0 = (size_t)a->row_start[b0], r1 = (size_t)a->row_start[b1];
       for (size_t ch = r0; ch < r1; ch++) {
         fs_dwconv2d_plane(&st->dw, ch, planes + (ch - r0) * ps, scratch,
-                          y + img * ys.image + ch * ys.channel, 0, st->dw.oh * st->dw.ow);
+                          y + img * ys.image + ch * ys.channel, (size_t)band[0],
+                          (size_t)band[1]);
       }
       return;
     }
