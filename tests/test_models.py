@@ -132,9 +132,10 @@ def test_a_batch_gives_each_image_its_batch_1_bytes():
     for n in (1, 2, 3, 4, 5):
         for t, net in nets.items():
             assert net(x[:n]).tobytes() == alone[:n].tobytes(), (n, t)
-    per, total = nets[2].profile(x[:3], repeat=2)  # per-layer times add up over the images
-    assert len(per) == len(nets[2].layers) and all(t > 0 for t in per)
-    assert sum(per) <= total * 1.5
+    for n in (2, 3):  # per-layer times add up over the images
+        per, total = nets[2].profile(x[:n], repeat=2)
+        assert len(per) == len(nets[2].layers) and all(t > 0 for t in per)
+        assert sum(per) <= total * 1.5
 
 
 def test_planned_activations_start_on_cache_lines():

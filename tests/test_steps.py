@@ -136,7 +136,24 @@ def test_run_images_refuses_bad_arguments():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="writeable"):
         _kernels.run_images([a, b], x, ro)
-    _kernels.run_images([a, b], x, y)  # and the refusals left both lists usable
+    buf = np.zeros(4 * 8 * 5 * 6, np.float32)
+    with pytest.raises(ValueError, match="must not overlap"):
+        _kernels.run_images([a, b], buf.reshape(4, 8, 5, 6), buf[:64].reshape(4, 16))
+    with pytest.raises(ValueError, match="times must have 2 entries"):
+        _kernels.run_images([a, b], x, y, np.zeros(3))
+    five = _kernels.StepList([np.empty((1, 8, 5, 6), np.float32), np.empty((1, 8), np.float32),
+                              np.empty((1, 8), np.float32), np.empty((1, 8), np.float32),
+                              np.empty((1, 16), np.float32)], 1)
+    with pytest.raises(ValueError, match="same tensors"):
+        _kernels.run_images([a, five], x, y)
+    no_out = _kernels.StepList([np.empty((1, 8, 5, 6), np.float32), np.empty((1, 8), np.float32),
+                                None], 1)
+    with pytest.raises(ValueError, match="not built for images"):
+        _kernels.run_images([no_out], x, y)
+    times = np.zeros(2)
+    _kernels.run_images([a, b], x, y, times)  # the refusals left both lists usable
+    assert 0 < times[0] <= times[1]
+    a.run(x[:1], y[:1])
 
 
 def test_step_list_refuses_bad_arguments():
@@ -370,22 +387,34 @@ def test_fused_step_in_bands_of_rows_equals_one_band(isa, h, w, k, stride, pad, 
     isa_id = _dispatch.isa_id(fs.isa())
     kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, h * w)
     x = rng.standard_normal((1, cin, h, w)).astype(np.float32)
+    # A first run on infinities leaves +-inf and NaN in every scratch plane: a band whose 1x1
+    # skipped a row its taps use would read them.
+    poison = np.full((1, cin, h, w), np.inf, np.float32)
+    poison[:, ::2] = -np.inf
     outs = []
     for threads, nb in ((1, 1), (1, bands), (2, bands), (3, bands)):
         fused = _kernels.StepList(tensors, threads)
-        fused.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, b1, 0.0, 6.0, isa_id, wd, b2,
-                                k, stride, pad, pad, -1.0, 1.0, 4, nb)
+        fused.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, b1, -np.inf, np.inf, isa_id,
+                                wd, b2, k, stride, pad, pad, -1.0, 1.0, 4, nb)
         y = np.full((1, cout, oh, ow), np.nan, np.float32)
+        fused.run(poison, y)
         fused.run(x, y)
         outs.append(y.tobytes())
     assert outs[1] == outs[0] and outs[2] == outs[0] and outs[3] == outs[0]
     ref = reference.depthwise_conv2d(
-        reference.sparse_conv1x1(x, W, bias=b1, activation="relu6"), wd.reshape(cout, 1, k, k),
+        reference.sparse_conv1x1(x, W, bias=b1), wd.reshape(cout, 1, k, k),
         bias=b2, stride=stride, padding=pad, activation=("clamp", -1.0, 1.0))
     assert _rel_err(np.frombuffer(outs[0], np.float32).reshape(ref.shape), ref) < RTOL
     table = _kernels._row_bands(bands, k, stride, h, w, oh, ow, pad, pad).reshape(-1, 4)
     assert table[0, 0] == 0 and table[-1, 1] == oh * ow and 1 <= len(table) <= bands
     assert np.all(table[1:, 0] == table[:-1, 1]) and np.all(table[:, 0] % ow == 0)
+    if stride == 1 and pad == k // 2:  # the flat path: ranges in whole vectors
+        assert np.all(table[:, 0] % 16 == 0)
+    for oy0, oy1, i0, i1 in table // [ow, ow, 1, 1]:
+        rows_used = [min(max(oy * stride - pad + ky, 0), h - 1)
+                     for oy in (oy0, oy1 - 1) for ky in (0, k - 1)]
+        assert i0 <= min(rows_used) * w and max(rows_used) * w + w <= i1 <= h * w
+        assert i1 - i0 <= (max(rows_used) - min(rows_used) + 1) * w + 30  # rows + alignment
     with pytest.raises(ValueError, match="bands must be >= 1"):
         _kernels._row_bands(0, k, stride, h, w, oh, ow, pad, pad)
 

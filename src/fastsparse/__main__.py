@@ -71,6 +71,8 @@ def main(argv=None):
                           plot=args.plot or None, consecutive=args.consecutive)
         return 0
     repeat = args.repeat or 21
+    if not 0 <= args.sample_ms < float("inf"):
+        parser.error(f"--sample-ms must be a finite number >= 0, got {args.sample_ms}")
     if args.what == "dwconv":
         b.bench_dwconv(repeat=repeat)
         return 0

@@ -148,7 +148,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
                       double* times, int each)
     void fs_run_images(const fs_step* const* steps, const size_t* counts, float** const* tables,
                        size_t ntensors, int lists, const float* x, size_t x_image, float* y,
-                       size_t y_image, size_t per)
+                       size_t y_image, size_t per, double* times)
 
 
 # Largest byte offset the kernels' int32 offsets can hold.
@@ -1027,11 +1027,13 @@ cdef bint _spans_overlap(StepList a, StepList b) noexcept:
     return False
 
 
-def run_images(list lists, x, y):
+def run_images(list lists, x, y, double[::1] times=None):
     """Runs the images of x through the step lists side by side, one list per thread: list l
     takes images [l * per, (l + 1) * per), per = len(x) // len(lists), one after another,
     and writes their rows of y. Each list must be built for one thread, with tensor 0 and its
-    last tensor of x's and y's shapes for one image, and no two lists may share a tensor."""
+    last tensor of x's and y's shapes for one image, and no two lists may share a tensor.
+    If `times` (2 entries) is given, times[0] and times[1] are the start and the end of the
+    C loop, in seconds."""
     cdef Py_ssize_t nl = len(lists), per, i, j
     if nl < 1:
         raise ValueError("run_images needs at least one step list")
@@ -1044,14 +1046,25 @@ def run_images(list lists, x, y):
     if x.shape[0] != y.shape[0] or x.shape[0] % nl != 0 or x.shape[0] == 0:
         raise ValueError(f"x and y must hold the same number of images, a multiple of "
                          f"{nl}, got {x.shape[0]} and {y.shape[0]}")
+    if np.may_share_memory(x, y):
+        raise ValueError("x and y must not overlap")
+    if times is not None and times.shape[0] != 2:
+        raise ValueError("times must have 2 entries")
+    cdef double* tptr = &times[0] if times is not None else NULL
     per = x.shape[0] // nl
     cdef StepList sl, other
+    cdef size_t ntensors = 0
     for i in range(nl):
         sl = lists[i]
         if sl.num_threads != 1:
             raise ValueError("run_images takes step lists built for one thread")
+        if i == 0:
+            ntensors = sl._ntensors
+        elif <size_t>sl._ntensors != ntensors:
+            raise ValueError("the step lists must have the same tensors")
         for a, t in ((x, sl._tensors[0]), (y, sl._tensors[sl._ntensors - 1])):
-            if a.shape[1:] != t.shape[1:] or t.shape[0] != 1 or not t.flags.c_contiguous:
+            if (t is None or a.shape[1:] != t.shape[1:] or t.shape[0] != 1
+                    or not t.flags.c_contiguous):
                 raise ValueError(f"step list {i} is not built for images of shape "
                                  f"{(1,) + a.shape[1:]}")
         if sl._busy:
@@ -1069,18 +1082,14 @@ def run_images(list lists, x, y):
     cdef const float[::1] xv = x.reshape(-1)
     cdef float[::1] yv = y.reshape(-1)
     cdef size_t x_image = xv.shape[0] // x.shape[0], y_image = yv.shape[0] // y.shape[0]
-    cdef size_t ntensors = (<StepList>lists[0])._ntensors
     for i in range(nl):
         sl = lists[i]
-        if <size_t>sl._ntensors != ntensors:
-            free(steps); free(counts); free(tables)
-            raise ValueError("the step lists must have the same tensors")
         steps[i], counts[i], tables[i] = sl._steps, sl._count, sl._table
         sl._busy = True
     try:
         with nogil:
             fs_run_images(steps, counts, tables, ntensors, <int>nl, &xv[0], x_image, &yv[0],
-                          y_image, <size_t>per)
+                          y_image, <size_t>per, tptr)
     finally:
         for i in range(nl):
             sl = lists[i]

@@ -430,7 +430,7 @@ class Network:
         image through the batch-1 plan on all threads (the layer times summed)."""
         per = np.zeros((repeat, len(self.layers)))
         total = np.zeros(repeat)
-        self._run(images, layout, None)  # plan and warm up
+        self._run(images, layout, np.zeros(len(self.layers)))  # plan and warm up, as timed
         for r in range(repeat):
             t0 = time.perf_counter()
             self._run(images, layout, per[r])
@@ -466,12 +466,14 @@ class Network:
         side = n - n % threads if times is None and threads > 1 else 0
         if side:
             ws_key = (key, 1, isa)
-            wss = [self._workspace(ws_key, plan) for _ in range(threads)]
+            wss = []
             try:
-                t0 = time.perf_counter()
-                _kernels.run_images([ws[1] for ws in wss], x[:side], logits[:side])
+                for _ in range(threads):
+                    wss.append(self._workspace(ws_key, plan))
+                stamps = None if inside is None else np.empty(2)
+                _kernels.run_images([ws[1] for ws in wss], x[:side], logits[:side], stamps)
                 if inside is not None:
-                    inside[0] += time.perf_counter() - t0
+                    inside[0] += stamps[1] - stamps[0]
             finally:
                 for ws in wss:
                     self._release(ws_key, ws)

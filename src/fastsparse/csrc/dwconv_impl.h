@@ -116,8 +116,8 @@ FS_INLINE void fs_chw_stage_row(size_t s, ptrdiff_t iy, size_t ih, size_t iw, si
 }
 
 /* Points rows[0..k) at the scratch rows of input rows oy*s - pad_top + ky, or at the zero
- * row (after the nslots = k + 2 ring slots) outside the image. The rows of output row oy + 1
- * (if it is before oy_end, the end of the call's rows) are staged now too: reading a row right after storing it with a misaligned offset would
+ * row (after the nslots = k + 2 ring slots) outside the image. The rows of output row
+ * oy + 1 (if it is before oy_end, the end of the call's rows) are staged now too: reading a row right after storing it with a misaligned offset would
  * stall on store forwarding, which dominates small images. k + s <= k + 2 consecutive rows
  * get distinct slots. */
 FS_INLINE void fs_chw_ring_rows(size_t k, size_t s, size_t oy, size_t oy_end, size_t pad_top,
@@ -245,6 +245,7 @@ FS_INLINE fs_vec fs_dw_flat_next(fs_vec col, fs_vec vstep, fs_vec vlast, fs_vec 
  * of the vectors at flat indices = t * FS_VLEN (mod period * FS_VLEN), after a header whose
  * first word names the (w, pad, k, s) they were made for (0, as the zero-filled scratch
  * starts: none yet). Returns the table, or NULL for a longer period. */
+_Static_assert(sizeof(fs_vmask) <= FS_DW_MASK_BYTES, "a mask fits its table slot");
 FS_INLINE const unsigned char* fs_dw_mask_table(size_t k, size_t s, size_t pad, size_t w,
                                                 float* scratch, size_t* period) {
   /* gcd(w, FS_VLEN), FS_VLEN a power of two: w's lowest set bit, at most FS_VLEN (no

@@ -174,8 +174,10 @@ typedef struct fs_spmm_kernel {
  * out_begin a multiple of 16 and out_end a multiple of 16 or oh * ow, which a range of whole
  * rows must also be there. Threads thus split one plane where they split the 1x1
  * convolutions around it (fs_steps.h). Positions outside the range are neither written nor
- * computed; only the input rows the range's taps use are needed (data elsewhere may be read,
- * into lanes that are never stored).
+ * computed; only the input rows the range's taps use need to hold data. Other rows may be
+ * read: into quarter-plane slots no tap reads, or, on the flat paths, into the lanes of a
+ * tap column that wrap around a row, which a select (not a multiplication: a NaN there must
+ * not spread) zeroes before the sum.
  */
 typedef void (*fs_dwconv2d_fn)(
     size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,

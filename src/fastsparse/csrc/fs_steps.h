@@ -364,10 +364,12 @@ static void fs_run_steps(const fs_step* steps, size_t count, float* const* tenso
  * each image's input `x_image` floats after the one before and its output `y_image` floats;
  * `tables[l]` is list l's tensor table, whose entries 0 and ntensors - 1 this overwrites.
  * Every image thus gets the arithmetic of a batch-1 call, and its activations stay in its own
- * core's L2 from layer to layer. A team smaller than asked for takes several lists per thread. */
+ * core's L2 from layer to layer. A team smaller than asked for takes several lists per thread.
+ * If `times` is not NULL, times[0] and times[1] are the start and the end, in seconds. */
 static void fs_run_images(const fs_step* const* steps, const size_t* counts, float** const* tables,
                           size_t ntensors, int lists, const float* x, size_t x_image, float* y,
-                          size_t y_image, size_t per) {
+                          size_t y_image, size_t per, double* times) {
+  if (times != NULL) times[0] = fs_now();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(lists) if (lists > 1)
 #endif
@@ -386,6 +388,7 @@ static void fs_run_images(const fs_step* const* steps, const size_t* counts, flo
       }
     }
   }
+  if (times != NULL) times[1] = fs_now();
 }
 
 #endif /* FS_STEPS_H */
