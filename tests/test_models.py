@@ -154,6 +154,30 @@ def test_planned_activations_start_on_cache_lines():
             assert v.ctypes.data % 64 == 0 and v.strides[1] % 64 == 0, v.shape
 
 
+def test_plans_by_size_keep_each_buffer_to_one_image_size():
+    """The plan of a multi-thread workspace gives each buffer tensors of one image size only
+    (threads then write the same lines of it at every layer); tensors alive together never
+    share a buffer in either plan."""
+    net = fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None), num_threads=2)
+    key = ((1, 3, 96, 80), "NCHW")
+    for by_size in (False, True):
+        shapes, slots, buffer_of, fused = net._plan(key, by_size)
+        sizes = {}
+        for t, b in buffer_of.items():
+            sizes.setdefault(b, set()).add(shapes[t][2:])
+        assert any(len(v) > 1 for v in sizes.values()) != by_size
+        alive = {}  # tensor -> (first layer writing it, last layer reading it)
+        for i, layer in enumerate(net.layers):
+            alive.setdefault(layer.dst, [i, i])
+            for t in (layer.src, layer.res):
+                if t is not None and t in alive:
+                    alive[t][1] = max(alive[t][1], i + (1 if i in fused else 0))
+        for a in buffer_of:
+            for b in buffer_of:
+                if a < b and buffer_of[a] == buffer_of[b]:
+                    assert alive[a][1] < alive[b][0] or alive[b][1] < alive[a][0], (a, b)
+
+
 def test_hugepage_arrays_are_aligned_writable_and_separate():
     """The executor's activation arena: any size, 64-byte aligned, writable, and two arenas
     never share memory (small ones fall back to ordinary line-aligned arrays)."""

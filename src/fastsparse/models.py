@@ -337,11 +337,15 @@ class Network:
                 and isinstance(b, _Depthwise) and b.src == a.dst and readers[a.dst] == 1
                 and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW}
 
-    def _plan(self, key):
+    def _plan(self, key, by_size=False):
         """Buffer of each tensor: tensors alive at the same time get different buffers. A
         fused 1x1 + depthwise pair reads the 1x1's input until the depthwise output is
-        written, so that input lives one layer longer."""
-        plan = self._plans.get(key)
+        written, so that input lives one layer longer. With `by_size`, a buffer only ever
+        holds tensors of one image size: on several threads, each thread then writes the same
+        lines of it at every layer and every call (threads split a tensor by its positions or
+        its channels, the same way for every tensor of a size), instead of lines the other
+        core last wrote for a tensor of another size."""
+        plan = self._plans.get((key, by_size))
         if plan is None:
             shapes = self._shapes(key[0])
             for i, layer in enumerate(self.layers):
@@ -358,18 +362,21 @@ class Network:
             freed_after = {}  # layer index -> tensors whose buffers free after it
             for t, i in last_use.items():
                 freed_after.setdefault(i, []).append(t)
-            slots, free, buffer_of = [], [], {}
+            slots, free, buffer_of, slot_hw = [], [], {}, []
             for i, layer in enumerate(self.layers[:-1]):  # the logits are allocated per call
                 size = _padded_size(shapes[layer.dst])
-                fits = [s for s in free if slots[s] >= size]
+                hw = shapes[layer.dst][2:]
+                usable = [s for s in free if not by_size or slot_hw[s] == hw]
+                fits = [s for s in usable if slots[s] >= size]
                 if fits:  # the smallest free buffer that fits, else grow the largest free one
                     pick = min(fits, key=lambda s: slots[s])
-                elif free:
-                    pick = max(free, key=lambda s: slots[s])
+                elif usable:
+                    pick = max(usable, key=lambda s: slots[s])
                     slots[pick] = size
                 else:
                     pick = len(slots)
                     slots.append(size)
+                    slot_hw.append(hw)
                 if pick in free:
                     free.remove(pick)
                 buffer_of[layer.dst] = pick
@@ -377,7 +384,7 @@ class Network:
                     if t != 0 and t in buffer_of:
                         free.append(buffer_of[t])
             plan = (shapes, slots, buffer_of, fused)
-            self._plans[key] = plan
+            self._plans[(key, by_size)] = plan
         return plan
 
     def _workspace(self, key, plan):
@@ -480,7 +487,7 @@ class Network:
         if side == n:
             return logits
         ws_key = (key, threads, isa)
-        ws = self._workspace(ws_key, plan)
+        ws = self._workspace(ws_key, self._plan(key, by_size=threads > 1))
         _, steps, layer_of_step = ws
         stamps = None
         if times is not None:
