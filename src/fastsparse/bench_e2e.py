@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import _dispatch, _kernels
+from . import _dispatch
 from ._reference_nets import KERAS_BN_EPS, TORCH_BN_EPS, V1_STRIDE2_BLOCKS, V2_STRIDE2_BLOCKS, \
     same_padding
 from .bench import machine_description

@@ -17,7 +17,6 @@ import numpy as np
 
 from . import _dispatch, _kernels, _reference_nets as refnets
 from ._validate import finite_float32, float32_array, hugepage_empty
-from .ops import _spmm
 from .prune import magnitude
 from .sparse import SparseMatrix
 
@@ -231,7 +230,9 @@ class _Pool(_Layer):
 
 
 class _Classifier(_Pointwise):
-    """The last layer: (N, C) -> (N, classes), sparse or dense like a 1x1 layer."""
+    """The last layer: (N, C) -> (N, classes), sparse or dense like a 1x1 layer. Its step is
+    the 1x1's: the (N, C) features are N images of C channels x 1 position, so each image's
+    logits come from the same kernel calls whatever the batch (the one-position variant)."""
 
     op = "linear"
 
@@ -241,11 +242,6 @@ class _Classifier(_Pointwise):
     def macs(self, shape):
         cout, cin = self.W.shape
         return shape[0] * cout * cin, shape[0] * self.matrix().stored
-
-    def add_step(self, steps, isa, shapes, layout):
-        # The (N, C) features are N images of C channels x 1 position: each image's logits
-        # come from the same kernel calls whatever the batch (the one-position variant).
-        return _Pointwise.add_step(self, steps, isa, shapes, layout)
 
     def describe(self, shape):
         # The kernels see each image's features as C channels x 1 position.
