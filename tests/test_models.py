@@ -161,7 +161,8 @@ def test_plans_by_size_keep_each_buffer_to_one_image_size():
     net = fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None), num_threads=2)
     key = ((1, 3, 96, 80), "NCHW")
     for by_size in (False, True):
-        shapes, slots, buffer_of, fused = net._plan(key, by_size)
+        shapes, slots, buffer_of, fused, pieced = net._plan(key, by_size)
+        assert pieced == {}
         sizes = {}
         for t, b in buffer_of.items():
             sizes.setdefault(b, set()).add(shapes[t][2:])
@@ -297,3 +298,33 @@ def test_mobilenet_v2_matches_pytorch(width, sparsity):
     err = _rel_err(got, expected)
     print(f"max relative error vs PyTorch (width {width}, sparsity {sparsity}): {err:.2e}")
     assert err < RTOL
+
+
+@pytest.mark.parametrize("arch", ["v2", "v1"])
+def test_row_pieces_on_several_threads_keep_the_bytes(arch):
+    """On 2 and 3 threads at batch 1 the 56x56 and 28x28 tensors of a 112x112 image are held
+    in row pieces (one block per thread, Network._row_pieces) and the logits are the bytes of
+    one thread; batches (images side by side, then one after another) too."""
+    if arch == "v2":
+        net_of = lambda t: fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None),  # noqa: E731
+                                                     num_threads=t)
+    else:
+        wt = random_mobilenet_v1_weights(0.5, 10, seed=2)
+        net_of = lambda t: fs.MobileNetV1.from_dense(wt, sparsity=0.9,  # noqa: E731
+                                                     num_threads=t)
+    x = np.random.default_rng(4).uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
+    key = ((1, 3, 112, 112), "NCHW")
+    one = net_of(1)
+    want = [one(x[i:i + 1]).tobytes() for i in range(3)]
+    for threads in (2, 3):
+        net = net_of(threads)
+        shapes, _, _, fused, pieced = net._plan(key, True, threads)
+        sizes = {shapes[t][2:] for t in pieced}
+        if threads == 3:  # 56 and 28 rows do not cut in 3
+            assert sizes == set()
+        else:  # v1's 56x56 tensors: the first conv's output (no row pieces) and its reader's
+            assert sizes == ({(56, 56), (28, 28)} if arch == "v2" else {(28, 28)})
+        assert all(v == threads for v in pieced.values())
+        for i in range(3):
+            assert net(x[i:i + 1]).tobytes() == want[i], (threads, i)
+        assert net(x).tobytes() == b"".join(want)

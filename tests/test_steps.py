@@ -502,3 +502,142 @@ def test_overlapping_planes_are_refused():
     with pytest.raises(ValueError, match="contiguous planes"):
         steps.add_dwconv2d(_dispatch.isa_id(fs.isa()), 0, 1, np.zeros((3, 9), np.float32),
                            None, 3, 1, 1, 1, 0.0, 1.0)
+
+
+# ---- Row pieces (fs_steps.h): one image held as P bands of rows, one block per band ------
+
+def _pieced(c, h, w, p, fill=np.nan):
+    """An (p, C, H / p, W) row-pieces tensor of one (C, H, W) image, as the executor plans
+    them, over a buffer filled with `fill`."""
+    from fastsparse.models import _pieced_size, _pieced_view
+    shape = (1, c, h, w)
+    return _pieced_view(np.full(_pieced_size(shape, p) + 16, fill, np.float32), shape, p)
+
+
+def _whole(a):
+    """The (1, C, H, W) image of a row-pieces tensor (or a one-image tensor as it is)."""
+    return np.concatenate(list(a), axis=1)[None] if a.shape[0] > 1 else a
+
+
+def _pieces_chain(tensors, threads, pieces, params):
+    """x -> 1x1 -> depthwise (k, stride, pad) -> 1x1 -> fused 1x1 + depthwise 3x3 -> 1x1 +
+    residual: every step kind that runs on row pieces, over `tensors`."""
+    W1, W2, W3, W4, wd, wd2, b, k, stride, pad, bands = params
+    isa = _dispatch.isa_id(fs.isa())
+    steps = _kernels.StepList(tensors, threads, pieces)
+    for W, src, res, dst in ((W1, 0, -1, 1), (W2, 2, -1, 3)):
+        kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, 64)
+        steps.add_spmm(kisa, kern, W._packed, src, res, dst, b[:W.shape[0]], -6.0, 6.0)
+        if src == 0:
+            steps.add_dwconv2d(isa, 1, 2, wd, b[:wd.shape[0]], k, stride, pad, pad, -6.0, 6.0)
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, 64)
+    steps.add_spmm_dwconv2d(kisa, kern, W3._packed, 3, 4, 5, b[:W3.shape[0]], 0.0, 6.0, isa,
+                            wd2, b[:wd2.shape[0]], 3, 1, 1, 1, -6.0, 6.0, 3, bands)
+    steps.add_spmm(kisa, kern, W4._packed, 5, 3, 6, b[:W4.shape[0]], -np.inf, np.inf)
+    return steps
+
+
+@pytest.mark.parametrize("p,h,w,k,stride,pad", [
+    (2, 8, 16, 3, 1, 1),    # stride-1 pieces of 4 rows, the fused step's bands at 64 floats
+    (2, 12, 8, 5, 1, 2),    # 5x5: two halo rows
+    (3, 12, 16, 3, 1, 1),   # a middle piece with halos on both sides
+    (2, 16, 12, 3, 2, 1),   # stride 2 on quarter planes (PyTorch padding)
+    (2, 16, 12, 3, 2, 0),   # ... TensorFlow's "same" (a halo row below, none above)
+    (2, 24, 10, 5, 2, 1),
+    (2, 64, 16, 3, 1, 1),   # pieces of 32 rows: the most the stride-1 path stages
+])
+def test_row_pieces_give_the_bytes_of_whole_images(isa, p, h, w, k, stride, pad):
+    """Every step kind over tensors held in row pieces, in every mix of pieced and whole
+    tensors the steps accept, on 1 to 3 threads: the same bytes as whole images on one
+    thread (halo rows read from the neighbouring pieces, band cuts on the pieces); the
+    pieces' padding and the scratch hold NaN and infinities from an earlier run."""
+    rng = np.random.default_rng(h * 31 + w * 7 + k + stride + pad + p)
+    cin, c1, c2, c3 = 5, 6, 4, 7
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    if stride == 2:
+        oh, ow = h // 2, w // 2
+
+    def sparse(r, c):
+        d = rng.standard_normal((r, c)).astype(np.float32)
+        d[rng.random((r, c)) < 0.4] = 0
+        return fs.SparseMatrix.from_dense(d, block_size=1)
+
+    params = (sparse(c1, cin), sparse(c2, c1), sparse(c3, c2), sparse(c2, c3),
+              rng.standard_normal((c1, k * k)).astype(np.float32),
+              rng.standard_normal((c3, 9)).astype(np.float32),
+              rng.standard_normal(8).astype(np.float32), k, stride, pad)
+    shapes = [(cin, h, w), (c1, h, w), (c1, oh, ow), (c2, oh, ow), (c3, oh, ow), (c3, oh, ow),
+              (c2, oh, ow)]
+    x = rng.standard_normal((1, cin, h, w)).astype(np.float32)
+    poison = np.where(rng.random(x.shape) < 0.5, np.inf, -np.inf).astype(np.float32)
+
+    def run(threads, pieced):
+        tensors = [_pieced(*shapes[t], p) if t in pieced else np.full((1,) + shapes[t], np.nan,
+                                                                      np.float32)
+                   for t in range(7)]
+        steps = _pieces_chain(tensors, threads, [p if t in pieced else 0 for t in range(7)],
+                              params + (p if 5 in pieced else threads,))
+        y = np.empty((1,) + shapes[6], np.float32)
+        steps.run(poison, y)
+        steps.run(x, y)
+        return y.tobytes(), [_whole(tensors[t]) for t in (1, 2, 3, 5)]
+
+    want, inner = run(1, set())
+    # The fused step writes row pieces only where its bands can cut (16-float positions).
+    cuts = _kernels._row_bands(p, 3, 1, oh, ow, oh, ow, 1, 1)[0::4].tolist()
+    fused_ok = cuts == [i * oh // p * ow for i in range(p)] and oh % p == 0
+    for pieced in ({1, 2}, {1, 2, 3, 5}, {2, 3}, {3, 5}, {1}):
+        if 5 in pieced and not fused_ok:
+            pieced = pieced - {5}
+        for threads in (1, 2, 3):
+            got, got_inner = run(threads, pieced)
+            assert got == want, (pieced, threads)
+            for a, b in zip(got_inner, inner):
+                assert a.tobytes() == b.tobytes(), (pieced, threads)
+    y = np.frombuffer(want, np.float32).reshape((1,) + shapes[6])
+    W1, W2, W3, W4, wd, wd2, b = params[:7]
+    r = reference.sparse_conv1x1(x, W1, bias=b[:c1], activation=("clamp", -6.0, 6.0))
+    r = reference.depthwise_conv2d(r, wd.reshape(c1, 1, k, k), bias=b[:c1], stride=stride,
+                                   padding=(pad, pad, k - stride - pad if stride == 2 else pad,
+                                            k - stride - pad if stride == 2 else pad),
+                                   activation=("clamp", -6.0, 6.0))
+    r3 = reference.sparse_conv1x1(r, W2, bias=b[:c2], activation=("clamp", -6.0, 6.0))
+    r = reference.sparse_conv1x1(r3, W3, bias=b[:c3], activation="relu6")
+    r = reference.depthwise_conv2d(r, wd2.reshape(c3, 1, 3, 3), bias=b[:c3], stride=1,
+                                   padding=1, activation=("clamp", -6.0, 6.0))
+    r = reference.sparse_conv1x1(r, W4, bias=b[:c2], residual=r3)
+    assert _rel_err(y, r) < RTOL
+
+
+def test_row_pieces_refused_where_a_step_cannot_run_them():
+    rng = np.random.default_rng(5)
+    W = fs.SparseMatrix.from_dense(rng.standard_normal((4, 4)).astype(np.float32), block_size=1)
+    wd = rng.standard_normal((4, 9)).astype(np.float32)
+    isa = _dispatch.isa_id(fs.isa())
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, 64)
+    one = lambda h=8, w=8: np.empty((1, 4, h, w), np.float32)  # noqa: E731
+    with pytest.raises(ValueError, match="input and the output cannot be"):
+        _kernels.StepList([_pieced(4, 8, 8, 2), one()], 2, [2, 0])
+    with pytest.raises(ValueError, match=r"pieces\[1\] = 3"):
+        _kernels.StepList([one(), _pieced(4, 8, 8, 2), one()], 2, [0, 3, 0])
+    with pytest.raises(ValueError, match="pieces must have 3 entries"):
+        _kernels.StepList([one(), _pieced(4, 8, 8, 2), one()], 2, [0, 2])
+    s = _kernels.StepList([one(), _pieced(4, 9, 8, 3), _pieced(4, 8, 8, 2), one()], 2,
+                          [0, 3, 2, 0])
+    with pytest.raises(ValueError, match="different numbers of row pieces"):
+        s.add_spmm(kisa, kern, W._packed, 1, -1, 2, None, 0.0, 6.0)
+    with pytest.raises(ValueError, match="cannot be cut into 3 row pieces"):
+        s.add_spmm(kisa, kern, W._packed, 0, -1, 1, None, 0.0, 6.0)
+    with pytest.raises(ValueError, match="'same' padding"):  # no padding: not a flat path
+        s.add_dwconv2d(isa, 0, 2, wd, None, 3, 1, 0, 0, 0.0, 6.0)
+    s = _kernels.StepList([one(66, 8), _pieced(4, 66, 8, 2), one(66, 8)], 2, [0, 2, 0])
+    with pytest.raises(ValueError, match="at most 32 rows"):  # 33 rows per piece
+        s.add_dwconv2d(isa, 0, 1, wd, None, 3, 1, 1, 1, 0.0, 6.0)
+    s = _kernels.StepList([one(), one(), _pieced(4, 8, 8, 2), one()], 2, [0, 0, 2, 0])
+    with pytest.raises(ValueError, match="bands cut at them"):
+        s.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, None, 0.0, 6.0, isa, wd, None, 3, 1,
+                            1, 1, 0.0, 6.0, 4, 1)
+    s = _kernels.StepList([one(), _pieced(4, 8, 8, 2), one(), one()], 2, [0, 2, 0, 0])
+    with pytest.raises(ValueError, match="never written"):
+        s.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, None, 0.0, 6.0, isa, wd, None, 3, 1,
+                            1, 1, 0.0, 6.0, 4, 2)

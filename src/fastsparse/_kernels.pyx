@@ -48,9 +48,9 @@ cdef extern from *:
 cdef extern from "csrc/fs_kernels.h" nogil:
     ctypedef void (*fs_dwconv2d_fn)(
         size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
-        const float* input, size_t input_stride, const float* weights, float bias,
-        float* scratch, float* output, size_t output_stride, size_t out_begin, size_t out_end,
-        float lo, float hi) noexcept nogil
+        const float* input, size_t input_stride, const float* above, const float* below,
+        const float* weights, float bias, float* scratch, float* output, size_t output_stride,
+        size_t out_begin, size_t out_end, float lo, float hi) noexcept nogil
     ctypedef void (*fs_conv2d_fn)(
         size_t cin, size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
         size_t oy_begin, size_t oy_end, const float* input, size_t channel_stride,
@@ -75,6 +75,7 @@ cdef extern from "csrc/fs_kernels.h" nogil:
                                       size_t ow, size_t pad_top, size_t pad_left)
     int fs_dw_flat_kind(size_t k, size_t stride, size_t ih, size_t iw, size_t oh, size_t ow,
                         size_t pad_top, size_t pad_left)
+    size_t FS_DW_FLAT_STAGE_ROWS
     size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
                                     size_t pad_left)
 
@@ -110,7 +111,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         fs_vadd_fn vadd
     ctypedef struct fs_dwconv2d_args:
         fs_dwconv2d_fn fn
-        size_t c, ih, iw, oh, ow, pad_top, pad_left, taps, chunk, pieces
+        size_t c, ih, iw, oh, ow, pad_top, pad_left, taps, chunk, pieces, linked, halo_rows
         const float* weights
         const float* bias
         float lo, hi
@@ -132,7 +133,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         size_t n, chunk
         float lo, hi
     ctypedef struct fs_strides:
-        size_t image, channel
+        size_t image, channel, piece
     ctypedef struct fs_step:
         int kind, src, res, dst
         fs_strides src_s, res_s, dst_s
@@ -423,10 +424,11 @@ def chw_kernels(int isa):
 cdef fs_strides _tensor_strides(Py_ssize_t n, Py_ssize_t c, Py_ssize_t plane, Py_ssize_t s0,
                                 Py_ssize_t s1, str name) except *:
     """Image and channel strides, in floats, of a tensor of n images x c planes of `plane`
-    contiguous positions, from its byte strides; planes and images must not overlap."""
-    if (s0 < 0 or s1 < 0 or s0 % sizeof(float) or s1 % sizeof(float)
-            or (c > 1 and s1 < plane * <Py_ssize_t>sizeof(float))
-            or (n > 1 and s0 < c * s1)):
+    contiguous positions, from its byte strides; planes and images must not overlap. The
+    images may also be bands of every plane (one image seen as row pieces, StepList)."""
+    cdef Py_ssize_t f = sizeof(float)
+    if (s0 < 0 or s1 < 0 or s0 % f or s1 % f or (c > 1 and s1 < plane * f)
+            or (n > 1 and s0 < c * s1 and not (n * s0 <= s1 and plane * f <= s0))):
         raise ValueError(f"{name} must hold its planes without overlap (strides {s0}, {s1})")
     cdef fs_strides r
     r.image, r.channel = s0 // sizeof(float), s1 // sizeof(float)
@@ -450,7 +452,7 @@ cdef int _check_positions(Py_ssize_t hw, Py_ssize_t s2, str name) except -1:
 
 cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
                     const float[:, :, :] x, bias, residual, float[:, :, :] out, float lo,
-                    float hi, int num_threads) except -1:
+                    float hi, int num_threads, Py_ssize_t image_hw=0) except -1:
     if kernel < 0 or <size_t>kernel >= fs_spmm_kernel_count(isa) or not fs_isa_supported(isa):
         raise ValueError(f"no runnable spmm kernel {kernel} for ISA {isa}")
     cdef const fs_spmm_kernel* k = fs_spmm_kernel_at(isa, kernel)
@@ -498,7 +500,10 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
     cdef const int64_t[::1] bounds = w.groups(groups)
     cdef const int64_t[:, ::1] starts = w._starts
     # K-blocking: input channels in parts of about SPMM_PART_BYTES per tile (see fs_steps.h).
-    cdef Py_ssize_t nparts = min(cin, _ceil_div(min(mr, hw) * cin * sizeof(float), SPMM_PART_BYTES))
+    # The parts fix the sums' association: sized by the whole image's positions (image_hw)
+    # when x is its row pieces, so that the bytes do not depend on the cut.
+    cdef Py_ssize_t nparts = min(cin, _ceil_div(min(mr, max(hw, image_hw)) * cin * sizeof(float),
+                                                SPMM_PART_BYTES))
     cdef _Parts parts = w.part_table(nparts, st.src_s.channel)
     st.spmm.fn = k.fn
     st.spmm.hw, st.spmm.cin, st.spmm.cout = hw, cin, cout
@@ -671,6 +676,18 @@ cdef int _run_one(fs_step* st, const float* x, const float* res, float* y,
     return 0
 
 
+DW_FLAT_STAGE_ROWS = FS_DW_FLAT_STAGE_ROWS
+
+
+def dw_flat_kind(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih, Py_ssize_t iw, Py_ssize_t oh,
+                 Py_ssize_t ow, Py_ssize_t pad_top, Py_ssize_t pad_left):
+    """Which flat path a depthwise plane of these sizes takes (fs_dw_flat_kind): 0 none,
+    1 stride 1, 2 stride-2 quarter planes."""
+    if min(k, stride, ih, iw, oh, ow, pad_top + 1, pad_left + 1) < 1:
+        raise ValueError("sizes must be >= 1 and paddings >= 0")
+    return fs_dw_flat_kind(k, stride, ih, iw, oh, ow, pad_top, pad_left)
+
+
 def _row_bands(Py_ssize_t bands, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
                Py_ssize_t iw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t pad_top,
                Py_ssize_t pad_left):
@@ -791,20 +808,36 @@ cdef class StepList:
     tensors' lifetimes do not overlap), or None if unused. Tensor 0 and the last tensor are
     the network's input and output: their arrays here only fix the shapes; each run() is
     given new ones. Not reentrant: one call at a time (the executor keeps one StepList per
-    concurrent call)."""
+    concurrent call).
+
+    ``pieces[i] = P >= 2`` says tensor i holds one image in P row pieces (fs_steps.h): its
+    array is (P, C, H / P, W), piece p holding rows [p H / P, (p + 1) H / P) of every channel.
+    Every step over such a tensor runs one piece per item (the pieces cut where the threads
+    do when P is the thread count), and views its other tensors, of one image, as P pieces
+    too; depthwise steps read the rows around each piece from its neighbours."""
     cdef fs_step* _steps
     cdef Py_ssize_t _count, _cap, _ntensors
     cdef float** _table
-    cdef list _tensors, _keep
+    cdef list _tensors, _keep, _pieces
     cdef bint _busy
     cdef readonly int num_threads
     cdef size_t* _spans  # byte ranges [lo, hi) of the tensors between input and output,
     cdef Py_ssize_t _nspans  # sorted by lo
 
-    def __cinit__(self, list tensors, int num_threads):
+    def __cinit__(self, list tensors, int num_threads, pieces=None):
         self._ntensors = len(tensors)
         if self._ntensors < 2:
             raise ValueError("a step list needs at least an input and an output tensor")
+        self._pieces = [0] * self._ntensors if pieces is None else [int(p) for p in pieces]
+        if len(self._pieces) != self._ntensors:
+            raise ValueError(f"pieces must have {self._ntensors} entries")
+        for i, npieces in enumerate(self._pieces):
+            if npieces == 0 or npieces == 1:
+                self._pieces[i] = 0
+            elif (npieces < 0 or i == 0 or i == self._ntensors - 1 or tensors[i] is None
+                  or tensors[i].ndim != 4 or tensors[i].shape[0] != npieces):
+                raise ValueError(f"pieces[{i}] = {npieces}: tensor {i} is not an array of "
+                                 f"{npieces} row pieces (the input and the output cannot be)")
         self._table = <float**>calloc(self._ntensors, sizeof(float*))
         if self._table == NULL:
             raise MemoryError()
@@ -847,6 +880,51 @@ cdef class StepList:
             raise ValueError(f"no tensor {i}")
         a = self._tensors[i]
         return a.reshape(a.shape[0], a.shape[1], -1) if as3d else a
+
+    cdef int _step_pieces(self, tuple roles) except -1:
+        """The row pieces the step over tensors `roles` runs in: those of its tensors in row
+        pieces (all the same), or 0."""
+        got = {self._pieces[t] for t in roles if t >= 0} - {0}
+        if len(got) > 1:
+            raise ValueError(f"tensors {roles} are in different numbers of row pieces {got}")
+        return got.pop() if got else 0
+
+    cdef object _as_pieces(self, int i, Py_ssize_t p, bint as3d):
+        """Tensor i (row pieces, or one image) seen as p row pieces: (p, C, H / p, W), or
+        (p, C, -1) if as3d."""
+        a = self._tensor(i, False)
+        if self._pieces[i] == 0:
+            if a.ndim != 4 or a.shape[0] != 1 or a.shape[2] % p:
+                raise ValueError(f"tensor {i} of shape {a.shape} cannot be cut into {p} row "
+                                 "pieces")
+            h = a.shape[2] // p
+            a = np.lib.stride_tricks.as_strided(
+                a, (p, a.shape[1], h, a.shape[3]),
+                (h * a.strides[2], a.strides[1], a.strides[2], a.strides[3]))
+        if as3d:
+            a = np.lib.stride_tricks.as_strided(
+                a, (p, a.shape[1], a.shape[2] * a.shape[3]), (a.strides[0], a.strides[1], 4))
+        return a
+
+    cdef object _whole(self, int i):
+        """Tensor i as one image (1, C, H, W) for the shapes a fused step is checked against;
+        a tensor in row pieces gets a stand-in over its memory, whose strides the step then
+        replaces (_piece_strides)."""
+        a = self._tensor(i, False)
+        if self._pieces[i] == 0:
+            return a
+        c, h, w = a.shape[1], a.shape[0] * a.shape[2], a.shape[3]
+        return np.lib.stride_tricks.as_strided(a, (1, c, h, w), (c * h * w * 4, h * w * 4, w * 4, 4))
+
+    cdef fs_strides _piece_strides(self, int i, fs_strides whole):
+        """The strides a fused step addresses tensor i with: `whole`, or its row pieces'."""
+        if self._pieces[i] == 0:
+            return whole
+        a = self._tensors[i]
+        cdef fs_strides r
+        r.image, r.channel = a.strides[0] // 4, a.strides[1] // 4
+        r.piece = a.shape[2] * a.shape[3]
+        return r
 
     cdef int _check_roles(self, int src, int res, int dst) except -1:
         for t in (src, dst) + ((res,) if res != -1 else ()):
@@ -892,9 +970,16 @@ cdef class StepList:
         cdef fs_step st
         self._check_roles(src, res, dst)
         memset(&st, 0, sizeof(st))
-        res_view = self._tensor(res, True) if res >= 0 else None
-        _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias, res_view,
-                   self._tensor(dst, True), lo, hi, self.num_threads)
+        cdef Py_ssize_t p = self._step_pieces((src, res, dst))
+        if p:  # one item per piece: the pieces as images, each over all output rows
+            x = self._as_pieces(src, p, True)
+            _spmm_step(&st, isa, kernel, w, x, bias,
+                       self._as_pieces(res, p, True) if res >= 0 else None,
+                       self._as_pieces(dst, p, True), lo, hi, 1, p * x.shape[2])
+        else:
+            _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias,
+                       self._tensor(res, True) if res >= 0 else None, self._tensor(dst, True),
+                       lo, hi, self.num_threads)
         partial = None
         cdef float[::1] pv
         cdef Py_ssize_t n, hw
@@ -916,8 +1001,22 @@ cdef class StepList:
         cdef fs_step st
         self._check_roles(src, -1, dst)
         memset(&st, 0, sizeof(st))
-        _dwconv2d_step(&st, isa, self._tensor(src, False), w, bias, self._tensor(dst, False), k,
-                       stride, pad_top, pad_left, lo, hi, self.num_threads)
+        cdef Py_ssize_t p = self._step_pieces((src, dst))
+        if p == 0:
+            _dwconv2d_step(&st, isa, self._tensor(src, False), w, bias, self._tensor(dst, False),
+                           k, stride, pad_top, pad_left, lo, hi, self.num_threads)
+        else:
+            # Item (piece, channel); a piece's taps read k // 2 rows from each neighbour, which
+            # the flat paths take (the stride-1 one for pieces of few enough rows).
+            x, y = self._as_pieces(src, p, False), self._as_pieces(dst, p, False)
+            kind = fs_dw_flat_kind(k, stride, x.shape[2], x.shape[3], y.shape[2], y.shape[3],
+                                   pad_top, pad_left)
+            if kind == 0 or (kind == 1 and x.shape[2] > <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS):
+                raise ValueError(f"a depthwise step over {p} row pieces needs 'same' padding "
+                                 f"and pieces of at most {FS_DW_FLAT_STAGE_ROWS} rows "
+                                 f"(stride 1) or even sizes (stride 2)")
+            _dwconv2d_step(&st, isa, x, w, bias, y, k, stride, pad_top, pad_left, lo, hi, 1)
+            st.dw.linked, st.dw.halo_rows = p, k // 2
         st.scratch = self._scratch(&st)
         self._append(&st, src, -1, dst, (w, bias))
 
@@ -947,21 +1046,34 @@ cdef class StepList:
         cdef fs_step st, dw
         memset(&st, 0, sizeof(st))
         memset(&dw, 0, sizeof(dw))
-        _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias, None,
+        if self._pieces[mid]:
+            raise ValueError(f"tensor {mid} (never written) must not be in row pieces")
+        x, y = self._whole(src), self._whole(dst)
+        _spmm_step(&st, isa, kernel, w, x.reshape(x.shape[0], x.shape[1], -1), bias, None,
                    self._tensor(mid, True), lo, hi, 1)
-        _dwconv2d_step(&dw, dw_isa, self._tensor(mid, False), dw_w, dw_bias,
-                       self._tensor(dst, False), k, stride, pad_top, pad_left, dw_lo, dw_hi, 1)
+        _dwconv2d_step(&dw, dw_isa, self._tensor(mid, False), dw_w, dw_bias, y, k, stride,
+                       pad_top, pad_left, dw_lo, dw_hi, 1)
+        cdef _Parts parts
+        if self._pieces[src]:  # the packed offsets step from plane to plane of a piece
+            st.src_s = self._piece_strides(src, st.src_s)
+            parts = w.part_table(st.spmm.nparts, st.src_s.channel)
+            st.spmm.parts = parts.table
+        dw.dst_s = self._piece_strides(dst, dw.dst_s)
         bounds = w.row_groups(group_rows)
         cdef const int64_t[::1] b = bounds
         rows = np.diff(w._starts[0][bounds])
         band_table = _row_bands(bands, k, stride, dw.dw.ih, dw.dw.iw, dw.dw.oh, dw.dw.ow,
                                 pad_top, pad_left)
+        cdef Py_ssize_t p = self._pieces[dst], npos = dw.dw.oh * dw.dw.ow // max(p, 1)
+        if p and list(band_table[0::4]) + [npos * p] != list(range(0, (p + 1) * npos, npos)):
+            raise ValueError(f"a fused step writing {p} row pieces needs bands cut at them "
+                             f"(bands = {p})")
         cdef const int64_t[::1] bt = band_table
         st.kind = FS_STEP_SPMM_DWCONV2D
         st.dw, st.dst_s = dw.dw, dw.dst_s  # the 1x1 writes scratch, the depthwise conv dst
         st.dw.nbands, st.dw.bands = bt.shape[0] // 4, &bt[0]
         st.spmm.bounds, st.spmm.groups, st.spmm.chunk = &b[0], b.shape[0] - 1, st.spmm.hw
-        st.items = (self._tensors[src].shape[0] * st.dw.nbands * st.spmm.groups
+        st.items = (x.shape[0] * st.dw.nbands * st.spmm.groups
                     if st.items != 0 and dw.items != 0 else 0)
         st.dw.scratch_floats = _ceil_div(dw.dw.scratch_floats, 16) * 16
         st.scratch_floats = st.dw.scratch_floats + int(rows.max()) * _ceil_div(st.spmm.hw, 16) * 16

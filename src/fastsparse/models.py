@@ -47,6 +47,12 @@ FUSE_GROUP_BYTES = 256 * 1024
 # input than output channels sum their input channels in two halves (FS_STEP_SPMM_KSPLIT,
 # _kernels.StepList.add_spmm).
 KSPLIT_MAX_HW = 256
+
+# On T threads at batch 1, tensors of images of at most T * PIECE_MAX_ROWS rows are held in T
+# row pieces where the steps allow (Network._row_pieces): the stride-1 depthwise flat path
+# stages at most that many rows of a plane (fs_kernels.h, FS_DW_FLAT_STAGE_ROWS).
+PIECE_MAX_ROWS = _kernels.DW_FLAT_STAGE_ROWS
+PIECE_MIN_HW = 128
 KSPLIT_MIN_RATIO = 3
 
 
@@ -257,6 +263,23 @@ def _padded_size(shape):
     return n * c * (-(-h * w // 16) * 16)
 
 
+def _pieced_size(shape, pieces):
+    """Floats of a tensor held in `pieces` row pieces: each piece's planes padded as above."""
+    n, c, h, w = shape
+    return pieces * c * (-(-(h // pieces) * w // 16) * 16)
+
+
+def _pieced_view(buffer, shape, pieces):
+    """The (pieces, C, H / pieces, W) view of a tensor held in row pieces (fs_steps.h): piece
+    p, rows [p H / pieces, (p + 1) H / pieces) of every channel, after piece p - 1."""
+    n, c, h, w = shape
+    rows = h // pieces
+    plane = -(-rows * w // 16) * 16
+    return np.lib.stride_tricks.as_strided(
+        buffer[:_pieced_size(shape, pieces)], shape=(pieces, c, rows, w),
+        strides=(4 * c * plane, 4 * plane, 4 * w, 4), writeable=True)
+
+
 def _plane(shape):
     """Floats from one channel plane of a planned tensor to the next."""
     return _padded_size(shape) // max(shape[0] * shape[1], 1) if len(shape) == 4 else 1
@@ -333,15 +356,54 @@ class Network:
                 and isinstance(b, _Depthwise) and b.src == a.dst and readers[a.dst] == 1
                 and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW}
 
-    def _plan(self, key, by_size=False):
+    def _row_pieces(self, shapes, fused, threads):
+        """Tensors held in `threads` row pieces (fs_steps.h) on a batch-1 call on `threads`
+        threads: those of images whose bands of rows have at most PIECE_MAX_ROWS rows and
+        that the 1x1 steps would cut by positions, when every step over them can run piece by
+        piece: the 1x1s, depthwise steps on the flat paths, and fused pairs, whose bands are
+        then the pieces of their output. Each thread then writes and reads one block per
+        tensor instead of one part of every plane (2 threads, MobileNet v2: BENCHMARKS.md)."""
+        t = threads
+        if t < 2:
+            return {}
+        last = self.layers[-1].dst
+        ok = {d for d, sh in shapes.items()
+              if 0 < d != last and len(sh) == 4 and sh[0] == 1 and sh[2] % t == 0
+              and sh[2] // t <= PIECE_MAX_ROWS and sh[2] * sh[3] >= PIECE_MIN_HW * t}
+        for i, layer in enumerate(self.layers):
+            roles = {layer.src, layer.dst} | ({layer.res} if layer.res is not None else set())
+            if i - 1 in fused:  # the depthwise half of a fused pair
+                dw, sh = layer, shapes[layer.dst]
+                h, w = shapes[layer.src][2:]
+                cuts = _kernels._row_bands(t, dw.w.shape[2], dw.stride, h, w, sh[2], sh[3],
+                                           dw.padding[0], dw.padding[1])[0::4]
+                if sh[2] % t or list(cuts) != [p * sh[2] // t * sh[3] for p in range(t)]:
+                    ok.discard(layer.dst)
+                ok.discard(layer.src)  # the 1x1 output the pair never writes
+            elif type(layer) is _Pointwise:
+                continue
+            elif type(layer) is _Depthwise and roles & ok:
+                (_, _, h, w), (_, _, oh, ow) = shapes[layer.src], shapes[layer.dst]
+                k, pt, pl = layer.w.shape[2], layer.padding[0], layer.padding[1]
+                kind = (0 if h % t or oh % t else
+                        _kernels.dw_flat_kind(k, layer.stride, h // t, w, oh // t, ow, pt, pl))
+                if (kind == 0 or (kind == 1 and h // t > _kernels.DW_FLAT_STAGE_ROWS)
+                        or not roles <= ok):
+                    ok -= roles
+            else:
+                ok -= roles
+        return {d: t for d in ok}
+
+    def _plan(self, key, by_size=False, pieces=1):
         """Buffer of each tensor: tensors alive at the same time get different buffers. A
         fused 1x1 + depthwise pair reads the 1x1's input until the depthwise output is
         written, so that input lives one layer longer. With `by_size`, a buffer only ever
         holds tensors of one image size: on several threads, each thread then writes the same
         lines of it at every layer and every call (threads split a tensor by its positions or
         its channels, the same way for every tensor of a size), instead of lines the other
-        core last wrote for a tensor of another size."""
-        plan = self._plans.get((key, by_size))
+        core last wrote for a tensor of another size. With pieces = T > 1, the tensors
+        _row_pieces picks are held in T row pieces."""
+        plan = self._plans.get((key, by_size, pieces))
         if plan is None:
             shapes = self._shapes(key[0])
             for i, layer in enumerate(self.layers):
@@ -350,6 +412,7 @@ class Network:
                         f"images of {key[0][2]}x{key[0][3]} are too small for {self.arch}: layer "
                         f"{i} ({layer.op}) would produce an empty output {shapes[layer.dst]}")
             fused = self._fused_pairs(shapes)
+            pieced = self._row_pieces(shapes, fused, pieces)
             last_use = {}
             for i, layer in enumerate(self.layers):
                 last_use[layer.src] = i + 1 if i in fused else i
@@ -360,7 +423,8 @@ class Network:
                 freed_after.setdefault(i, []).append(t)
             slots, free, buffer_of, slot_hw = [], [], {}, []
             for i, layer in enumerate(self.layers[:-1]):  # the logits are allocated per call
-                size = _padded_size(shapes[layer.dst])
+                size = (_pieced_size(shapes[layer.dst], pieced[layer.dst])
+                        if layer.dst in pieced else _padded_size(shapes[layer.dst]))
                 hw = shapes[layer.dst][2:]
                 usable = [s for s in free if not by_size or slot_hw[s] == hw]
                 fits = [s for s in usable if slots[s] >= size]
@@ -379,8 +443,8 @@ class Network:
                 for t in freed_after.get(i, ()):
                     if t != 0 and t in buffer_of:
                         free.append(buffer_of[t])
-            plan = (shapes, slots, buffer_of, fused)
-            self._plans[(key, by_size)] = plan
+            plan = (shapes, slots, buffer_of, fused, pieced)
+            self._plans[(key, by_size, pieces)] = plan
         return plan
 
     def _workspace(self, key, plan):
@@ -391,19 +455,21 @@ class Network:
             if stack:
                 return stack.pop()
         (in_shape, layout), threads, isa = key
-        shapes, slots, buffer_of, fused = plan
+        shapes, slots, buffer_of, fused, pieced = plan
         # One arena on huge pages, each buffer starting on a 64-byte line.
         starts = np.cumsum([0] + [-(-s // 16) * 16 for s in slots])
         arena = hugepage_empty(int(starts[-1]))
         buffers = [arena[starts[i]:starts[i] + s] for i, s in enumerate(slots)]
         views = [None] * (len(self.layers) + 1)
         for layer in self.layers[:-1]:
-            views[layer.dst] = _planned_view(buffers[buffer_of[layer.dst]], shapes[layer.dst])
+            buffer, shape = buffers[buffer_of[layer.dst]], shapes[layer.dst]
+            views[layer.dst] = (_pieced_view(buffer, shape, pieced[layer.dst])
+                                if layer.dst in pieced else _planned_view(buffer, shape))
         n, c, h, w = in_shape
         # The input and the logits are each call's own: these two only fix the shapes.
         views[0] = np.empty((n, h, w, c) if layout == "NHWC" else in_shape, dtype=np.float32)
         views[-1] = np.empty(shapes[self.layers[-1].dst], dtype=np.float32)
-        steps = _kernels.StepList(views, threads)
+        steps = _kernels.StepList(views, threads, [pieced.get(t, 0) for t in range(len(views))])
         layer_of_step = []  # a fused 1x1 + depthwise pair is one step, of the 1x1 layer
         i = 0
         while i < len(self.layers):
@@ -483,7 +549,7 @@ class Network:
         if side == n:
             return logits
         ws_key = (key, threads, isa)
-        ws = self._workspace(ws_key, self._plan(key, by_size=threads > 1))
+        ws = self._workspace(ws_key, self._plan(key, by_size=threads > 1, pieces=threads))
         _, steps, layer_of_step = ws
         stamps = None
         if times is not None:

@@ -313,10 +313,25 @@ FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
   }
 }
 
-/* Flat output positions [begin, end) of a stride-1 plane (begin a multiple of FS_VLEN). */
+/* Stores floats [0, n) of src (or zeros if src is NULL) at dst, nothing past them. */
+FS_INLINE void fs_dw_put_rows(float* dst, const float* src, size_t n) {
+  for (size_t j = 0; j < n; j += FS_VLEN) {
+    const size_t m = n - j < FS_VLEN ? n - j : FS_VLEN;
+    const fs_vec v = src != NULL ? fs_vload_range(src + j, 0, m) : fs_vzero();
+    if (m == FS_VLEN) {
+      fs_vstore(dst + j, v);
+    } else {
+      fs_vstore_tail(dst + j, v, fs_tail_make(m));
+    }
+  }
+}
+
+/* Flat output positions [begin, end) of a stride-1 plane (begin a multiple of FS_VLEN), the
+ * halo rows `above` and `below` (or NULL) around it (whole planes only). */
 FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
-                                const fs_vec* wv, fs_vec vbias, float* stage, float* output,
-                                size_t begin, size_t end, fs_vec vlo, fs_vec vhi) {
+                                const float* above, const float* below, const fs_vec* wv,
+                                fs_vec vbias, float* stage, float* output, size_t begin,
+                                size_t end, fs_vec vlo, fs_vec vhi) {
   const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
   size_t period;
   const unsigned char* table =
@@ -334,11 +349,17 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
       fs_vstore(copy + j, j + FS_VLEN <= n ? fs_vload(input + j)
                                            : fs_vload_range(input + j, 0, n > j ? n - j : 0));
     }
+    /* A row piece's halo rows go right before and after it (k/2 rows each, inside the zeros
+     * around the copy); a plane without them puts zeros back over a previous piece's. */
+    const size_t halo = k / 2 * iw;
+    if (from == 0) fs_dw_put_rows(copy - halo, above, halo);
+    if (below != NULL) fs_dw_put_rows(copy + n, below, halo);
     const float* src[1] = {copy};
     fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, begin, end, table, period, wv, vbias, output,
                     vlo, vhi);
     return;
   }
+  assert(above == NULL && below == NULL);
   /* Only the vectors whose taps reach above or below the plane bound their loads. */
   size_t head = (reach + FS_VLEN - 1) / FS_VLEN * FS_VLEN, tail = 0;
   if (head > n) head = n;
@@ -385,10 +406,12 @@ FS_INLINE void fs_dw_quarter_row(float* even, float* odd, const float* row, size
 /* Stride 2 on quarter planes (four of fs_dw_quarter_floats in `quarters`), band by band
  * (fs_dw_band_rows output rows): slot j of a quarter holds row y0 - 1 + j of that parity
  * (input row 2 (y0 - 1 + j) + row parity, split by column parity), zeros above and below the
- * image, so every tap is a plain load. */
+ * image, or the k/2 halo rows `above` and `below` where given, so every tap is a plain
+ * load. */
 FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, size_t ow,
                                     size_t oy0, size_t oy1, const float* input,
-                                    size_t input_stride, const fs_vec* wv, fs_vec vbias,
+                                    size_t input_stride, const float* above,
+                                    const float* below, const fs_vec* wv, fs_vec vbias,
                                     float* quarters, float* output, fs_vec vlo, fs_vec vhi) {
   const size_t qf = fs_dw_quarter_floats(oh, ow), band = fs_dw_band_rows(oh, ow);
   float* q[4];
@@ -399,11 +422,17 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
   for (size_t y0 = oy0; y0 < oy1; y0 += band) {
     const size_t rows = oy1 - y0 < band ? oy1 - y0 : band;
     for (size_t j = 0; j < rows + 2; j++) {
-      const ptrdiff_t y = (ptrdiff_t)(y0 + j) - 1;
+      const ptrdiff_t y = (ptrdiff_t)(y0 + j) - 1, h = (ptrdiff_t)ih, r = (ptrdiff_t)(k / 2);
       for (size_t a = 0; a < 2; a++) {
-        const size_t iy = 2 * (size_t)y + a;
-        const float* row = (y < 0 || iy >= ih) ? NULL
-                           : (const float*)((const char*)input + iy * input_stride);
+        const ptrdiff_t iy = 2 * y + (ptrdiff_t)a;
+        const float* row = NULL;
+        if (iy >= 0 && iy < h) {
+          row = (const float*)((const char*)input + (size_t)iy * input_stride);
+        } else if (iy < 0 && iy >= -r && above != NULL) {
+          row = (const float*)((const char*)above + (size_t)(iy + r) * input_stride);
+        } else if (iy >= h && iy < h + r && below != NULL) {
+          row = (const float*)((const char*)below + (size_t)(iy - h) * input_stride);
+        }
         fs_dw_quarter_row(q[2 * a] + j * ow, q[2 * a + 1] + j * ow, row, ow);
       }
     }
@@ -422,7 +451,8 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
 
 FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t oh, size_t ow,
                                size_t pad_top, size_t pad_left, const float* input,
-                               size_t input_stride, const float* weights, float bias,
+                               size_t input_stride, const float* above, const float* below,
+                               const float* weights, float bias,
                                float* scratch, float* output, size_t output_stride,
                                size_t out_begin, size_t out_end, float lo, float hi) {
   assert(ih >= 1 && iw >= 1 && oh >= 1 && ow >= 1);
@@ -438,18 +468,20 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   assert(out_begin < out_end && out_end <= oh * ow);
   if (flat == 1 && input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
     assert(out_begin % 16 == 0 && (out_end % 16 == 0 || out_end == oh * ow));
-    fs_dwconv2d_flat(k, ih, iw, input, wv, vbias, scratch + (k + 3) * rowlen, output, out_begin,
-                     out_end, vlo, vhi);
+    assert((above == NULL && below == NULL) || (out_begin == 0 && out_end == oh * ow));
+    fs_dwconv2d_flat(k, ih, iw, input, above, below, wv, vbias, scratch + (k + 3) * rowlen,
+                     output, out_begin, out_end, vlo, vhi);
     return;
   }
   /* Other paths take whole output rows. */
   assert(out_begin % ow == 0 && (out_end % ow == 0 || out_end == oh * ow));
   const size_t oy0 = out_begin / ow, oy1 = (out_end + ow - 1) / ow;
   if (flat == 2 && output_stride == ow * sizeof(float)) {
-    fs_dwconv2d_quarters(k, pad_top, ih, oh, ow, oy0, oy1, input, input_stride, wv, vbias,
-                         scratch + (k + 3) * rowlen, output, vlo, vhi);
+    fs_dwconv2d_quarters(k, pad_top, ih, oh, ow, oy0, oy1, input, input_stride, above, below,
+                         wv, vbias, scratch + (k + 3) * rowlen, output, vlo, vhi);
     return;
   }
+  assert(above == NULL && below == NULL);
   const size_t half = rowlen / 2;
   ptrdiff_t tags[7] = {-1, -1, -1, -1, -1, -1, -1};
   const float* rows[5];
@@ -477,8 +509,9 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
 
 #define FS_DWCONV_DEFINE(K, S, ISA)                                                          \
   void fs_f32_dwconv2d_chw_##K##x##K##s##S##__##ISA(FS_DWCONV_PARAMS) {                      \
-    fs_dwconv2d_chw(K, S, ih, iw, oh, ow, pad_top, pad_left, input, input_stride, weights,  \
-                    bias, scratch, output, output_stride, out_begin, out_end, lo, hi);      \
+    fs_dwconv2d_chw(K, S, ih, iw, oh, ow, pad_top, pad_left, input, input_stride, above,    \
+                    below, weights, bias, scratch, output, output_stride, out_begin, out_end, \
+                    lo, hi);                                                                 \
   }
 
 #endif /* FS_DWCONV_IMPL_H */

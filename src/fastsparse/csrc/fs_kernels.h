@@ -152,7 +152,8 @@ typedef struct fs_spmm_kernel {
  *   output[oy, ox] = clamp(bias + sum_{ky,kx} w[ky*K + kx] * x[oy*S + ky - pad_top,
  *                                                              ox*S + kx - pad_left], lo, hi)
  *
- * with x = 0 outside [0, ih) x [0, iw). Rows of x and of output are `input_stride` and
+ * with x = 0 outside [0, ih) x [0, iw), except for the rows `above` and `below` supply. Rows
+ * of x and of output are `input_stride` and
  * `output_stride` bytes apart; a row is contiguous. The kernel never reads x outside its
  * ih x iw plane nor writes output outside oh x ow (tails are masked). Horizontal padding and
  * the stride-2 deinterleave happen while each input row is copied, exactly once, into
@@ -178,11 +179,18 @@ typedef struct fs_spmm_kernel {
  * read: into quarter-plane slots no tap reads, or, on the flat paths, into the lanes of a
  * tap column that wrap around a row, which a select (not a multiplication: a NaN there must
  * not spread) zeroes before the sum.
+ *
+ * `above` and `below` are NULL, or the K/2 rows (`input_stride` bytes apart) just above row 0
+ * and just below row ih - 1: the plane is then one band of rows of a taller image (a row
+ * piece, fs_steps.h), and the taps that cross its edges read the neighbouring band's rows
+ * instead of zeros. Only on the flat paths (fs_dw_flat_kind() != 0; for stride 1, planes of
+ * at most FS_DW_FLAT_STAGE_ROWS rows), with out_begin = 0 and out_end = oh * ow.
  */
 typedef void (*fs_dwconv2d_fn)(
     size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
-    const float* input, size_t input_stride, const float* weights, float bias, float* scratch,
-    float* output, size_t output_stride, size_t out_begin, size_t out_end, float lo, float hi);
+    const float* input, size_t input_stride, const float* above, const float* below,
+    const float* weights, float bias, float* scratch, float* output, size_t output_stride,
+    size_t out_begin, size_t out_end, float lo, float hi);
 
 /* Floats in one padded scratch row; the widest vector (16 floats) and every tap of the last
  * output vector, whatever the ISA, fit. For stride 2 a row is two halves: the even padded
@@ -317,7 +325,8 @@ typedef void (*fs_vadd_fn)(size_t n, const float* a, const float* b, float* y, f
 
 #define FS_DWCONV_PARAMS                                                                  \
   size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,            \
-      const float *input, size_t input_stride, const float *weights, float bias,          \
+      const float *input, size_t input_stride, const float *above, const float *below,   \
+      const float *weights, float bias,                                                   \
       float *scratch, float *output, size_t output_stride, size_t out_begin, size_t out_end, \
       float lo, float hi
 #define FS_CONV2D_PARAMS                                                                   \

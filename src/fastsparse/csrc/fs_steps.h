@@ -75,10 +75,13 @@ typedef struct fs_spmm_args {
 /* Depthwise: item t = one (image, channel) plane; or, with pieces > 0 (stride-1 flat path
  * only), t = (image, piece of `chunk` output positions) over every channel, the positions
  * cut where the 1x1 steps on the same image size cut theirs, so that a thread reads the 1x1
- * output it wrote itself, but for one row of taps at each cut. */
+ * output it wrote itself, but for one row of taps at each cut. With `linked` > 0 the
+ * tensors' `linked` images are the row pieces of one image (see fs_strides): item t = (piece,
+ * channel), whose taps read the halo_rows rows above and below it from the pieces next to
+ * it. */
 typedef struct fs_dwconv2d_args {
   fs_dwconv2d_fn fn;
-  size_t c, ih, iw, oh, ow, pad_top, pad_left, taps, chunk, pieces;
+  size_t c, ih, iw, oh, ow, pad_top, pad_left, taps, chunk, pieces, linked, halo_rows;
   const float* weights;
   const float* bias;
   float lo, hi;
@@ -116,9 +119,18 @@ typedef struct fs_vadd_args {
 /* Where a tensor's images and channel planes start, in floats from its first element. A
  * plane's positions are contiguous; planes may be padded (channel > H * W) so that every
  * plane starts on a 64-byte boundary, which the vector loads of small planes (7x7, 14x14)
- * need to run at full speed. */
+ * need to run at full speed.
+ *
+ * Row pieces: on T threads at batch 1, a tensor may hold its one image as T bands of rows
+ * ("pieces", each `piece` positions), every band stored as an image of its own (channel
+ * planes of that band, then the next band's): each thread then writes and reads one
+ * contiguous block. Cut inside every plane instead, a thread's writes sit next to the other
+ * core's in every plane, and the hardware prefetchers' reads across the cut cost 2-3x the
+ * step (measured: tools/xcore_bench.c). Steps that run one piece per item see the pieces as
+ * images; a fused step, which cuts its own bands, maps position m to piece m / piece. piece
+ * = 0: whole images. */
 typedef struct fs_strides {
-  size_t image, channel;
+  size_t image, channel, piece;
 } fs_strides;
 
 typedef struct fs_step {
@@ -194,13 +206,22 @@ static inline void fs_spmm_rows(const fs_spmm_args* a, int64_t b0, int64_t b1, s
                 a->hi);
 }
 
-/* Depthwise conv of channel ch, from its input plane to output positions [begin, end) of its
- * output plane. */
+/* Depthwise conv of channel ch, from its input plane (and halo rows, or NULL) to output
+ * positions [begin, end) of its output plane. */
 static inline void fs_dwconv2d_plane(const fs_dwconv2d_args* a, size_t ch, const float* plane,
-                                     float* scratch, float* out, size_t begin, size_t end) {
+                                     const float* above, const float* below, float* scratch,
+                                     float* out, size_t begin, size_t end) {
   a->fn(a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, plane, a->iw * sizeof(float),
-        a->weights + ch * a->taps, a->bias != NULL ? a->bias[ch] : 0.0f, scratch, out,
-        a->ow * sizeof(float), begin, end, a->lo, a->hi);
+        above, below, a->weights + ch * a->taps, a->bias != NULL ? a->bias[ch] : 0.0f, scratch,
+        out, a->ow * sizeof(float), begin, end, a->lo, a->hi);
+}
+
+/* What to add to an image's first float so that adding position m then addresses m: 0, or
+ * for a tensor in row pieces, the start of piece m / s.piece less the positions before it. */
+static inline ptrdiff_t fs_piece_shift(fs_strides s, size_t m) {
+  if (s.piece == 0) return 0;
+  const size_t q = m / s.piece;
+  return (ptrdiff_t)(q * s.image) - (ptrdiff_t)(q * s.piece);
 }
 
 /* Floats between the planes a fused step keeps in scratch: whole 64-byte lines. */
@@ -249,15 +270,21 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const int64_t b0 = a->bounds[g], b1 = a->bounds[g + 1];
       if (b1 <= b0) return;
       float* planes = scratch + st->dw.scratch_floats;
-      if (band[3] > band[2]) {
-        fs_spmm_rows(a, b0, b1, (size_t)band[2], (size_t)(band[3] - band[2]),
-                     x + img * xs.image, NULL, 0, planes + band[2], ps * sizeof(float));
+      /* An input in row pieces: the band's rows from each piece they fall in (a halo row
+       * from the piece before or after). */
+      for (size_t m = (size_t)band[2]; m < (size_t)band[3];) {
+        size_t m1 = (size_t)band[3];
+        if (xs.piece != 0 && (m / xs.piece + 1) * xs.piece < m1) m1 = (m / xs.piece + 1) * xs.piece;
+        fs_spmm_rows(a, b0, b1, m, m1 - m, x + img * xs.image + fs_piece_shift(xs, m), NULL, 0,
+                     planes + m, ps * sizeof(float));
+        m = m1;
       }
+      /* An output in row pieces: the bands are its pieces (StepList.add_spmm_dwconv2d). */
+      float* out = y + img * ys.image + fs_piece_shift(ys, (size_t)band[0]);
       const size_t r0 = (size_t)a->row_start[b0], r1 = (size_t)a->row_start[b1];
       for (size_t ch = r0; ch < r1; ch++) {
-        fs_dwconv2d_plane(&st->dw, ch, planes + (ch - r0) * ps, scratch,
-                          y + img * ys.image + ch * ys.channel, (size_t)band[0],
-                          (size_t)band[1]);
+        fs_dwconv2d_plane(&st->dw, ch, planes + (ch - r0) * ps, NULL, NULL, scratch,
+                          out + ch * ys.channel, (size_t)band[0], (size_t)band[1]);
       }
       return;
     }
@@ -266,14 +293,20 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const size_t n = a->oh * a->ow;
       if (a->pieces == 0) {
         const size_t img = t / a->c, ch = t % a->c;
-        fs_dwconv2d_plane(a, ch, x + img * xs.image + ch * xs.channel, scratch,
+        const float* plane = x + img * xs.image + ch * xs.channel;
+        const float *above = NULL, *below = NULL;
+        if (a->linked > 0) { /* img is a row piece: halo rows from the pieces around it */
+          if (img % a->linked != 0) above = plane - xs.image + (a->ih - a->halo_rows) * a->iw;
+          if (img % a->linked + 1 != a->linked) below = plane + xs.image;
+        }
+        fs_dwconv2d_plane(a, ch, plane, above, below, scratch,
                           y + img * ys.image + ch * ys.channel, 0, n);
         return;
       }
       const size_t img = t / a->pieces, begin = (t % a->pieces) * a->chunk;
       const size_t end = n - begin < a->chunk ? n : begin + a->chunk;
       for (size_t ch = 0; ch < a->c; ch++) {
-        fs_dwconv2d_plane(a, ch, x + img * xs.image + ch * xs.channel, scratch,
+        fs_dwconv2d_plane(a, ch, x + img * xs.image + ch * xs.channel, NULL, NULL, scratch,
                           y + img * ys.image + ch * ys.channel, begin, end);
       }
       return;
