@@ -169,8 +169,8 @@ static void run_kernel(fs_dwconv2d_fn fn, const dw_case* c, dw_buffers* b, const
                        float bias, float* scratch, dw_plane* out, float lo, float hi) {
   plane_fill_canary(c, out, c->oh + 1);
   fn(c->ih, c->iw, c->oh, c->ow, c->pad.t, c->pad.l,
-     plane_row(c, &b->in, 0, c->iw, c->ih, c->in_front), plane_stride(c, &b->in, c->iw), w,
-     bias, scratch, plane_row(c, out, 0, c->ow, c->oh, c->out_front),
+     plane_row(c, &b->in, 0, c->iw, c->ih, c->in_front), plane_stride(c, &b->in, c->iw), NULL,
+     NULL, w, bias, scratch, plane_row(c, out, 0, c->ow, c->oh, c->out_front),
      plane_stride(c, out, c->ow), 0, c->oh * c->ow, lo, hi);
 }
 
