@@ -537,8 +537,12 @@ def _pieces_chain(tensors, threads, pieces, params):
     return steps
 
 
+FUSED_OK = set()
+
+
 @pytest.mark.parametrize("p,h,w,k,stride,pad", [
     (2, 8, 16, 3, 1, 1),    # stride-1 pieces of 4 rows, the fused step's bands at 64 floats
+    (2, 12, 12, 3, 1, 1),   # pieces of 72 floats: no band cut there, the fused output whole
     (2, 12, 8, 5, 1, 2),    # 5x5: two halo rows
     (3, 12, 16, 3, 1, 1),   # a middle piece with halos on both sides
     (2, 16, 12, 3, 2, 1),   # stride 2 on quarter planes (PyTorch padding)
@@ -583,9 +587,9 @@ def test_row_pieces_give_the_bytes_of_whole_images(isa, p, h, w, k, stride, pad)
         return y.tobytes(), [_whole(tensors[t]) for t in (1, 2, 3, 5)]
 
     want, inner = run(1, set())
-    # The fused step writes row pieces only where its bands can cut (16-float positions).
-    cuts = _kernels._row_bands(p, 3, 1, oh, ow, oh, ow, 1, 1)[0::4].tolist()
-    fused_ok = cuts == [i * oh // p * ow for i in range(p)] and oh % p == 0
+    # The fused step writes row pieces where its bands cut at them (16-float positions).
+    fused_ok = _kernels.fused_writes_pieces(p, 3, 1, oh, ow, oh, ow, 1, 1)
+    FUSED_OK.add(fused_ok)
     for pieced in ({1, 2}, {1, 2, 3, 5}, {2, 3}, {3, 5}, {1}):
         if 5 in pieced and not fused_ok:
             pieced = pieced - {5}
@@ -607,6 +611,10 @@ def test_row_pieces_give_the_bytes_of_whole_images(isa, p, h, w, k, stride, pad)
                                    padding=1, activation=("clamp", -6.0, 6.0))
     r = reference.sparse_conv1x1(r, W4, bias=b[:c2], residual=r3)
     assert _rel_err(y, r) < RTOL
+
+
+def test_row_pieces_cases_cover_fused_outputs_in_pieces_and_whole():
+    assert FUSED_OK == {True, False}, FUSED_OK  # run after the test above (file order)
 
 
 def test_row_pieces_refused_where_a_step_cannot_run_them():
@@ -634,9 +642,16 @@ def test_row_pieces_refused_where_a_step_cannot_run_them():
     with pytest.raises(ValueError, match="at most 32 rows"):  # 33 rows per piece
         s.add_dwconv2d(isa, 0, 1, wd, None, 3, 1, 1, 1, 0.0, 6.0)
     s = _kernels.StepList([one(), one(), _pieced(4, 8, 8, 2), one()], 2, [0, 0, 2, 0])
-    with pytest.raises(ValueError, match="bands cut at them"):
+    with pytest.raises(ValueError, match="bands cut at them"):  # bands != pieces
         s.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, None, 0.0, 6.0, isa, wd, None, 3, 1,
                             1, 1, 0.0, 6.0, 4, 1)
+    # Bands at 16-float positions miss the cut (row 36 of 10 floats).
+    assert not _kernels.fused_writes_pieces(2, 3, 1, 72, 10, 72, 10, 1, 1)
+    s = _kernels.StepList([one(72, 10), one(72, 10), _pieced(4, 72, 10, 2), one(72, 10)], 2,
+                          [0, 0, 2, 0])
+    with pytest.raises(ValueError, match="bands cut at them"):
+        s.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, None, 0.0, 6.0, isa, wd, None, 3, 1,
+                            1, 1, 0.0, 6.0, 4, 2)
     s = _kernels.StepList([one(), _pieced(4, 8, 8, 2), one(), one()], 2, [0, 2, 0, 0])
     with pytest.raises(ValueError, match="never written"):
         s.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, None, 0.0, 6.0, isa, wd, None, 3, 1,

@@ -679,6 +679,31 @@ cdef int _run_one(fs_step* st, const float* x, const float* res, float* y,
 DW_FLAT_STAGE_ROWS = FS_DW_FLAT_STAGE_ROWS
 
 
+def dw_piece_kind(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
+                  Py_ssize_t iw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t pad_top,
+                  Py_ssize_t pad_left):
+    """The flat path a depthwise conv runs its `pieces` row pieces on (each piece a plane,
+    halo rows from its neighbours), or 0 if it cannot: 'same' padding, sizes that cut, and on
+    the stride-1 path pieces of at most DW_FLAT_STAGE_ROWS rows."""
+    if pieces < 1 or ih % pieces or oh % pieces:
+        return 0
+    kind = fs_dw_flat_kind(k, stride, ih // pieces, iw, oh // pieces, ow, pad_top, pad_left)
+    if kind == 1 and ih // pieces > <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS:
+        return 0
+    return kind
+
+
+def fused_writes_pieces(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
+                        Py_ssize_t iw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t pad_top,
+                        Py_ssize_t pad_left):
+    """Whether a fused 1x1 + depthwise step in `pieces` bands of rows can write an output in
+    as many row pieces: its bands (_row_bands) must cut at the pieces."""
+    if pieces < 2 or oh % pieces:
+        return False
+    cuts = _row_bands(pieces, k, stride, ih, iw, oh, ow, pad_top, pad_left)[0::4].tolist()
+    return cuts == [i * (oh // pieces) * ow for i in range(pieces)]
+
+
 def dw_flat_kind(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih, Py_ssize_t iw, Py_ssize_t oh,
                  Py_ssize_t ow, Py_ssize_t pad_top, Py_ssize_t pad_left):
     """Which flat path a depthwise plane of these sizes takes (fs_dw_flat_kind): 0 none,
@@ -1009,9 +1034,8 @@ cdef class StepList:
             # Item (piece, channel); a piece's taps read k // 2 rows from each neighbour, which
             # the flat paths take (the stride-1 one for pieces of few enough rows).
             x, y = self._as_pieces(src, p, False), self._as_pieces(dst, p, False)
-            kind = fs_dw_flat_kind(k, stride, x.shape[2], x.shape[3], y.shape[2], y.shape[3],
-                                   pad_top, pad_left)
-            if kind == 0 or (kind == 1 and x.shape[2] > <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS):
+            if not dw_piece_kind(p, k, stride, p * x.shape[2], x.shape[3], p * y.shape[2],
+                                 y.shape[3], pad_top, pad_left):
                 raise ValueError(f"a depthwise step over {p} row pieces needs 'same' padding "
                                  f"and pieces of at most {FS_DW_FLAT_STAGE_ROWS} rows "
                                  f"(stride 1) or even sizes (stride 2)")
@@ -1053,6 +1077,12 @@ cdef class StepList:
                    self._tensor(mid, True), lo, hi, 1)
         _dwconv2d_step(&dw, dw_isa, self._tensor(mid, False), dw_w, dw_bias, y, k, stride,
                        pad_top, pad_left, dw_lo, dw_hi, 1)
+        cdef Py_ssize_t p = self._pieces[dst], ih = dw.dw.ih, iw = dw.dw.iw
+        cdef Py_ssize_t oh = dw.dw.oh, ow = dw.dw.ow
+        if p and (bands != p or not fused_writes_pieces(p, k, stride, ih, iw, oh, ow, pad_top,
+                                                        pad_left)):
+            raise ValueError(f"a fused step writing {p} row pieces needs bands cut at them "
+                             f"(bands = {p})")
         cdef _Parts parts
         if self._pieces[src]:  # the packed offsets step from plane to plane of a piece
             st.src_s = self._piece_strides(src, st.src_s)
@@ -1062,12 +1092,7 @@ cdef class StepList:
         bounds = w.row_groups(group_rows)
         cdef const int64_t[::1] b = bounds
         rows = np.diff(w._starts[0][bounds])
-        band_table = _row_bands(bands, k, stride, dw.dw.ih, dw.dw.iw, dw.dw.oh, dw.dw.ow,
-                                pad_top, pad_left)
-        cdef Py_ssize_t p = self._pieces[dst], npos = dw.dw.oh * dw.dw.ow // max(p, 1)
-        if p and list(band_table[0::4]) + [npos * p] != list(range(0, (p + 1) * npos, npos)):
-            raise ValueError(f"a fused step writing {p} row pieces needs bands cut at them "
-                             f"(bands = {p})")
+        band_table = _row_bands(bands, k, stride, ih, iw, oh, ow, pad_top, pad_left)
         cdef const int64_t[::1] bt = band_table
         st.kind = FS_STEP_SPMM_DWCONV2D
         st.dw, st.dst_s = dw.dw, dw.dst_s  # the 1x1 writes scratch, the depthwise conv dst

@@ -373,11 +373,9 @@ class Network:
         for i, layer in enumerate(self.layers):
             roles = {layer.src, layer.dst} | ({layer.res} if layer.res is not None else set())
             if i - 1 in fused:  # the depthwise half of a fused pair
-                dw, sh = layer, shapes[layer.dst]
-                h, w = shapes[layer.src][2:]
-                cuts = _kernels._row_bands(t, dw.w.shape[2], dw.stride, h, w, sh[2], sh[3],
-                                           dw.padding[0], dw.padding[1])[0::4]
-                if sh[2] % t or list(cuts) != [p * sh[2] // t * sh[3] for p in range(t)]:
+                (_, _, h, w), (_, _, oh, ow) = shapes[layer.src], shapes[layer.dst]
+                if not _kernels.fused_writes_pieces(t, layer.w.shape[2], layer.stride, h, w, oh,
+                                                    ow, layer.padding[0], layer.padding[1]):
                     ok.discard(layer.dst)
                 ok.discard(layer.src)  # the 1x1 output the pair never writes
             elif type(layer) is _Pointwise:
@@ -385,9 +383,7 @@ class Network:
             elif type(layer) is _Depthwise and roles & ok:
                 (_, _, h, w), (_, _, oh, ow) = shapes[layer.src], shapes[layer.dst]
                 k, pt, pl = layer.w.shape[2], layer.padding[0], layer.padding[1]
-                kind = (0 if h % t or oh % t else
-                        _kernels.dw_flat_kind(k, layer.stride, h // t, w, oh // t, ow, pt, pl))
-                if (kind == 0 or (kind == 1 and h // t > _kernels.DW_FLAT_STAGE_ROWS)
+                if (not _kernels.dw_piece_kind(t, k, layer.stride, h, w, oh, ow, pt, pl)
                         or not roles <= ok):
                     ok -= roles
             else:
