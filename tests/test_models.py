@@ -161,8 +161,7 @@ def test_plans_by_size_keep_each_buffer_to_one_image_size():
     net = fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None), num_threads=2)
     key = ((1, 3, 96, 80), "NCHW")
     for by_size in (False, True):
-        shapes, slots, buffer_of, fused, pieced = net._plan(key, by_size)
-        assert pieced == {}
+        shapes, slots, buffer_of, fused, _ = net._plan(key, by_size)
         sizes = {}
         for t, b in buffer_of.items():
             sizes.setdefault(b, set()).add(shapes[t][2:])
@@ -312,19 +311,24 @@ def test_row_pieces_on_several_threads_keep_the_bytes(arch):
         wt = random_mobilenet_v1_weights(0.5, 10, seed=2)
         net_of = lambda t: fs.MobileNetV1.from_dense(wt, sparsity=0.9,  # noqa: E731
                                                      num_threads=t)
-    x = np.random.default_rng(4).uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
-    key = ((1, 3, 112, 112), "NCHW")
     one = net_of(1)
-    want = [one(x[i:i + 1]).tobytes() for i in range(3)]
-    for threads in (2, 3):
-        net = net_of(threads)
-        shapes, _, _, fused, pieced = net._plan(key, True, threads)
-        sizes = {shapes[t][2:] for t in pieced}
-        if threads == 3:  # 56 and 28 rows do not cut in 3
-            assert sizes == set()
-        else:  # v1's 56x56 tensors: the first conv's output (no row pieces) and its reader's
-            assert sizes == ({(56, 56), (28, 28)} if arch == "v2" else {(28, 28)})
-        assert all(v == threads for v in pieced.values())
-        for i in range(3):
-            assert net(x[i:i + 1]).tobytes() == want[i], (threads, i)
-        assert net(x).tobytes() == b"".join(want)
+    # 112x112: pieces at 56x56 (v2) and 28x28 on 2 threads, none on 3 (56 and 28 rows do
+    # not cut in 3; v1's 56x56 tensors are the first conv's output and its reader's).
+    # 96x96: 48x48 and 24x24 cut in 2 and in 3 (v1's 48x48 1x1 output, read by the
+    # stride-2 depthwise conv, in pieces).
+    both = {(48, 48), (24, 24)}
+    for size, layout, want_sizes in (
+            (112, "NCHW", {2: {(56, 56), (28, 28)} if arch == "v2" else {(28, 28)}, 3: set()}),
+            (96, "NHWC", {2: both, 3: both})):
+        x = np.random.default_rng(size).uniform(-1, 1, (3, 3, size, size)).astype(np.float32)
+        if layout == "NHWC":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        want = [one(x[i:i + 1], layout=layout).tobytes() for i in range(3)]
+        for threads in (2, 3):
+            net = net_of(threads)
+            shapes, _, _, fused, pieced = net._plan(((1, 3, size, size), layout), True, threads)
+            assert {shapes[t][2:] for t in pieced} == want_sizes[threads], (size, threads)
+            assert all(v == threads for v in pieced.values())
+            for i in range(3):
+                assert net(x[i:i + 1], layout=layout).tobytes() == want[i], (size, threads, i)
+            assert net(x, layout=layout).tobytes() == b"".join(want)

@@ -537,10 +537,7 @@ def _pieces_chain(tensors, threads, pieces, params):
     return steps
 
 
-FUSED_OK = set()
-
-
-@pytest.mark.parametrize("p,h,w,k,stride,pad", [
+PIECES_CASES = [
     (2, 8, 16, 3, 1, 1),    # stride-1 pieces of 4 rows, the fused step's bands at 64 floats
     (2, 12, 12, 3, 1, 1),   # pieces of 72 floats: no band cut there, the fused output whole
     (2, 12, 8, 5, 1, 2),    # 5x5: two halo rows
@@ -549,7 +546,11 @@ FUSED_OK = set()
     (2, 16, 12, 3, 2, 0),   # ... TensorFlow's "same" (a halo row below, none above)
     (2, 24, 10, 5, 2, 1),
     (2, 64, 16, 3, 1, 1),   # pieces of 32 rows: the most the stride-1 path stages
-])
+    (2, 4, 32, 5, 1, 2),    # pieces of 2 rows: the fewest a 5x5 can take (2 halo rows)
+]
+
+
+@pytest.mark.parametrize("p,h,w,k,stride,pad", PIECES_CASES)
 def test_row_pieces_give_the_bytes_of_whole_images(isa, p, h, w, k, stride, pad):
     """Every step kind over tensors held in row pieces, in every mix of pieced and whole
     tensors the steps accept, on 1 to 3 threads: the same bytes as whole images on one
@@ -589,7 +590,6 @@ def test_row_pieces_give_the_bytes_of_whole_images(isa, p, h, w, k, stride, pad)
     want, inner = run(1, set())
     # The fused step writes row pieces where its bands cut at them (16-float positions).
     fused_ok = _kernels.fused_writes_pieces(p, 3, 1, oh, ow, oh, ow, 1, 1)
-    FUSED_OK.add(fused_ok)
     for pieced in ({1, 2}, {1, 2, 3, 5}, {2, 3}, {3, 5}, {1}):
         if 5 in pieced and not fused_ok:
             pieced = pieced - {5}
@@ -614,7 +614,37 @@ def test_row_pieces_give_the_bytes_of_whole_images(isa, p, h, w, k, stride, pad)
 
 
 def test_row_pieces_cases_cover_fused_outputs_in_pieces_and_whole():
-    assert FUSED_OK == {True, False}, FUSED_OK  # run after the test above (file order)
+    oh = [h // 2 if s == 2 else h for _, h, _, _, s, _ in PIECES_CASES]
+    ow = [w // 2 if s == 2 else w for _, _, w, _, s, _ in PIECES_CASES]
+    got = {_kernels.fused_writes_pieces(c[0], 3, 1, a, b, a, b, 1, 1)
+           for c, a, b in zip(PIECES_CASES, oh, ow)}
+    assert got == {True, False}
+
+
+def test_row_pieces_under_a_ksplit_step():
+    """A K-split 1x1 (two halves of the input channels, then a reduction) whose output or
+    residual is in row pieces and whose input is not runs every piece."""
+    rng = np.random.default_rng(9)
+    cin, cout, h, w = 256, 8, 8, 16
+    W = fs.SparseMatrix.from_dense(rng.standard_normal((cout, cin)).astype(np.float32),
+                                   block_size=1)
+    x = rng.standard_normal((1, cin, h, w)).astype(np.float32)
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, 64)
+    eye = fs.SparseMatrix.from_dense(np.eye(cout, dtype=np.float32), block_size=1)
+    outs = []
+    for pieced in (False, True):
+        mid = _pieced(cout, h, w, 2) if pieced else np.full((1, cout, h, w), np.nan, np.float32)
+        s = _kernels.StepList([x, mid, np.empty((1, cout, h, w), np.float32)], 2,
+                              [0, 2 if pieced else 0, 0])
+        s.add_spmm(kisa, kern, W._packed, 0, -1, 1, None, -np.inf, np.inf, ksplit=True)
+        s.add_spmm(kisa, kern, eye._packed, 1, -1, 2, None, -np.inf, np.inf)
+        assert s.kinds()[0] == 6  # FS_STEP_SPMM_KSPLIT
+        y = np.empty((1, cout, h, w), np.float32)
+        s.run(x, y)
+        outs.append(y.tobytes())
+    assert outs[0] == outs[1]
+    y = np.frombuffer(outs[1], np.float32).reshape(1, cout, h, w)
+    assert _rel_err(y, reference.sparse_conv1x1(x, W)) < RTOL
 
 
 def test_row_pieces_refused_where_a_step_cannot_run_them():
@@ -630,6 +660,12 @@ def test_row_pieces_refused_where_a_step_cannot_run_them():
         _kernels.StepList([one(), _pieced(4, 8, 8, 2), one()], 2, [0, 3, 0])
     with pytest.raises(ValueError, match="pieces must have 3 entries"):
         _kernels.StepList([one(), _pieced(4, 8, 8, 2), one()], 2, [0, 2])
+    with pytest.raises(ValueError, match="contiguous planes"):  # rows padded
+        _kernels.StepList([one(), np.zeros((2, 4, 4, 12), np.float32)[..., :8], one()], 2,
+                          [0, 2, 0])
+    with pytest.raises(ValueError, match="must not share planes"):  # pieces interleaved
+        a = np.zeros((4, 2, 4, 8), np.float32).transpose(1, 0, 2, 3)
+        _kernels.StepList([one(), a, one()], 2, [0, 2, 0])
     s = _kernels.StepList([one(), _pieced(4, 9, 8, 3), _pieced(4, 8, 8, 2), one()], 2,
                           [0, 3, 2, 0])
     with pytest.raises(ValueError, match="different numbers of row pieces"):
@@ -638,8 +674,12 @@ def test_row_pieces_refused_where_a_step_cannot_run_them():
         s.add_spmm(kisa, kern, W._packed, 0, -1, 1, None, 0.0, 6.0)
     with pytest.raises(ValueError, match="'same' padding"):  # no padding: not a flat path
         s.add_dwconv2d(isa, 0, 2, wd, None, 3, 1, 0, 0, 0.0, 6.0)
+    wd5 = rng.standard_normal((4, 25)).astype(np.float32)
+    s = _kernels.StepList([one(2, 32), _pieced(4, 2, 32, 2), one(2, 32)], 2, [0, 2, 0])
+    with pytest.raises(ValueError, match="pieces of 2 to 32 rows"):  # 1 row, 2 halo rows
+        s.add_dwconv2d(isa, 0, 1, wd5, None, 5, 1, 2, 2, 0.0, 6.0)
     s = _kernels.StepList([one(66, 8), _pieced(4, 66, 8, 2), one(66, 8)], 2, [0, 2, 0])
-    with pytest.raises(ValueError, match="at most 32 rows"):  # 33 rows per piece
+    with pytest.raises(ValueError, match="pieces of 1 to 32 rows"):  # 33 rows per piece
         s.add_dwconv2d(isa, 0, 1, wd, None, 3, 1, 1, 1, 0.0, 6.0)
     s = _kernels.StepList([one(), one(), _pieced(4, 8, 8, 2), one()], 2, [0, 0, 2, 0])
     with pytest.raises(ValueError, match="bands cut at them"):  # bands != pieces

@@ -66,7 +66,7 @@ echo "== sanitize: running the kernel and model tests under ASan + UBSan"
 LD_PRELOAD="$libasan" "$PYTHON" -m pytest -q -p no:cacheprovider -x --capture=sys --durations=15 \
     tests/test_spmm.py tests/test_dwconv.py tests/test_conv2d.py tests/test_pool_add.py \
     tests/test_sparse_matrix.py tests/test_bad_input.py tests/test_dispatch.py \
-    tests/test_models.py tests/test_fuzz.py tests/test_robust.py \
+    tests/test_models.py tests/test_steps.py tests/test_fuzz.py tests/test_robust.py \
     -k "not pytorch and not resident_memory" "$@"
 
 echo "== sanitize: no sanitizer report; finished in $(( $(date +%s) - start )) s"

@@ -45,8 +45,16 @@ static float* plane_at(float* base, int mode, size_t channels, size_t hw, size_t
 }
 
 int main(int argc, char** argv) {
-  const size_t channels = argc > 2 ? (size_t)atol(argv[1]) : 192;
-  const size_t hw = argc > 2 ? (size_t)atol(argv[2]) : 784;
+  if (argc != 1 && argc != 3) {
+    fprintf(stderr, "usage: %s [C HW]\n", argv[0]);
+    return 2;
+  }
+  const size_t channels = argc == 3 ? (size_t)atol(argv[1]) : 192;
+  const size_t hw = argc == 3 ? (size_t)atol(argv[2]) : 784;
+  if (channels < 2 || hw < 32) {
+    fprintf(stderr, "C must be >= 2 and HW >= 32\n");
+    return 2;
+  }
   const size_t half = (hw / 2 + 15) / 16 * 16; /* the cut, on a line */
   const size_t floats = 2 * channels * half; /* >= channels * hw */
   float* x = aligned_alloc(64, floats * sizeof(float));

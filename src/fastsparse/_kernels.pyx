@@ -76,6 +76,7 @@ cdef extern from "csrc/fs_kernels.h" nogil:
     int fs_dw_flat_kind(size_t k, size_t stride, size_t ih, size_t iw, size_t oh, size_t ow,
                         size_t pad_top, size_t pad_left)
     size_t FS_DW_FLAT_STAGE_ROWS
+    size_t FS_DW_QUARTER_MAX_OW
     size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
                                     size_t pad_left)
 
@@ -684,9 +685,9 @@ def dw_piece_kind(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t
                   Py_ssize_t pad_left):
     """The flat path a depthwise conv runs its `pieces` row pieces on (each piece a plane,
     halo rows from its neighbours), or 0 if it cannot: 'same' padding, sizes that cut, and on
-    the stride-1 path pieces of at most DW_FLAT_STAGE_ROWS rows."""
-    if pieces < 1 or ih % pieces or oh % pieces:
-        return 0
+    the stride-1 path pieces of at most DW_FLAT_STAGE_ROWS rows and at least k // 2."""
+    if pieces < 1 or ih % pieces or oh % pieces or ih // pieces < k // 2:
+        return 0  # (a piece must hold the k // 2 halo rows its neighbours read)
     kind = fs_dw_flat_kind(k, stride, ih // pieces, iw, oh // pieces, ow, pad_top, pad_left)
     if kind == 1 and ih // pieces > <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS:
         return 0
@@ -863,6 +864,13 @@ cdef class StepList:
                   or tensors[i].ndim != 4 or tensors[i].shape[0] != npieces):
                 raise ValueError(f"pieces[{i}] = {npieces}: tensor {i} is not an array of "
                                  f"{npieces} row pieces (the input and the output cannot be)")
+            else:  # rows back to back in planes, planes and pieces apart (_whole, fs_steps.h)
+                a = tensors[i]
+                _check_rows(a.shape[2], a.shape[3], a.strides[2], a.strides[3], f"tensor {i}")
+                _tensor_strides(npieces, a.shape[1], a.shape[2] * a.shape[3], a.strides[0],
+                                a.strides[1], f"tensor {i}")
+                if a.strides[0] < a.shape[1] * a.strides[1]:
+                    raise ValueError(f"tensor {i}'s row pieces must not share planes")
         self._table = <float**>calloc(self._ntensors, sizeof(float*))
         if self._table == NULL:
             raise MemoryError()
@@ -1009,7 +1017,8 @@ cdef class StepList:
         cdef float[::1] pv
         cdef Py_ssize_t n, hw
         if ksplit and st.items != 0 and st.spmm.nparts >= 2:
-            n, hw = self._tensors[src].shape[0], st.spmm.hw
+            n = p if p else self._tensors[src].shape[0]  # the images the step runs
+            hw = st.spmm.hw
             st.kind = FS_STEP_SPMM_KSPLIT
             st.spmm.plane = _ceil_div(hw, 16) * 16
             partial = line_aligned_empty(n * st.spmm.cout * st.spmm.plane)
@@ -1036,9 +1045,10 @@ cdef class StepList:
             x, y = self._as_pieces(src, p, False), self._as_pieces(dst, p, False)
             if not dw_piece_kind(p, k, stride, p * x.shape[2], x.shape[3], p * y.shape[2],
                                  y.shape[3], pad_top, pad_left):
-                raise ValueError(f"a depthwise step over {p} row pieces needs 'same' padding "
-                                 f"and pieces of at most {FS_DW_FLAT_STAGE_ROWS} rows "
-                                 f"(stride 1) or even sizes (stride 2)")
+                raise ValueError(f"a depthwise step over {p} row pieces needs a flat path on "
+                                 f"each piece: 'same' padding, pieces of {k // 2} to "
+                                 f"{FS_DW_FLAT_STAGE_ROWS} rows at stride 1; at stride 2 even "
+                                 f"sizes and outputs at most {FS_DW_QUARTER_MAX_OW} wide")
             _dwconv2d_step(&st, isa, x, w, bias, y, k, stride, pad_top, pad_left, lo, hi, 1)
             st.dw.linked, st.dw.halo_rows = p, k // 2
         st.scratch = self._scratch(&st)

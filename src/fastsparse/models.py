@@ -47,13 +47,16 @@ FUSE_GROUP_BYTES = 256 * 1024
 # input than output channels sum their input channels in two halves (FS_STEP_SPMM_KSPLIT,
 # _kernels.StepList.add_spmm).
 KSPLIT_MAX_HW = 256
+KSPLIT_MIN_RATIO = 3
 
-# On T threads at batch 1, tensors of images of at most T * PIECE_MAX_ROWS rows are held in T
-# row pieces where the steps allow (Network._row_pieces): the stride-1 depthwise flat path
-# stages at most that many rows of a plane (fs_kernels.h, FS_DW_FLAT_STAGE_ROWS).
+# On T threads at batch 1, tensors of images of at most T * PIECE_MAX_ROWS rows and at least
+# T * PIECE_MIN_HW positions are held in T row pieces where the steps allow
+# (Network._row_pieces): the stride-1 depthwise flat path stages at most that many rows of a
+# plane (fs_kernels.h, FS_DW_FLAT_STAGE_ROWS); below 128 positions per thread (14x14 on 2
+# threads), the pieces' halo rows and per-plane setup cost more than they save (MobileNet v1
+# on 2 threads: 1.73 -> 1.82 ms with 14x14 pieces).
 PIECE_MAX_ROWS = _kernels.DW_FLAT_STAGE_ROWS
 PIECE_MIN_HW = 128
-KSPLIT_MIN_RATIO = 3
 
 
 class _Layer:

@@ -337,11 +337,12 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
   const unsigned char* table =
       fs_dw_mask_table(k, 1, k / 2, iw, stage + fs_dw_flat_stage_floats(k, iw), &period);
   if (ih <= FS_DW_FLAT_STAGE_ROWS) {
-    /* A small plane is copied behind zeros that are never written, and followed by zeros up
-     * to the farthest tap of its last output (a previous plane may have left data there);
-     * then every load is a plain one. Only the part the range's taps reach is copied. Lanes
-     * past the range read whatever lies beyond (inside the copy's floats) and are never
-     * stored. */
+    /* A small plane is copied behind zeros (or the halo rows above it, rewritten by every
+     * call whose range starts in the first rows), and followed by zeros up to the farthest
+     * tap of its last output (a previous plane may have left data there), or the halo rows
+     * below it; then every load is a plain one. Only the part the range's taps reach is
+     * copied. Lanes past the range read whatever lies beyond (inside the copy's floats) and
+     * are never stored. */
     float* copy = stage + (reach + 15) / 16 * 16;
     const size_t from = begin > reach ? (begin - reach) / FS_VLEN * FS_VLEN : 0;
     const size_t to = end + reach < n + reach ? end + reach : n + reach;

@@ -153,9 +153,9 @@ typedef struct fs_spmm_kernel {
  *                                                              ox*S + kx - pad_left], lo, hi)
  *
  * with x = 0 outside [0, ih) x [0, iw), except for the rows `above` and `below` supply. Rows
- * of x and of output are `input_stride` and
- * `output_stride` bytes apart; a row is contiguous. The kernel never reads x outside its
- * ih x iw plane nor writes output outside oh x ow (tails are masked). Horizontal padding and
+ * of x and of output are `input_stride` and `output_stride` bytes apart; a row is contiguous.
+ * The kernel never reads x outside its ih x iw plane and the halo rows, nor writes output
+ * outside oh x ow (tails are masked). Horizontal padding and
  * the stride-2 deinterleave happen while each input row is copied, exactly once, into
  * `scratch`: fs_dwconv2d_scratch_floats() floats owned by the caller (one per thread), which
  * the caller zero-fills once; calls with the same shape (every size argument) may then reuse
@@ -180,10 +180,10 @@ typedef struct fs_spmm_kernel {
  * tap column that wrap around a row, which a select (not a multiplication: a NaN there must
  * not spread) zeroes before the sum.
  *
- * `above` and `below` are NULL, or the K/2 rows (`input_stride` bytes apart) just above row 0
- * and just below row ih - 1: the plane is then one band of rows of a taller image (a row
- * piece, fs_steps.h), and the taps that cross its edges read the neighbouring band's rows
- * instead of zeros. Only on the flat paths (fs_dw_flat_kind() != 0; for stride 1, planes of
+ * `above` and `below` are NULL, or the K/2 rows (`input_stride` bytes apart, all readable)
+ * just above row 0 and just below row ih - 1: the plane is then one band of rows of a taller
+ * image (a row piece, fs_steps.h, of at least K/2 rows), and the taps that cross its edges
+ * read the neighbouring band's rows instead of zeros. Only on the flat paths (fs_dw_flat_kind() != 0; for stride 1, planes of
  * at most FS_DW_FLAT_STAGE_ROWS rows), with out_begin = 0 and out_end = oh * ow.
  */
 typedef void (*fs_dwconv2d_fn)(

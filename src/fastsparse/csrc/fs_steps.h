@@ -296,6 +296,7 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
         const float* plane = x + img * xs.image + ch * xs.channel;
         const float *above = NULL, *below = NULL;
         if (a->linked > 0) { /* img is a row piece: halo rows from the pieces around it */
+          assert(a->halo_rows <= a->ih);
           if (img % a->linked != 0) above = plane - xs.image + (a->ih - a->halo_rows) * a->iw;
           if (img % a->linked + 1 != a->linked) below = plane + xs.image;
         }
