@@ -244,7 +244,8 @@ FS_INLINE fs_vec fs_dw_flat_next(fs_vec col, fs_vec vstep, fs_vec vlast, fs_vec 
  * vector instructions per output vector. Entry t holds the k masks (FS_DW_MASK_BYTES apart)
  * of the vectors at flat indices = t * FS_VLEN (mod period * FS_VLEN), after a header whose
  * first word names the (w, pad, k, s) they were made for (0, as the zero-filled scratch
- * starts: none yet). Returns the table, or NULL for a longer period. */
+ * starts: none yet); its second is the stride-1 copy's halo flag (fs_dwconv2d_flat). Returns
+ * the table, or NULL for a longer period. */
 _Static_assert(sizeof(fs_vmask) <= FS_DW_MASK_BYTES, "a mask fits its table slot");
 FS_INLINE const unsigned char* fs_dw_mask_table(size_t k, size_t s, size_t pad, size_t w,
                                                 float* scratch, size_t* period) {
@@ -313,8 +314,9 @@ FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
   }
 }
 
-/* Stores floats [0, n) of src (or zeros if src is NULL) at dst, nothing past them. */
-FS_INLINE void fs_dw_put_rows(float* dst, const float* src, size_t n) {
+/* Stores floats [0, n) of src (or zeros if src is NULL) at dst, nothing past them. Out of
+ * line: only row pieces take it, and inlined it slowed the small planes' path by 5-10 %. */
+static __attribute__((noinline)) void fs_dw_put_rows(float* dst, const float* src, size_t n) {
   for (size_t j = 0; j < n; j += FS_VLEN) {
     const size_t m = n - j < FS_VLEN ? n - j : FS_VLEN;
     const fs_vec v = src != NULL ? fs_vload_range(src + j, 0, m) : fs_vzero();
@@ -351,9 +353,15 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
                                            : fs_vload_range(input + j, 0, n > j ? n - j : 0));
     }
     /* A row piece's halo rows go right before and after it (k/2 rows each, inside the zeros
-     * around the copy); a plane without them puts zeros back over a previous piece's. */
+     * around the copy); a plane without them puts zeros back over a previous piece's (the
+     * mask table's header notes whether the rows before hold a halo: rewriting them every
+     * time cost small planes 5-10 %). */
     const size_t halo = k / 2 * iw;
-    if (from == 0) fs_dw_put_rows(copy - halo, above, halo);
+    float* halo_above = stage + fs_dw_flat_stage_floats(k, iw) + 1;
+    if (from == 0 && (above != NULL || *halo_above != 0.0f)) {
+      fs_dw_put_rows(copy - halo, above, halo);
+      *halo_above = above != NULL ? 1.0f : 0.0f;
+    }
     if (below != NULL) fs_dw_put_rows(copy + n, below, halo);
     const float* src[1] = {copy};
     fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, begin, end, table, period, wv, vbias, output,
