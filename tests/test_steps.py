@@ -621,9 +621,10 @@ def test_row_pieces_cases_cover_fused_outputs_in_pieces_and_whole():
     assert got == {True, False}
 
 
-def test_row_pieces_under_a_ksplit_step():
+def test_row_pieces_under_a_ksplit_step(monkeypatch):
     """A K-split 1x1 (two halves of the input channels, then a reduction) whose output or
     residual is in row pieces and whose input is not runs every piece."""
+    monkeypatch.setattr(_kernels, "SPMM_PART_BYTES", 1024)  # parts for any ISA's tile
     rng = np.random.default_rng(9)
     cin, cout, h, w = 256, 8, 8, 16
     W = fs.SparseMatrix.from_dense(rng.standard_normal((cout, cin)).astype(np.float32),
@@ -696,3 +697,20 @@ def test_row_pieces_refused_where_a_step_cannot_run_them():
     with pytest.raises(ValueError, match="never written"):
         s.add_spmm_dwconv2d(kisa, kern, W._packed, 0, 1, 2, None, 0.0, 6.0, isa, wd, None, 3, 1,
                             1, 1, 0.0, 6.0, 4, 2)
+
+
+@pytest.mark.parametrize("n,c", [(1, 7), (1, 1), (1, 32), (3, 5)])
+def test_gavgpool_step_in_runs_of_channels(isa, n, c):
+    """Fewer images than 2 per thread: each thread pools a run of channels. The same bytes on
+    any thread count (1 thread and more than channels included), and the mean."""
+    x = np.random.default_rng(c).standard_normal((n, c, 5, 6)).astype(np.float32)
+    outs = []
+    for threads in (1, 2, 3, 8):
+        steps = _kernels.StepList([np.empty_like(x), np.empty((n, c), np.float32)], threads)
+        steps.add_gavgpool(_dispatch.isa_id(fs.isa()), 0, 1)
+        y = np.full((n, c), np.nan, np.float32)
+        steps.run(x, y)
+        outs.append(y.tobytes())
+    assert all(o == outs[0] for o in outs)
+    y = np.frombuffer(outs[0], np.float32).reshape(n, c)
+    assert _rel_err(y, reference.global_avg_pool(x)) < RTOL

@@ -128,7 +128,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         float lo, hi
     ctypedef struct fs_gavgpool_args:
         fs_gavgpool_fn fn
-        size_t c, hw
+        size_t c, hw, chunk, chunks
     ctypedef struct fs_vadd_args:
         fs_vadd_fn fn
         size_t n, chunk
@@ -619,7 +619,7 @@ cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, :] xv, bint nhw
 
 
 cdef int _gavgpool_step(fs_step* st, int isa, const float[:, :, :] x,
-                        float[:, ::1] out) except -1:
+                        float[:, ::1] out, int num_threads=1) except -1:
     cdef const fs_chw_ops* ops = _chw_ops(isa)
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], hw = x.shape[2]
     if out.shape[0] != n or out.shape[1] != c:
@@ -633,7 +633,11 @@ cdef int _gavgpool_step(fs_step* st, int isa, const float[:, :, :] x,
     st.src_s = _tensor_strides(n, c, hw, x.strides[0], x.strides[1], "x")
     st.dst_s = _tensor_strides(n, 1, c, out.strides[0], c * sizeof(float), "out")
     st.pool.fn, st.pool.c, st.pool.hw = ops.gavgpool, c, hw
-    st.items = n
+    # Fewer images than 2 per thread: runs of channels, one per thread (a channel's sum is
+    # the same in any run).
+    st.pool.chunk = _ceil_div(c, num_threads) if 1 < num_threads and n < 2 * num_threads else c
+    st.pool.chunks = _ceil_div(c, st.pool.chunk)
+    st.items = n * st.pool.chunks
     return 0
 
 
@@ -1119,7 +1123,8 @@ cdef class StepList:
         cdef fs_step st
         self._check_roles(src, -1, dst)
         memset(&st, 0, sizeof(st))
-        _gavgpool_step(&st, isa, self._tensor(src, True), self._tensor(dst, False))
+        _gavgpool_step(&st, isa, self._tensor(src, True), self._tensor(dst, False),
+                       self.num_threads)
         self._append(&st, src, -1, dst, ())
 
     def run(self, x, y, Py_ssize_t begin=0, Py_ssize_t end=-1, double[::1] times=None):

@@ -103,10 +103,12 @@ typedef struct fs_conv2d_args {
   float lo, hi;
 } fs_conv2d_args;
 
-/* Global average pooling: item t = one image of c channels x hw positions. */
+/* Global average pooling: item t = (image, run of `chunk` of its c channels x hw positions),
+ * `chunks` runs per image: on T threads at batch 1, each thread pools the channels the 1x1
+ * before it wrote, not the whole image from both cores' halves. */
 typedef struct fs_gavgpool_args {
   fs_gavgpool_fn fn;
-  size_t c, hw;
+  size_t c, hw, chunk, chunks;
 } fs_gavgpool_args;
 
 /* Elementwise add: item t = floats [t * chunk, min(n, (t + 1) * chunk)). */
@@ -324,8 +326,10 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
     }
     case FS_STEP_GAVGPOOL: {
       const fs_gavgpool_args* a = &st->pool;
-      a->fn(a->c, a->hw, x + t * xs.image, xs.channel * sizeof(float), 1.0f / (float)a->hw,
-            y + t * ys.image);
+      const size_t img = t / a->chunks, c0 = (t % a->chunks) * a->chunk;
+      a->fn(a->c - c0 < a->chunk ? a->c - c0 : a->chunk, a->hw,
+            x + img * xs.image + c0 * xs.channel, xs.channel * sizeof(float),
+            1.0f / (float)a->hw, y + img * ys.image + c0);
       return;
     }
     case FS_STEP_VADD: {
