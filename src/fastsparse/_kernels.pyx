@@ -433,6 +433,7 @@ cdef fs_strides _tensor_strides(Py_ssize_t n, Py_ssize_t c, Py_ssize_t plane, Py
         raise ValueError(f"{name} must hold its planes without overlap (strides {s0}, {s1})")
     cdef fs_strides r
     r.image, r.channel = s0 // sizeof(float), s1 // sizeof(float)
+    r.piece = 0  # whole images (row pieces: StepList._piece_strides)
     return r
 
 
