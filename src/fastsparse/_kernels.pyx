@@ -710,15 +710,6 @@ def fused_writes_pieces(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_s
     return cuts == [i * (oh // pieces) * ow for i in range(pieces)]
 
 
-def dw_flat_kind(Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih, Py_ssize_t iw, Py_ssize_t oh,
-                 Py_ssize_t ow, Py_ssize_t pad_top, Py_ssize_t pad_left):
-    """Which flat path a depthwise plane of these sizes takes (fs_dw_flat_kind): 0 none,
-    1 stride 1, 2 stride-2 quarter planes."""
-    if min(k, stride, ih, iw, oh, ow, pad_top + 1, pad_left + 1) < 1:
-        raise ValueError("sizes must be >= 1 and paddings >= 0")
-    return fs_dw_flat_kind(k, stride, ih, iw, oh, ow, pad_top, pad_left)
-
-
 def _row_bands(Py_ssize_t bands, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
                Py_ssize_t iw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t pad_top,
                Py_ssize_t pad_left):
