@@ -23,10 +23,10 @@
 
 #define MAX_IH 24
 #define FLAT_IH (FS_DW_FLAT_STAGE_ROWS + 8) /* contiguous planes, up to past the staging limit */
-#define MAX_IW 40
+#define MAX_IW 72 /* past 48: whole rows in blocks of rows (fs_dw_rows_s1) */
 #define MAX_OH (FLAT_IH + 2)
 #define MAX_OW (MAX_IW + 2)
-#define SCRATCH_FLOATS 4096
+#define SCRATCH_FLOATS 8192
 
 typedef struct {
   size_t t, l, b, r;

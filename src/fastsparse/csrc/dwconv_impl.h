@@ -290,9 +290,10 @@ FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
     size_t t = i / FS_VLEN; /* mod period; 0 for a whole plane */
     if (t >= period) t %= period;
     for (; i < end; i += FS_VLEN) {
-      for (size_t kx = 0; kx < k; kx++) {
-        memcpy(&m[kx], table + (t * k + kx) * FS_DW_MASK_BYTES, sizeof(fs_vmask));
-      }
+      /* Straight into registers: copied through the stack in halves, a mask's load waited
+       * for the copy's stores (AVX2 ran 3-5x slower). */
+#pragma GCC unroll 5
+      for (size_t kx = 0; kx < k; kx++) m[kx] = fs_vmask_load(table + (t * k + kx) * FS_DW_MASK_BYTES);
       fs_dw_flat_store(output, n, i,
                        fs_vclamp(fs_dw_flat_vector(k, s, pad, edge, src, n, i, w, wv, vbias, m),
                                  vlo, vhi));
@@ -328,10 +329,124 @@ static __attribute__((noinline)) void fs_dw_put_rows(float* dst, const float* sr
   }
 }
 
+/* Stride 1 by blocks of FS_DW_ROW_BLOCK output rows (vec_<isa>.h may set it; 4 otherwise).
+ * The flat span loads k*k taps per output vector. Here the vectors at the same columns of
+ * R output rows are computed together: each of the R + k - 1 input rows they read is loaded
+ * once per tap column and feeds up to k of them, k*(R + k - 1) loads for R vectors (18
+ * instead of 36 for 3x3, R = 4). A tap column that reaches past either end of the row loads
+ * only the lanes inside it (zeros elsewhere): the padding. Every output's sums are the flat
+ * span's, FMA for FMA (one chain per tap column kx, rows ky in order, the bias in the centre
+ * column, the columns added in the same order), so its bits do not depend on which path or
+ * which cut of a plane between threads computed it. */
+#ifndef FS_DW_ROW_BLOCK
+#define FS_DW_ROW_BLOCK 4
+#endif
+#ifndef FS_DW_ROWS_MIN_W
+#define FS_DW_ROWS_MIN_W 48
+#endif
+
+/* Columns [x0, x0 + FS_VLEN) (cut at w) of output rows r < R; in[j] is input row
+ * (first output row) - k/2 + j, every row w floats. */
+FS_INLINE void fs_dw_rows_vector(size_t k, size_t R, int edge, const float* const* in,
+                                 size_t w, size_t x0, const fs_vec* wv, fs_vec vbias,
+                                 float* out, fs_vec vlo, fs_vec vhi) {
+  const size_t c = k / 2;
+  fs_vec acc[FS_DW_ROW_BLOCK][5];
+#pragma GCC unroll 8
+  for (size_t r = 0; r < R; r++) {
+#pragma GCC unroll 5
+    for (size_t kx = 0; kx < k; kx++) acc[r][kx] = kx == c ? vbias : fs_vzero();
+  }
+#pragma GCC unroll 12
+  for (size_t j = 0; j < R + k - 1; j++) {
+#pragma GCC unroll 5
+    for (size_t kx = 0; kx < k; kx++) {
+      const ptrdiff_t at = (ptrdiff_t)x0 + (ptrdiff_t)kx - (ptrdiff_t)c;
+      fs_vec x;
+      if (!edge) {
+        x = fs_vload(in[j] + at);
+      } else { /* lanes [lo, hi) lie inside the row */
+        const ptrdiff_t vl = FS_VLEN, lo = at < 0 ? -at : 0, end = (ptrdiff_t)w - at;
+        const ptrdiff_t hi = end < lo ? lo : (end < vl ? end : vl);
+        x = fs_vload_range(in[j] + at, (size_t)lo, (size_t)hi);
+      }
+#pragma GCC unroll 8
+      for (size_t r = 0; r < R; r++) {
+        if (r <= j && j - r < k) acc[r][kx] = fs_vfma(wv[(j - r) * k + kx], x, acc[r][kx]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (size_t r = 0; r < R; r++) {
+    fs_vec y = acc[r][c];
+#pragma GCC unroll 5
+    for (size_t kx = 0; kx < k; kx++) {
+      if (kx != c) y = fs_vadd(y, acc[r][kx]);
+    }
+    y = fs_vclamp(y, vlo, vhi);
+    if (x0 + FS_VLEN <= w) {
+      fs_vstore(out + r * w + x0, y);
+    } else {
+      fs_vstore_tail(out + r * w + x0, y, fs_tail_make(w - x0));
+    }
+  }
+}
+
+/* Output rows [y0, y0 + R) of a plane of ih rows of w floats. Input rows outside [0, ih) read
+ * `zero` (w zeros), or, if it is NULL, lie around the plane in memory (a staged copy). */
+FS_INLINE void fs_dw_rows_block(size_t k, size_t R, size_t ih, size_t w, const float* input,
+                                const float* zero, size_t y0, const fs_vec* wv, fs_vec vbias,
+                                float* output, fs_vec vlo, fs_vec vhi) {
+  const float* in[FS_DW_ROW_BLOCK + 4];
+#pragma GCC unroll 12
+  for (size_t j = 0; j < R + k - 1; j++) {
+    const ptrdiff_t iy = (ptrdiff_t)(y0 + j) - (ptrdiff_t)(k / 2);
+    in[j] = zero != NULL && (iy < 0 || iy >= (ptrdiff_t)ih) ? zero : input + iy * (ptrdiff_t)w;
+  }
+  float* out = output + y0 * w;
+  for (size_t x0 = 0; x0 < w; x0 += FS_VLEN) {
+    if (x0 >= k / 2 && x0 + FS_VLEN + k / 2 <= w) {
+      fs_dw_rows_vector(k, R, 0, in, w, x0, wv, vbias, out, vlo, vhi);
+    } else {
+      fs_dw_rows_vector(k, R, 1, in, w, x0, wv, vbias, out, vlo, vhi);
+    }
+  }
+}
+
+/* Flat output positions [begin, end) (begin a multiple of FS_VLEN) if they hold at least a
+ * block of whole rows (else returns 0): those rows by blocks, the partial rows at either end
+ * by flat spans (`edge`: their loads bounded to the plane). A span may overlap the rows next
+ * to it (it starts and ends on whole vectors); it stores the same bits there. */
+FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
+                            const float* zero, int edge, const unsigned char* table,
+                            size_t period, const fs_vec* wv, fs_vec vbias, float* output,
+                            size_t begin, size_t end, fs_vec vlo, fs_vec vhi) {
+  const size_t n = ih * w, R = FS_DW_ROW_BLOCK;
+  const size_t y0 = (begin + w - 1) / w, y1 = end == n ? ih : end / w;
+  const float* src[1] = {input};
+  if (y1 < y0 + R || w < FS_DW_ROWS_MIN_W) return 0;
+  if (begin < y0 * w) {
+    const size_t to = (y0 * w + FS_VLEN - 1) / FS_VLEN * FS_VLEN;
+    fs_dw_flat_span(k, 1, k / 2, edge, src, n, w, begin, to, table, period, wv, vbias, output,
+                    vlo, vhi);
+  }
+  for (size_t y = y0; y < y1; y += R) {
+    /* The last block ends at y1, overlapping the one before if the rows do not divide. */
+    fs_dw_rows_block(k, R, ih, w, input, zero, y + R <= y1 ? y : y1 - R, wv, vbias, output,
+                     vlo, vhi);
+  }
+  if (y1 * w < end) {
+    fs_dw_flat_span(k, 1, k / 2, edge, src, n, w, y1 * w / FS_VLEN * FS_VLEN, end, table,
+                    period, wv, vbias, output, vlo, vhi);
+  }
+  return 1;
+}
+
 /* Flat output positions [begin, end) of a stride-1 plane (begin a multiple of FS_VLEN), the
  * halo rows `above` and `below` (or NULL) around it (whole planes only). */
 FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
-                                const float* above, const float* below, const fs_vec* wv,
+                                const float* above, const float* below, const float* zero,
+                                const fs_vec* wv,
                                 fs_vec vbias, float* stage, float* output, size_t begin,
                                 size_t end, fs_vec vlo, fs_vec vhi) {
   const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
@@ -363,12 +478,20 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
       *halo_above = above != NULL ? 1.0f : 0.0f;
     }
     if (below != NULL) fs_dw_put_rows(copy + n, below, halo);
+    if (fs_dw_rows_s1(k, ih, iw, copy, NULL, 0, table, period, wv, vbias, output, begin, end,
+                      vlo, vhi)) {
+      return;
+    }
     const float* src[1] = {copy};
     fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, begin, end, table, period, wv, vbias, output,
                     vlo, vhi);
     return;
   }
   assert(above == NULL && below == NULL);
+  if (fs_dw_rows_s1(k, ih, iw, input, zero, 1, table, period, wv, vbias, output, begin, end,
+                    vlo, vhi)) {
+    return;
+  }
   /* Only the vectors whose taps reach above or below the plane bound their loads. */
   size_t head = (reach + FS_VLEN - 1) / FS_VLEN * FS_VLEN, tail = 0;
   if (head > n) head = n;
@@ -478,7 +601,8 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   if (flat == 1 && input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
     assert(out_begin % 16 == 0 && (out_end % 16 == 0 || out_end == oh * ow));
     assert((above == NULL && below == NULL) || (out_begin == 0 && out_end == oh * ow));
-    fs_dwconv2d_flat(k, ih, iw, input, above, below, wv, vbias, scratch + (k + 3) * rowlen,
+    fs_dwconv2d_flat(k, ih, iw, input, above, below, scratch + (k + 2) * rowlen, wv, vbias,
+                     scratch + (k + 3) * rowlen,
                      output, out_begin, out_end, vlo, vhi);
     return;
   }

@@ -54,6 +54,8 @@ typedef __m256 fs_vmask; /* all-ones or all-zeros lanes */
 static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return _mm256_sub_ps(a, b); }
 static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
 static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return _mm256_and_ps(m, v); }
+/* A mask stored by fs_dw_mask_table, read straight into a register. */
+static inline fs_vmask fs_vmask_load(const void* p) { return _mm256_loadu_ps((const float*)p); }
 /* Lanes [a, b) of the vector at p (a <= b <= 8), zeros elsewhere; reads only p[a..b). */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);

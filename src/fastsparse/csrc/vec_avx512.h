@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define FS_VLEN 16
 typedef __m512 fs_vec;
@@ -53,6 +54,12 @@ typedef __mmask16 fs_vmask;
 static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return _mm512_sub_ps(a, b); }
 static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return _mm512_maskz_mov_ps(m, v); }
+/* A mask stored by fs_dw_mask_table, read straight into a register. */
+static inline fs_vmask fs_vmask_load(const void* p) {
+  fs_vmask m;
+  memcpy(&m, p, sizeof m);
+  return m;
+}
 /* Lanes [a, b) of the vector at p (a <= b <= 16), zeros elsewhere; reads only p[a..b). */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
   return _mm512_maskz_loadu_ps((__mmask16)((1u << b) - (1u << a)), p);

@@ -75,6 +75,8 @@ static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return vcltq_f32(a, b); }
 static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) {
   return vreinterpretq_f32_u32(vandq_u32(m, vreinterpretq_u32_f32(v)));
 }
+/* A mask stored by fs_dw_mask_table, read straight into a register. */
+static inline fs_vmask fs_vmask_load(const void* p) { return vld1q_u32((const uint32_t*)p); }
 /* Lanes [a, b) of the vector at p (a <= b <= 4), zeros elsewhere; reads only p[a..b). Only
  * the few vectors at a plane's top and bottom edges need it, so a staged copy will do. */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {

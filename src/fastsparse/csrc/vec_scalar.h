@@ -6,6 +6,7 @@
 #define FS_VEC_SCALAR_H
 
 #include <stddef.h>
+#include <string.h>
 
 #define FS_VLEN 1
 typedef float fs_vec;
@@ -39,6 +40,12 @@ typedef int fs_vmask;
 static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return a - b; }
 static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return a < b; }
 static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return m ? v : 0.0f; }
+/* A mask stored by fs_dw_mask_table, read straight into a register. */
+static inline fs_vmask fs_vmask_load(const void* p) {
+  fs_vmask m;
+  memcpy(&m, p, sizeof m);
+  return m;
+}
 /* Lane 0 of p if a = 0 < b, else zero; reads p[0] only in the first case. */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
   return a < b ? *p : 0.0f;

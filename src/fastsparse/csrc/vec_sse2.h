@@ -73,6 +73,8 @@ typedef __m128 fs_vmask; /* all-ones or all-zeros lanes */
 static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return _mm_sub_ps(a, b); }
 static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return _mm_cmplt_ps(a, b); }
 static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return _mm_and_ps(m, v); }
+/* A mask stored by fs_dw_mask_table, read straight into a register. */
+static inline fs_vmask fs_vmask_load(const void* p) { return _mm_loadu_ps((const float*)p); }
 /* Lanes [a, b) of the vector at p (a <= b <= 4), zeros elsewhere; reads only p[a..b). Only
  * the few vectors at a plane's top and bottom edges need it, so a staged copy will do. */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
