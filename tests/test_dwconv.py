@@ -120,24 +120,30 @@ def test_flat_path_edges(isa, k):
 def test_flat_path_rows_and_ranges_give_the_same_bits(isa, k):
     """Planes at least 48 floats wide compute their whole rows in blocks of rows
     (fs_dw_rows_s1, dwconv_impl.h) and the partial rows at a range's ends in flat spans.
-    Threads cut one image's plane at 16-float positions, mid-row (1-5 threads), so the same
-    output falls to either path: the bits must not change, nor differ from the reference;
-    heights around the block of rows (4) and the 32 staged rows, widths around 48 and 16-float
-    multiples. NaN guards around the image catch reads outside it."""
+    Threads cut one image's planes at 16-float positions, mid-row (2-5 threads where each
+    gets 128 positions or more), so the same output falls to either path: the bits must not
+    change, nor differ from the reference. Three channels per image (each thread's scratch
+    serves every plane of its range); heights around the block of rows (3 on AVX2, 4
+    elsewhere) and the 32 staged rows, widths around 48 and 16-float multiples; NaN guards
+    of two rows and more around the image catch reads outside it."""
     rng = np.random.default_rng(40 + k)
+    cut = 0
     for i, (h, w) in enumerate((h, w) for h in (3, 4, 5, 7, 8, 9, 31, 33, 37)
                                for w in (47, 48, 49, 56, 63, 65, 112)):
-        buf = np.full(h * w + 64, np.nan, dtype=np.float32)
-        x = buf[32:32 + h * w].reshape(1, 1, h, w)
+        guard = 2 * w + 64
+        buf = np.full(3 * h * w + 2 * guard, np.nan, dtype=np.float32)
+        x = buf[guard:guard + 3 * h * w].reshape(1, 3, h, w)
         x[...] = rng.standard_normal(x.shape)
-        wt = rng.standard_normal((1, 1, k, k)).astype(np.float32)
-        bias = rng.standard_normal(1).astype(np.float32)
+        wt = rng.standard_normal((3, 1, k, k)).astype(np.float32)
+        bias = rng.standard_normal(3).astype(np.float32)
         act = ACTIVATIONS[i % len(ACTIVATIONS)]
         base = check_dwconv(x, wt, bias, 1, k // 2, act, 1, what="(guarded buffer)")
         for t in (2, 3, 5):
             out = fs.depthwise_conv2d(x, wt, bias, stride=1, padding=k // 2, activation=act,
                                       num_threads=t)
             assert out.tobytes() == base.tobytes(), (k, h, w, t)
+            cut += h * w >= 128 * t
+    assert cut >= 100  # (shape, threads) pairs whose planes the threads cut
 
 
 def test_flat_path_writes_only_its_output(isa):

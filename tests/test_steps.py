@@ -366,6 +366,8 @@ def test_fused_1x1_depthwise_equals_the_two_steps(isa, block, cout, group_rows, 
     (20, 24, 5, 2, 1),   # ... and TensorFlow's "same" (k/2 - 1)
     (12, 70, 3, 2, 1),   # stride 2 on the row path (outputs wider than 32)
     (10, 13, 3, 1, 0),   # no padding: the row path at stride 1
+    (40, 48, 3, 1, 1),   # stride-1 planes >= 48 wide: whole rows by blocks, cut rows flat
+    (37, 50, 5, 1, 2),
 ])
 @pytest.mark.parametrize("bands", [2, 3, 7, 50])
 def test_fused_step_in_bands_of_rows_equals_one_band(isa, h, w, k, stride, pad, bands):
@@ -547,6 +549,8 @@ PIECES_CASES = [
     (2, 24, 10, 5, 2, 1),
     (2, 64, 16, 3, 1, 1),   # pieces of 32 rows: the most the stride-1 path stages
     (2, 4, 32, 5, 1, 2),    # pieces of 2 rows: the fewest a 5x5 can take (2 halo rows)
+    (3, 24, 56, 3, 1, 1),   # pieces 56 wide: the depthwise conv by blocks of rows, with halos
+    (2, 12, 64, 5, 1, 2),   # ... 5x5
 ]
 
 

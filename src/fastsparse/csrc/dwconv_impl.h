@@ -366,7 +366,8 @@ FS_INLINE void fs_dw_rows_vector(size_t k, size_t R, int edge, const float* cons
       if (!edge) {
         x = fs_vload(in[j] + at);
       } else { /* lanes [lo, hi) lie inside the row */
-        const ptrdiff_t vl = FS_VLEN, lo = at < 0 ? -at : 0, end = (ptrdiff_t)w - at;
+        const ptrdiff_t vl = FS_VLEN, lo = at < 0 ? (-at < vl ? -at : vl) : 0;
+        const ptrdiff_t end = (ptrdiff_t)w - at;
         const ptrdiff_t hi = end < lo ? lo : (end < vl ? end : vl);
         x = fs_vload_range(in[j] + at, (size_t)lo, (size_t)hi);
       }

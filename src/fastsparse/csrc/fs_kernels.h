@@ -263,7 +263,8 @@ static inline int fs_dw_flat_kind(size_t k, size_t stride, size_t ih, size_t iw,
 /* A ring of K + 2 rows (the input rows of the current output row and of the next one, staged
  * ahead so their stores have retired before they are read) and one zero row; after them, for
  * shapes that may take a flat path, its plane copy or its four quarter planes (the row ring
- * and the flat paths keep apart, so either can follow the other on the same scratch), and
+ * and the flat paths keep apart, so either can follow the other on the same scratch; the
+ * stride-1 flat path reads the ring's zero row, which nothing writes), and
  * their table of lane masks. */
 static inline size_t fs_dwconv2d_scratch_floats(size_t k, size_t stride, size_t ih, size_t iw,
                                                 size_t oh, size_t ow, size_t pad_top,

@@ -77,12 +77,16 @@ static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) {
 }
 /* A mask stored by fs_dw_mask_table, read straight into a register. */
 static inline fs_vmask fs_vmask_load(const void* p) { return vld1q_u32((const uint32_t*)p); }
-/* Lanes [a, b) of the vector at p (a <= b <= 4), zeros elsewhere; reads only p[a..b). Only
- * the few vectors at a plane's top and bottom edges need it, so a staged copy will do. */
+/* Lanes [a, b) of the vector at p (a <= b <= 4), zeros elsewhere; reads only p[a..b). Built
+ * in registers: the depthwise row path takes it at both ends of every row, and a copy through
+ * a stack array would stall each load on store forwarding. */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
-  float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (size_t i = a; i < b; i++) t[i] = p[i];
-  return vld1q_f32(t);
+  fs_vec v = vdupq_n_f32(0.0f);
+  if (a <= 0 && 0 < b) v = vsetq_lane_f32(p[0], v, 0);
+  if (a <= 1 && 1 < b) v = vsetq_lane_f32(p[1], v, 1);
+  if (a <= 2 && 2 < b) v = vsetq_lane_f32(p[2], v, 2);
+  if (a <= 3 && 3 < b) v = vsetq_lane_f32(p[3], v, 3);
+  return v;
 }
 
 #endif /* FS_VEC_NEON_H */

@@ -75,12 +75,12 @@ static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return _mm_cmplt_ps(a, b); }
 static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return _mm_and_ps(m, v); }
 /* A mask stored by fs_dw_mask_table, read straight into a register. */
 static inline fs_vmask fs_vmask_load(const void* p) { return _mm_loadu_ps((const float*)p); }
-/* Lanes [a, b) of the vector at p (a <= b <= 4), zeros elsewhere; reads only p[a..b). Only
- * the few vectors at a plane's top and bottom edges need it, so a staged copy will do. */
+/* Lanes [a, b) of the vector at p (a <= b <= 4), zeros elsewhere; reads only p[a..b). Built
+ * in registers: the depthwise row path takes it at both ends of every row, and a copy through
+ * a stack array would stall each load on store forwarding. */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
-  float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (size_t i = a; i < b; i++) t[i] = p[i];
-  return _mm_loadu_ps(t);
+  return _mm_setr_ps(a <= 0 && 0 < b ? p[0] : 0.0f, a <= 1 && 1 < b ? p[1] : 0.0f,
+                     a <= 2 && 2 < b ? p[2] : 0.0f, a <= 3 && 3 < b ? p[3] : 0.0f);
 }
 
 #endif /* FS_VEC_SSE2_H */
