@@ -22,16 +22,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp(const void* a, const void* b) {
-  const double x = *(const double*)a, y = *(const double*)b;
-  return (x > y) - (x < y);
-}
+#include "bench_clock.h"
 
 enum { ONE, POSITIONS, CHANNELS, PIECES, MODES };
 static const char* names[MODES] = {"one thread", "positions", "channels", "row pieces"};
@@ -88,7 +79,7 @@ int main(int argc, char** argv) {
         if (me == 0) t[r] = now() - t0;
       }
     }
-    qsort(t, REPS, sizeof(double), cmp);
+    qsort(t, REPS, sizeof(double), cmp_double);
     printf("%-11s %7.2f us\n", names[mode], t[REPS / 2] * 1e6);
   }
   free(x);
