@@ -444,12 +444,12 @@ FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
 }
 
 /* Flat output positions [begin, end) of a stride-1 plane (begin a multiple of FS_VLEN), the
- * halo rows `above` and `below` (or NULL) around it (whole planes only). */
+ * halo rows `above` and `below` (or NULL) around it (whole planes only); `zero`: a row of at
+ * least iw zeros. */
 FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
                                 const float* above, const float* below, const float* zero,
-                                const fs_vec* wv,
-                                fs_vec vbias, float* stage, float* output, size_t begin,
-                                size_t end, fs_vec vlo, fs_vec vhi) {
+                                const fs_vec* wv, fs_vec vbias, float* stage, float* output,
+                                size_t begin, size_t end, fs_vec vlo, fs_vec vhi) {
   const size_t n = ih * iw, reach = k / 2 * (iw + 1); /* farthest tap from its output */
   size_t period;
   const unsigned char* table =
@@ -602,9 +602,9 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   if (flat == 1 && input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
     assert(out_begin % 16 == 0 && (out_end % 16 == 0 || out_end == oh * ow));
     assert((above == NULL && below == NULL) || (out_begin == 0 && out_end == oh * ow));
+    /* The ring's zero row serves the rows above and below a big plane. */
     fs_dwconv2d_flat(k, ih, iw, input, above, below, scratch + (k + 2) * rowlen, wv, vbias,
-                     scratch + (k + 3) * rowlen,
-                     output, out_begin, out_end, vlo, vhi);
+                     scratch + (k + 3) * rowlen, output, out_begin, out_end, vlo, vhi);
     return;
   }
   /* Other paths take whole output rows. */
