@@ -49,9 +49,9 @@ static inline float fs_vhsum(fs_vec v) {
   return _mm_cvtss_f32(s);
 }
 
-/* Used by the flat depthwise path (dwconv_impl.h). Blocks of 3 output rows: with 4, the 12
- * accumulators and 9 broadcast weights of a 3x3 outgrow the 16 registers (4.7 vs 4.3 us per
- * 112x112 plane). */
+/* Used by the flat depthwise path (dwconv_impl.h). Blocks of 3 output rows: a 3x3's 9
+ * broadcast weights leave 7 of the 16 registers, and 4 rows (12 accumulators) spill more than
+ * 3 (9): 4.7 vs 4.3 us per 112x112 plane. */
 #define FS_DW_ROW_BLOCK 3
 typedef __m256 fs_vmask; /* all-ones or all-zeros lanes */
 static inline fs_vec fs_vsub(fs_vec a, fs_vec b) { return _mm256_sub_ps(a, b); }
