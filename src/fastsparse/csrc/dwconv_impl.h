@@ -168,6 +168,14 @@ FS_INLINE void fs_dw_flat_masks(size_t k, size_t s, size_t pad, size_t w, fs_vec
   }
 }
 
+/* The vector at p + at, only its lanes inside p[0, n) loaded (zeros elsewhere, nothing read
+ * outside): taps that reach past a plane's or a row's ends. */
+FS_INLINE fs_vec fs_vload_inside(const float* p, ptrdiff_t at, size_t n) {
+  const ptrdiff_t vl = FS_VLEN, lo = at < 0 ? (-at < vl ? -at : vl) : 0;
+  const ptrdiff_t end = (ptrdiff_t)n - at, hi = end < lo ? lo : (end < vl ? end : vl);
+  return fs_vload_range(p + at, (size_t)lo, (size_t)hi);
+}
+
 FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge,
                                    const float* const* src, size_t n, size_t i, size_t w,
                                    const fs_vec* wv, fs_vec vbias, const fs_vmask* m) {
@@ -187,10 +195,7 @@ FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge,
       if (!edge) {
         x = fs_vload(plane + at);
       } else {
-        /* Lanes [lo, hi) of this load are inside the plane. */
-        const ptrdiff_t vl = FS_VLEN, lo = at < 0 ? (-at < vl ? -at : vl) : 0;
-        const ptrdiff_t end = (ptrdiff_t)n - at, hi = end < lo ? lo : (end < vl ? end : vl);
-        x = fs_vload_range(plane + at, (size_t)lo, (size_t)hi);
+        x = fs_vload_inside(plane, at, n);
       }
       acc[kx] = fs_vfma(wv[ky * k + kx], x, acc[kx]);
     }
@@ -341,9 +346,7 @@ static __attribute__((noinline)) void fs_dw_put_rows(float* dst, const float* sr
 #ifndef FS_DW_ROW_BLOCK
 #define FS_DW_ROW_BLOCK 4
 #endif
-#ifndef FS_DW_ROWS_MIN_W
-#define FS_DW_ROWS_MIN_W 48
-#endif
+#define FS_DW_ROWS_MIN_W 48 /* narrower rows waste lanes: the flat span is faster */
 
 /* Columns [x0, x0 + FS_VLEN) (cut at w) of output rows r < R; in[j] is input row
  * (first output row) - k/2 + j, every row w floats. */
@@ -365,11 +368,8 @@ FS_INLINE void fs_dw_rows_vector(size_t k, size_t R, int edge, const float* cons
       fs_vec x;
       if (!edge) {
         x = fs_vload(in[j] + at);
-      } else { /* lanes [lo, hi) lie inside the row */
-        const ptrdiff_t vl = FS_VLEN, lo = at < 0 ? (-at < vl ? -at : vl) : 0;
-        const ptrdiff_t end = (ptrdiff_t)w - at;
-        const ptrdiff_t hi = end < lo ? lo : (end < vl ? end : vl);
-        x = fs_vload_range(in[j] + at, (size_t)lo, (size_t)hi);
+      } else {
+        x = fs_vload_inside(in[j], at, w);
       }
 #pragma GCC unroll 8
       for (size_t r = 0; r < R; r++) {
