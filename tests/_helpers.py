@@ -112,7 +112,7 @@ def spmm_kernel_params():
     """(isa, kernel name, block size) for every variant this CPU can run."""
     return [(isa, name, nr)
             for isa in fs.available_isas()
-            for name, _, nr, _ in _kernels.spmm_kernels(_dispatch.isa_id(isa))]
+            for name, _, nr, _, _ in _kernels.spmm_kernels(_dispatch.isa_id(isa))]
 
 
 # --- CHW ops ---------------------------------------------------------------------------------

@@ -96,3 +96,24 @@ def test_spmm_tile_follows_plane_alignment():
     first = fs.sparse_conv1x1(on_line, W).tobytes()
     off_line[...] = on_line.copy()
     assert fs.sparse_conv1x1(off_line, W).tobytes() == first
+
+
+def test_prefetch_variant_only_where_the_output_exceeds_l2():
+    """The tile's _prefetch twin runs when the layer's output is larger than L2 and the plain
+    variant otherwise (and in a fused step, whose output groups stay in L2: out_bytes 0)."""
+    from fastsparse import _dispatch, _kernels
+    l2 = _dispatch.l2_bytes()
+    assert l2 >= 64 * 1024
+    for isa in fs.available_isas():
+        for block_size in (1, 2, 4, 8):
+            def name(out_bytes):
+                choice = _dispatch.spmm_kernel(isa, block_size, 12544, plane=12544,
+                                               out_bytes=out_bytes)
+                return _kernels.spmm_kernels(choice[0])[choice[1]][0]
+            small, big = name(l2), name(l2 + 1)
+            assert "_prefetch" not in small
+            twin = small.replace("__", "_prefetch__", 1)
+            has_twin = any(k[0] == twin for k in _kernels.spmm_kernels(_dispatch.isa_id(
+                small.split("__")[1])))
+            assert big == (twin if has_twin else small), (isa, block_size, small, big)
+            assert has_twin == (isa in ("avx2", "avx512")), (isa, block_size)

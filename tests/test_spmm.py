@@ -236,3 +236,30 @@ def test_split_parts_add_up_to_the_matrix(block_size):
         assert total.tobytes() == wd.tobytes()
     with pytest.raises(ValueError, match="count must be in"):
         W._packed.split(31)
+
+
+PREFETCHING = [k for k in KERNELS if "_prefetch__" in k[1]]
+
+
+@pytest.mark.skipif(not PREFETCHING, reason="no _prefetch variant for this CPU's ISAs")
+@pytest.mark.parametrize("isa_name,kernel,block_size", PREFETCHING,
+                         ids=[k[1] for k in PREFETCHING])
+def test_prefetch_variant_gives_the_bits_of_its_twin(isa_name, kernel, block_size):
+    """A _prefetch variant only adds prefetches: on several full tiles and a tail, with a
+    leftover channel, bias, residual and an active clamp, its output is byte for byte that
+    of the variant without the suffix."""
+    previous = fs.set_isa(isa_name)
+    try:
+        rng = np.random.default_rng(11)
+        cout, cin = 3 * block_size + 1, 21
+        W = fs.SparseMatrix.from_dense(make_weights(rng, cout, cin, "random", 0.3,
+                                                    block=block_size), block_size=block_size)
+        bias = rng.standard_normal(cout).astype(np.float32)
+        x = rng.standard_normal((2, cin, 1, 3 * 128 + 5)).astype(np.float32)
+        res = rng.standard_normal((2, cout, 1, x.shape[3])).astype(np.float32)
+        a, b = (fs.sparse_conv1x1(x, W, bias=bias, residual=res, activation=("clamp", -1, 1),
+                                  kernel=k).tobytes()
+                for k in (kernel, kernel.replace("_prefetch__", "__")))
+        assert a == b
+    finally:
+        fs.set_isa(previous)

@@ -135,15 +135,43 @@ _PREFERRED = {
 }
 
 
-def spmm_kernel(isa, block_size, hw, name=None, plane=None):
+_l2 = None
+
+
+def l2_bytes():
+    """Bytes of one core's L2 cache (Linux sysfs), or 1 MiB where the system does not say."""
+    global _l2
+    if _l2 is None:
+        _l2 = 1 << 20
+        try:
+            base = "/sys/devices/system/cpu/cpu0/cache"
+            for index in sorted(os.listdir(base)):
+                with open(os.path.join(base, index, "level")) as f:
+                    if f.read().strip() != "2":
+                        continue
+                with open(os.path.join(base, index, "size")) as f:
+                    size = f.read().strip()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                _l2 = int(size.rstrip("KM")) * scale
+                break
+        except (OSError, ValueError):
+            pass
+    return _l2
+
+
+def spmm_kernel(isa, block_size, hw, name=None, plane=None, out_bytes=0):
     """(ISA id, index in that ISA's table) of the spmm variant to run for blocks of
     `block_size` rows on images of `hw` positions whose channel planes start `plane` floats
-    apart (default hw); `name` forces a variant of `isa`."""
+    apart (default hw), writing `out_bytes` per image; `name` forces a variant of `isa`.
+
+    An output larger than L2 takes the tile's _prefetch variant where there is one: 12544
+    positions at 90 %, 96x16 and 64x32, ran 1.3-1.4x faster with it, while layers whose output
+    stays in L2 ran 0-5 % slower (BENCHMARKS.md, session 7)."""
     table = _kernels.spmm_kernels(isa_id(isa))
     if name is not None:
         if not isinstance(name, str):
             raise TypeError(f"kernel must be a str, got {type(name).__name__}")
-        for i, (kname, _, nr, _) in enumerate(table):
+        for i, (kname, _, nr, _, _) in enumerate(table):
             if kname == name:
                 if nr != block_size:
                     raise ValueError(f"kernel {name} needs block_size {nr}, the matrix has "
@@ -156,7 +184,10 @@ def spmm_kernel(isa, block_size, hw, name=None, plane=None):
         choice = choice(hw, (hw if plane is None else plane) % 16 == 0)
     if choice is not None and choice[0] in available_isas():
         want_isa, want_mr = choice
-        for i, (_, mr, nr, _) in enumerate(_kernels.spmm_kernels(isa_id(want_isa))):
-            if mr == want_mr and nr == block_size:
-                return isa_id(want_isa), i
+        variants = _kernels.spmm_kernels(isa_id(want_isa))
+        tiles = [(i, prefetch) for i, (_, mr, nr, _, prefetch) in enumerate(variants)
+                 if mr == want_mr and nr == block_size]
+        if tiles:
+            want_prefetch = out_bytes > l2_bytes()
+            return isa_id(want_isa), next((i for i, p in tiles if p == want_prefetch), tiles[0][0])
     return isa_id(isa), next(i for i, k in enumerate(table) if k[2] == block_size)

@@ -25,6 +25,7 @@ cdef extern from "csrc/fs_kernels.h" nogil:
         unsigned mr
         unsigned nr
         unsigned unroll
+        unsigned prefetch
         fs_spmm_fn fn
     enum:
         FS_ISA_COUNT
@@ -170,13 +171,13 @@ def isa_supported(int isa):
 
 
 def spmm_kernels(int isa):
-    """The spmm variants compiled for `isa`: a list of (name, mr, nr, unroll)."""
+    """The spmm variants compiled for `isa`: a list of (name, mr, nr, unroll, prefetch)."""
     cdef size_t i
     cdef const fs_spmm_kernel* k
     out = []
     for i in range(fs_spmm_kernel_count(isa)):
         k = fs_spmm_kernel_at(isa, i)
-        out.append((k.name.decode(), k.mr, k.nr, k.unroll))
+        out.append((k.name.decode(), k.mr, k.nr, k.unroll, bool(k.prefetch)))
     return out
 
 

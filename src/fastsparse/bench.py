@@ -112,7 +112,8 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
     ends = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
     steps = _kernels.StepList([ends[0], xin, yout, ends[1]], threads)
     kisa, index = _dispatch.spmm_kernel(_dispatch.isa(), W.block_size, hw, kernel,
-                                        plane=_plane(shape_in))
+                                        plane=_plane(shape_in),
+                                        out_bytes=4 * cout * _plane(shape_out))
     steps.add_spmm(kisa, index, W._packed, 1, -1, 2, None, -np.inf, np.inf)
 
     def run():

@@ -74,7 +74,7 @@ class _Layer:
         """(dense multiply-adds, executed multiply-adds) for one call on input `shape`."""
         raise NotImplementedError
 
-    def describe(self, shape):
+    def describe(self, shape, fused=False):
         """(sparsity, block, kernel, path note) for the summary."""
         return "", "", "", ""
 
@@ -114,7 +114,7 @@ class _Conv(_Layer):
         steps.add_conv2d(_dispatch.isa_id(isa), self.src, layout == "NHWC", self.dst, self.w2, self.b,
                          self.stride, t, l, *self.act)
 
-    def describe(self, shape):
+    def describe(self, shape, fused=False):
         return "0.00", "", "dense", "first conv (dense by design)"
 
 
@@ -140,7 +140,7 @@ class _Depthwise(_Layer):
         steps.add_dwconv2d(_dispatch.isa_id(isa), self.src, self.dst, self.w2, self.b, self.w.shape[2],
                            self.stride, self.padding[0], self.padding[1], *self.act)
 
-    def describe(self, shape):
+    def describe(self, shape, fused=False):
         k = self.w.shape[2]
         return "0.00", "", f"{k}x{k}s{self.stride}", "depthwise (dense by design, <3% of MACs)"
 
@@ -173,12 +173,15 @@ class _Pointwise(_Layer):
         cout, cin = self.W.shape
         return n * h * w * cout * cin, n * h * w * self.matrix().stored
 
-    def _kernel(self, isa, shape):
+    def _kernel(self, isa, shape, fused=False):
         """(packed matrix, ISA id, variant index) the spmm kernels run on an input of `shape`
-        in the executor's layout."""
+        in the executor's layout; `fused` with a depthwise step, whose groups of output
+        channels stay in L2."""
         W = self.matrix()
-        hw = int(np.prod(shape[2:]))
-        return (W,) + _dispatch.spmm_kernel(isa, W.block_size, hw, plane=_plane(shape))
+        hw, plane = int(np.prod(shape[2:])), _plane(shape)
+        out_bytes = 0 if fused else 4 * W.shape[0] * plane
+        return (W,) + _dispatch.spmm_kernel(isa, W.block_size, hw, plane=plane,
+                                            out_bytes=out_bytes)
 
     def add_step(self, steps, isa, shapes, layout):
         W, kisa, index = self._kernel(isa, shapes[self.src])
@@ -197,7 +200,7 @@ class _Pointwise(_Layer):
     def add_fused_step(self, steps, isa, shapes, dw):
         """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
         as one step."""
-        W, kisa, index = self._kernel(isa, shapes[self.src])
+        W, kisa, index = self._kernel(isa, shapes[self.src], fused=True)
         hw = int(np.prod(shapes[self.src][2:]))
         nr = W.block_size
         rows = max(nr, FUSE_GROUP_BYTES // (4 * hw) // nr * nr)
@@ -215,9 +218,9 @@ class _Pointwise(_Layer):
         nnz = W.nnz if self.sparse else int(np.count_nonzero(W))
         return nnz / (W.shape[0] * W.shape[1])
 
-    def describe(self, shape):
+    def describe(self, shape, fused=False):
         sparsity = f"{1 - self.density():.2f}"
-        W, isa, index = self._kernel(_dispatch.isa(), shape)
+        W, isa, index = self._kernel(_dispatch.isa(), shape, fused)
         name = _kernels.spmm_kernels(isa)[index][0].replace("fs_f32_spmm_minmax_", "")
         if W is not self.W:
             return (sparsity, str(W.block_size), name,
@@ -252,9 +255,9 @@ class _Classifier(_Pointwise):
         cout, cin = self.W.shape
         return shape[0] * cout * cin, shape[0] * self.matrix().stored
 
-    def describe(self, shape):
+    def describe(self, shape, fused=False):
         # The kernels see each image's features as C channels x 1 position.
-        return _Pointwise.describe(self, (shape[0], shape[1], 1, 1))
+        return _Pointwise.describe(self, (shape[0], shape[1], 1, 1), fused)
 
 
 def _padded_size(shape):
@@ -580,7 +583,7 @@ class Network:
             src = shapes[layer.src]
             d, r = layer.macs(src)
             tot_d, tot_r = tot_d + d, tot_r + r
-            sp, blk, kern, why = layer.describe(src)
+            sp, blk, kern, why = layer.describe(src, i in fused)
             if i in fused:
                 why += f", fused with {i + 1}"
             io = f"{'x'.join(map(str, src[1:]))} -> {'x'.join(map(str, shapes[layer.dst][1:]))}"

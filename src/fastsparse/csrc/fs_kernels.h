@@ -52,73 +52,83 @@ typedef void (*fs_spmm_fn)(
     const int32_t* offsets, const float* bias, const float* residual, size_t residual_stride,
     float* output, size_t output_stride, float lo, float hi);
 
-/* Variant lists: X(MR, NR, UNROLL, ISA). MR spatial positions x NR output channels per tile;
- * UNROLL = 2 splits the accumulators in two sets fed by alternate non-zeros, which doubles
+/* Variant lists: X(MR, NR, UNROLL, SUFFIX, ISA). MR spatial positions x NR output channels per
+ * tile; UNROLL = 2 splits the accumulators in two sets fed by alternate non-zeros, which doubles
  * the number of independent FMA chains when MR/VLEN * NR alone is too small to hide the FMA
  * latency. UNROLL is part of the numerics (it fixes the summation order), so it is fixed per
- * variant and never depends on the tile position or the thread count. */
+ * variant and never depends on the tile position or the thread count. SUFFIX is empty, or
+ * _prefetch for a variant that prefetches the next tile's output lines (for layers whose output
+ * exceeds L2; same arithmetic, so the same bits as the variant without it). */
 #define FS_SPMM_SCALAR_LIST(X) \
-  X(8, 1, 1, scalar)           \
-  X(8, 2, 1, scalar)           \
-  X(8, 4, 1, scalar)           \
-  X(4, 8, 1, scalar)
+  X(8, 1, 1, , scalar)         \
+  X(8, 2, 1, , scalar)         \
+  X(8, 4, 1, , scalar)         \
+  X(4, 8, 1, , scalar)
 
 #define FS_SPMM_SSE2_LIST(X) \
-  X(8, 1, 2, sse2)           \
-  X(16, 1, 2, sse2)          \
-  X(32, 1, 1, sse2)          \
-  X(8, 2, 2, sse2)           \
-  X(16, 2, 1, sse2)          \
-  X(8, 4, 1, sse2)           \
-  X(4, 8, 1, sse2)
+  X(8, 1, 2, , sse2)         \
+  X(16, 1, 2, , sse2)        \
+  X(32, 1, 1, , sse2)        \
+  X(8, 2, 2, , sse2)         \
+  X(16, 2, 1, , sse2)        \
+  X(8, 4, 1, , sse2)         \
+  X(4, 8, 1, , sse2)
 
 /* MR = 1: the one-position variant (a gather per FS_VLEN non-zeros), for batch-1 classifiers. */
-#define FS_SPMM_AVX2_LIST(X) \
-  X(1, 1, 1, avx2)           \
-  X(8, 1, 2, avx2)           \
-  X(16, 1, 2, avx2)          \
-  X(32, 1, 2, avx2)          \
-  X(64, 1, 1, avx2)          \
-  X(8, 2, 2, avx2)           \
-  X(16, 2, 2, avx2)          \
-  X(32, 2, 1, avx2)          \
-  X(8, 4, 2, avx2)           \
-  X(16, 4, 1, avx2)          \
-  X(8, 8, 1, avx2)
+#define FS_SPMM_AVX2_LIST(X)   \
+  X(1, 1, 1, , avx2)           \
+  X(8, 1, 2, , avx2)           \
+  X(16, 1, 2, , avx2)          \
+  X(32, 1, 2, , avx2)          \
+  X(64, 1, 1, , avx2)          \
+  X(64, 1, 1, _prefetch, avx2) \
+  X(8, 2, 2, , avx2)           \
+  X(16, 2, 2, , avx2)          \
+  X(32, 2, 1, , avx2)          \
+  X(32, 2, 1, _prefetch, avx2) \
+  X(8, 4, 2, , avx2)           \
+  X(16, 4, 1, , avx2)          \
+  X(16, 4, 1, _prefetch, avx2) \
+  X(8, 8, 1, , avx2)           \
+  X(8, 8, 1, _prefetch, avx2)
 
 /* 32 zmm registers: up to 16 accumulators plus the loaded activations. */
-#define FS_SPMM_AVX512_LIST(X) \
-  X(1, 1, 1, avx512)           \
-  X(16, 1, 2, avx512)          \
-  X(32, 1, 2, avx512)          \
-  X(64, 1, 2, avx512)          \
-  X(128, 1, 1, avx512)         \
-  X(16, 2, 2, avx512)          \
-  X(32, 2, 2, avx512)          \
-  X(64, 2, 1, avx512)          \
-  X(16, 4, 2, avx512)          \
-  X(32, 4, 1, avx512)          \
-  X(64, 4, 1, avx512)          \
-  X(16, 8, 1, avx512)          \
-  X(32, 8, 1, avx512)
+#define FS_SPMM_AVX512_LIST(X)    \
+  X(1, 1, 1, , avx512)            \
+  X(16, 1, 2, , avx512)           \
+  X(32, 1, 2, , avx512)           \
+  X(64, 1, 2, , avx512)           \
+  X(128, 1, 1, , avx512)          \
+  X(128, 1, 1, _prefetch, avx512) \
+  X(16, 2, 2, , avx512)           \
+  X(32, 2, 2, , avx512)           \
+  X(64, 2, 1, , avx512)           \
+  X(64, 2, 1, _prefetch, avx512)  \
+  X(16, 4, 2, , avx512)           \
+  X(32, 4, 1, , avx512)           \
+  X(64, 4, 1, , avx512)           \
+  X(64, 4, 1, _prefetch, avx512)  \
+  X(16, 8, 1, , avx512)           \
+  X(32, 8, 1, , avx512)           \
+  X(32, 8, 1, _prefetch, avx512)
 
 /* 32 q registers of 4 lanes: up to 16 accumulators plus the loaded activations and the
  * broadcast weights. 16x8 and 32x4 would need 32 accumulators and spill, hence 8x8. */
 #define FS_SPMM_NEON_LIST(X) \
-  X(8, 1, 2, neon)           \
-  X(16, 1, 2, neon)          \
-  X(32, 1, 2, neon)          \
-  X(8, 2, 2, neon)           \
-  X(16, 2, 2, neon)          \
-  X(32, 2, 1, neon)          \
-  X(8, 4, 2, neon)           \
-  X(16, 4, 1, neon)          \
-  X(8, 8, 1, neon)
+  X(8, 1, 2, , neon)         \
+  X(16, 1, 2, , neon)        \
+  X(32, 1, 2, , neon)        \
+  X(8, 2, 2, , neon)         \
+  X(16, 2, 2, , neon)        \
+  X(32, 2, 1, , neon)        \
+  X(8, 4, 2, , neon)         \
+  X(16, 4, 1, , neon)        \
+  X(8, 8, 1, , neon)
 
-#define FS_SPMM_NAME(MR, NR, ISA) fs_f32_spmm_minmax_##MR##x##NR##__##ISA
+#define FS_SPMM_NAME(MR, NR, SUFFIX, ISA) fs_f32_spmm_minmax_##MR##x##NR##SUFFIX##__##ISA
 
-#define FS_SPMM_DECLARE(MR, NR, UNROLL, ISA)                                                    \
-  void FS_SPMM_NAME(MR, NR, ISA)(                                                              \
+#define FS_SPMM_DECLARE(MR, NR, UNROLL, SUFFIX, ISA)                                            \
+  void FS_SPMM_NAME(MR, NR, SUFFIX, ISA)(                                                      \
       size_t mc, size_t nc, const float* input, const float* weights, const uint32_t* nnzmap, \
       const int32_t* offsets, const float* bias, const float* residual,                       \
       size_t residual_stride, float* output, size_t output_stride, float lo, float hi);
@@ -142,6 +152,7 @@ typedef struct fs_spmm_kernel {
   unsigned mr;
   unsigned nr;
   unsigned unroll;
+  unsigned prefetch; /* 1 for the _prefetch variants */
   fs_spmm_fn fn;
 } fs_spmm_kernel;
 

@@ -1,8 +1,8 @@
 /* Sparse 1x1 convolution (CHW), written once for every ISA.
  *
  * Included by a thin per-ISA translation unit (kernels_<isa>.c) after its vector vocabulary
- * (vec_<isa>.h), which defines the names below; FS_SPMM_DEFINE(MR, NR, UNROLL, ISA) then
- * instantiates one variant.
+ * (vec_<isa>.h), which defines the names below; FS_SPMM_DEFINE(MR, NR, UNROLL, SUFFIX, ISA)
+ * then instantiates one variant.
  *
  *   FS_VLEN                     floats per vector
  *   fs_vec                      vector type
@@ -17,6 +17,12 @@
  * channel are loaded once and multiplied by the NR broadcast weights. The MR x Cin activation
  * tile is what every output block re-reads, so it stays in L1/L2. Spatial remainders run the
  * same code with fewer vectors, the last one partial, so nothing outside [0, mc) is touched.
+ *
+ * The _prefetch variants (SUFFIX `_prefetch`) also ask for the lines each output row will take
+ * in the next tile while they finish the row in this one. When a layer's output is larger than
+ * L2, every store of a tile otherwise waits for its line from L3 or memory (measured:
+ * BENCHMARKS.md, session 7); the tile order gives the hardware prefetchers one stream per
+ * output channel, far more than they follow.
  */
 #ifndef FS_SPMM_IMPL_H
 #define FS_SPMM_IMPL_H
@@ -62,11 +68,11 @@ FS_INLINE void fs_spmm_accumulate(fs_vec acc[FS_MAX_NR][FS_MAX_NV], size_t nv, s
 
 /* One block of nr output channels starting at channel `row`, over nv vectors of positions.
  * Advances *wp and *op past the block's non-zeros. */
-FS_INLINE void fs_spmm_block(size_t nv, size_t nr, size_t unroll, int has_tail, fs_tail tail,
-                             size_t row, uint32_t nnz, const float* input, const float** wp,
-                             const int32_t** op, const float* bias, const float* residual,
-                             size_t residual_stride, float* output, size_t output_stride,
-                             fs_vec vlo, fs_vec vhi) {
+FS_INLINE void fs_spmm_block(size_t nv, size_t nr, size_t unroll, int prefetch, int has_tail,
+                             fs_tail tail, size_t row, uint32_t nnz, const float* input,
+                             const float** wp, const int32_t** op, const float* bias,
+                             const float* residual, size_t residual_stride, float* output,
+                             size_t output_stride, fs_vec vlo, fs_vec vhi) {
   fs_vec acc[FS_MAX_NR][FS_MAX_NV];
   fs_vec acc2[FS_MAX_NR][FS_MAX_NV];
 #pragma GCC unroll 8
@@ -102,6 +108,15 @@ FS_INLINE void fs_spmm_block(size_t nv, size_t nr, size_t unroll, int has_tail, 
     float* out = (float*)((char*)output + (row + r) * output_stride);
     const float* res =
         residual != NULL ? (const float*)((const char*)residual + (row + r) * residual_stride) : NULL;
+    if (prefetch) {
+      /* Integer arithmetic: after the last tile the lines lie past the row (a prefetch never
+       * faults, but a pointer past its array would be undefined). */
+      const uintptr_t next = (uintptr_t)(out + nv * FS_VLEN);
+#pragma GCC unroll 8
+      for (size_t line = 0; line < nv * FS_VLEN * sizeof(float); line += 64) {
+        __builtin_prefetch((const void*)(next + line), 1, 2);
+      }
+    }
 #pragma GCC unroll 8
     for (size_t v = 0; v < nv; v++) {
       fs_vec y = acc[r][v];
@@ -113,8 +128,8 @@ FS_INLINE void fs_spmm_block(size_t nv, size_t nr, size_t unroll, int has_tail, 
 }
 
 /* All output channels for one tile of nv vectors of positions. */
-FS_INLINE void fs_spmm_tile(size_t nv, size_t nr, size_t unroll, int has_tail, fs_tail tail,
-                            size_t nc, const float* input, const float* weights,
+FS_INLINE void fs_spmm_tile(size_t nv, size_t nr, size_t unroll, int prefetch, int has_tail,
+                            fs_tail tail, size_t nc, const float* input, const float* weights,
                             const uint32_t* nnzmap, const int32_t* offsets, const float* bias,
                             const float* residual, size_t residual_stride, float* output,
                             size_t output_stride, fs_vec vlo, fs_vec vhi) {
@@ -122,13 +137,13 @@ FS_INLINE void fs_spmm_tile(size_t nv, size_t nr, size_t unroll, int has_tail, f
   const int32_t* o = offsets;
   const size_t full_blocks = nc / nr;
   for (size_t b = 0; b < full_blocks; b++) {
-    fs_spmm_block(nv, nr, unroll, has_tail, tail, b * nr, nnzmap[b], input, &w, &o, bias,
-                  residual, residual_stride, output, output_stride, vlo, vhi);
+    fs_spmm_block(nv, nr, unroll, prefetch, has_tail, tail, b * nr, nnzmap[b], input, &w, &o,
+                  bias, residual, residual_stride, output, output_stride, vlo, vhi);
   }
   /* Leftover channels (nc % nr) were packed as blocks of one. */
   for (size_t row = full_blocks * nr, b = full_blocks; row < nc; row++, b++) {
-    fs_spmm_block(nv, 1, unroll, has_tail, tail, row, nnzmap[b], input, &w, &o, bias, residual,
-                  residual_stride, output, output_stride, vlo, vhi);
+    fs_spmm_block(nv, 1, unroll, prefetch, has_tail, tail, row, nnzmap[b], input, &w, &o, bias,
+                  residual, residual_stride, output, output_stride, vlo, vhi);
   }
 }
 
@@ -181,19 +196,20 @@ FS_INLINE void fs_spmm_dot(size_t mc, size_t nc, const float* input, const float
 #define FS_SPMM_TAIL_CASE(NVT)                                                                  \
   case NVT:                                                                                     \
     if (NVT <= NV_) {                                                                \
-      fs_spmm_tile(NVT, NR_, UNROLL_, 1, tail, nc, input, weights, nnzmap, offsets, bias,      \
+      fs_spmm_tile(NVT, NR_, UNROLL_, 0, 1, tail, nc, input, weights, nnzmap, offsets, bias,   \
                    residual, residual_stride, output, output_stride, vlo, vhi);                \
     }                                                                                           \
     break;
 
 /* The spatial loop shared by all variants: full tiles of MR, then one tail pass of
  * ceil(rem / VLEN) vectors whose last vector is partial. */
-#define FS_SPMM_DEFINE(MR, NR, UNROLL, ISA)                                                     \
-  void FS_SPMM_NAME(MR, NR, ISA)(                                                              \
+#define FS_SPMM_DEFINE(MR, NR, UNROLL, SUFFIX, ISA)                                             \
+  void FS_SPMM_NAME(MR, NR, SUFFIX, ISA)(                                                      \
       size_t mc, size_t nc, const float* input, const float* weights, const uint32_t* nnzmap, \
       const int32_t* offsets, const float* bias, const float* residual,                       \
       size_t residual_stride, float* output, size_t output_stride, float lo, float hi) {      \
     enum { MR_ = MR, NR_ = NR, UNROLL_ = UNROLL, NV_ = MR / FS_VLEN };                         \
+    const int PREFETCH_ = sizeof(#SUFFIX) > 1; /* SUFFIX is empty or _prefetch */              \
     _Static_assert((MR % FS_VLEN == 0 || (MR == 1 && NR == 1)) && NV_ <= FS_MAX_NV &&          \
                    NR <= FS_MAX_NR, "tile");                                                   \
     assert(mc != 0);                                                                            \
@@ -207,8 +223,8 @@ FS_INLINE void fs_spmm_dot(size_t mc, size_t nc, const float* input, const float
     const fs_vec vhi = fs_vset1(hi);                                                            \
     const fs_tail full = fs_tail_make(FS_VLEN);                                                 \
     for (; mc >= MR_; mc -= MR_) {                                                              \
-      fs_spmm_tile(NV_, NR_, UNROLL_, 0, full, nc, input, weights, nnzmap, offsets, bias,       \
-                   residual, residual_stride, output, output_stride, vlo, vhi);                 \
+      fs_spmm_tile(NV_, NR_, UNROLL_, PREFETCH_, 0, full, nc, input, weights, nnzmap, offsets, \
+                   bias, residual, residual_stride, output, output_stride, vlo, vhi);           \
       input += MR_;                                                                             \
       output += MR_;                                                                            \
       if (residual != NULL) residual += MR_;                                                    \
