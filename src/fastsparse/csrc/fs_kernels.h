@@ -88,7 +88,8 @@ typedef void (*fs_spmm_fn)(
   X(32, 2, 1, _prefetch, avx2) \
   X(8, 4, 2, , avx2)           \
   X(16, 4, 1, , avx2)          \
-  X(16, 4, 1, _prefetch, avx2) \
+  X(24, 4, 1, , avx2)          \
+  X(24, 4, 1, _prefetch, avx2) \
   X(8, 8, 1, , avx2)           \
   X(8, 8, 1, _prefetch, avx2)
 
