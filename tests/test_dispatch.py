@@ -99,21 +99,42 @@ def test_spmm_tile_follows_plane_alignment():
 
 
 def test_prefetch_variant_only_where_the_output_exceeds_l2():
-    """The tile's _prefetch twin runs when the layer's output is larger than L2 and the plain
-    variant otherwise (and in a fused step, whose output groups stay in L2: out_bytes 0)."""
+    """The tile's _prefetch twin runs when the layer's output is larger than L2, the plain
+    variant otherwise; only AVX2 and AVX-512 have twins."""
     from fastsparse import _dispatch, _kernels
     l2 = _dispatch.l2_bytes()
     assert l2 >= 64 * 1024
     for isa in fs.available_isas():
         for block_size in (1, 2, 4, 8):
-            def name(out_bytes):
-                choice = _dispatch.spmm_kernel(isa, block_size, 12544, plane=12544,
-                                               out_bytes=out_bytes)
-                return _kernels.spmm_kernels(choice[0])[choice[1]][0]
-            small, big = name(l2), name(l2 + 1)
+            small, big = (_kernels.spmm_kernels(c[0])[c[1]][0] for c in (
+                _dispatch.spmm_kernel(isa, block_size, 12544, plane=12544, out_bytes=b)
+                for b in (l2, l2 + 1)))
             assert "_prefetch" not in small
             twin = small.replace("__", "_prefetch__", 1)
-            has_twin = any(k[0] == twin for k in _kernels.spmm_kernels(_dispatch.isa_id(
-                small.split("__")[1])))
+            kisa = _dispatch.isa_id(small.split("__")[1])
+            has_twin = any(k[0] == twin for k in _kernels.spmm_kernels(kisa))
             assert big == (twin if has_twin else small), (isa, block_size, small, big)
             assert has_twin == (isa in ("avx2", "avx512")), (isa, block_size)
+
+
+def test_network_runs_prefetch_variants_only_outside_fused_steps(monkeypatch):
+    """In a network, an unfused sparse 1x1 whose output exceeds L2 runs a _prefetch variant;
+    a 1x1 fused with the depthwise conv after it never does (its groups stay in L2). With a
+    64 KiB L2 both kinds occur in MobileNet v2 at 112x112."""
+    import numpy as np
+    from fastsparse import _dispatch
+    if not {"avx2", "avx512"} & set(fs.available_isas()):
+        pytest.skip("no ISA with _prefetch variants")
+    monkeypatch.setattr(_dispatch, "_l2", 64 * 1024)
+    from fastsparse.bench_e2e import pruned_weights
+    net = fs.MobileNetV2.from_dense(pruned_weights("mobilenet_v2", 0.9), num_threads=1)
+    lines = net.summary(input_size=(112, 112)).splitlines()
+    fused = [l for l in lines if "fused with" in l]
+    unfused = [l for l in lines if "conv1x1" in l and "fused with" not in l]
+    assert fused and not any("_prefetch" in l for l in fused)
+    assert any("_prefetch" in l for l in unfused)
+    x = np.random.default_rng(0).standard_normal((1, 3, 112, 112)).astype(np.float32)
+    ref = net(x).copy()
+    monkeypatch.setattr(_dispatch, "_l2", 1 << 40)
+    plain = fs.MobileNetV2.from_dense(pruned_weights("mobilenet_v2", 0.9), num_threads=1)
+    assert plain(x).tobytes() == ref.tobytes()

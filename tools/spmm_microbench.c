@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
         t[r] = (now() - t0) / calls;
       }
       qsort(t, REPS, sizeof(double), cmp_double);
-      printf("%-34s %7.1f GF/s  (%.1f us, stored %zu of useful %zu)\n", k->name,
+      printf("%-42s %7.1f GF/s  (%.1f us, stored %zu of useful %zu)\n", k->name,
              2.0 * useful * hw / t[REPS / 2] / 1e9, t[REPS / 2] * 1e6, nw, useful);
       free(nnz); free(w); free(off);
     }

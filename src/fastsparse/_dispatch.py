@@ -169,7 +169,7 @@ def spmm_kernel(isa, block_size, hw, name=None, plane=None, out_bytes=0):
 
     An output larger than L2 takes the tile's _prefetch variant where there is one: 12544
     positions at 90 %, 96x16 and 64x32, ran 1.3-1.4x faster with it, while layers whose output
-    stays in L2 ran 0-5 % slower (BENCHMARKS.md, session 7)."""
+    stays in L2 ran 0-12 % slower (BENCHMARKS.md, session 7; measured with a 2 MiB L2)."""
     table = _kernels.spmm_kernels(isa_id(isa))
     if name is not None:
         if not isinstance(name, str):

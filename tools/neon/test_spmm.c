@@ -289,7 +289,7 @@ size_t fs_test_spmm(int isa) {
         cases++;
       }
     }
-    printf("  %-36s mc 1..%zu vs %-32s %s\n", k->name, max_mc, oracle->name,
+    printf("  %-42s mc 1..%zu vs %-32s %s\n", k->name, max_mc, oracle->name,
            fs_failures() == before ? "ok" : "FAILED");
   }
   fs_guarded_free(&b.in);

@@ -109,12 +109,13 @@ FS_INLINE void fs_spmm_block(size_t nv, size_t nr, size_t unroll, int prefetch, 
     const float* res =
         residual != NULL ? (const float*)((const char*)residual + (row + r) * residual_stride) : NULL;
     if (prefetch) {
-      /* Integer arithmetic: after the last tile the lines lie past the row (a prefetch never
-       * faults, but a pointer past its array would be undefined). */
+      /* Every line of the row's next tile. Integer arithmetic: after the last tile the lines
+       * lie past the row (a prefetch never faults, but a pointer past its array would be
+       * undefined). x86 builds have no -mprfchw, so the write hint becomes prefetcht1. */
       const uintptr_t next = (uintptr_t)(out + nv * FS_VLEN);
-#pragma GCC unroll 8
-      for (size_t line = 0; line < nv * FS_VLEN * sizeof(float); line += 64) {
-        __builtin_prefetch((const void*)(next + line), 1, 2);
+      for (uintptr_t line = next & ~(uintptr_t)63; line < next + nv * FS_VLEN * sizeof(float);
+           line += 64) {
+        __builtin_prefetch((const void*)line, 1, 2);
       }
     }
 #pragma GCC unroll 8
@@ -209,7 +210,8 @@ FS_INLINE void fs_spmm_dot(size_t mc, size_t nc, const float* input, const float
       const int32_t* offsets, const float* bias, const float* residual,                       \
       size_t residual_stride, float* output, size_t output_stride, float lo, float hi) {      \
     enum { MR_ = MR, NR_ = NR, UNROLL_ = UNROLL, NV_ = MR / FS_VLEN };                         \
-    const int PREFETCH_ = sizeof(#SUFFIX) > 1; /* SUFFIX is empty or _prefetch */              \
+    const int PREFETCH_ = sizeof(#SUFFIX) > 1;                                                 \
+    _Static_assert(sizeof(#SUFFIX) == 1 || sizeof(#SUFFIX) == sizeof("_prefetch"), "suffix");  \
     _Static_assert((MR % FS_VLEN == 0 || (MR == 1 && NR == 1)) && NV_ <= FS_MAX_NV &&          \
                    NR <= FS_MAX_NR, "tile");                                                   \
     assert(mc != 0);                                                                            \
