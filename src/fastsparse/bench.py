@@ -173,6 +173,7 @@ def bench_spmm(networks=("mobilenet_v2", "mobilenet_v1"), sparsities=(0.7, 0.8, 
                             {k: f for k, f in fns.items() if (k[1] == "dense") == group},
                             repeat, sample_ms / 1e3))
                 results.append(_report(out, net, layers, sparsities, block_sizes, times, meta, t))
+    _spmm_targets(out, results)
     return results
 
 
@@ -205,11 +206,67 @@ def _report(out, net, layers, sparsities, block_sizes, times, meta, threads):
             flops = sum(meta[(li, s, b)] for li in range(len(layers)))
             speed = np.median(dense_tot) / np.median(tot)
             summary[(s, b)] = speed
+            summary[(s, b, "ms")] = np.median(tot)
+            summary[(s, b, "gflops")] = flops / np.median(tot) / 1e9
+            summary[(s, b, "slowest")] = min(
+                (np.median(times[(li, "dense")]) / np.median(times[(li, s, b)]),
+                 "x".join(map(str, layers[li]))) for li in range(len(layers)))
             out(f"| {s} | {b} | {_fmt_ms(dense_tot)} ({dense_tot.min() * 1e3:.3f}-{dense_tot.max() * 1e3:.3f}) "
                 f"| {_fmt_ms(tot)} ({tot.min() * 1e3:.3f}-{tot.max() * 1e3:.3f}) | {speed:.2f}x "
                 f"| {flops / np.median(tot) / 1e9:.1f} |")
     out("")
     return net, threads, summary
+
+
+# Issue 3's targets: summed over a network's 1x1 layers, one thread unless stated.
+SPMM_TARGET_SPEEDUP = {0.9: 5.0, 0.8: 3.0, 0.7: 1.8}
+SPMM_TARGET_GFLOPS_90 = 40.0
+SPMM_TARGET_BLOCK4 = 1.3
+SPMM_TARGET_THREADS = 1.7
+
+
+def _spmm_targets(out, results):
+    """Issue 3's targets next to the measured values: the rows this run has data for."""
+    res = {(net, t): summary for net, t, summary in results}
+    rows = []
+
+    def add(name, measured, goal, met):
+        rows.append((name, measured, goal, "met" if met else "NOT met"))
+
+    for net in dict.fromkeys(net for net, _ in res):
+        short = "v2" if net == "mobilenet_v2" else "v1" if net == "mobilenet_v1" else net
+        counts = sorted(t for n, t in res if n == net)
+        one = res.get((net, 1))
+        if one is not None:
+            for s, goal in SPMM_TARGET_SPEEDUP.items():
+                if (s, 1) in one:
+                    add(f"{short} {s * 100:.0f} %, block 1: over sgemm", f"{one[(s, 1)]:.2f}x",
+                        f">= {goal:g}x", one[(s, 1)] >= goal)
+            if (0.9, 1) in one:
+                g = one[(0.9, 1, "gflops")]
+                add(f"{short} 90 %, block 1: useful GFLOP/s", f"{g:.1f}",
+                    f">= {SPMM_TARGET_GFLOPS_90:g}", g >= SPMM_TARGET_GFLOPS_90)
+            if (0.9, 1) in one and (0.9, 4) in one:
+                r = one[(0.9, 1, "ms")] / one[(0.9, 4, "ms")]
+                add(f"{short} 90 %: 4x1 blocks over block 1", f"{r:.2f}x",
+                    f">= {SPMM_TARGET_BLOCK4:g}x", r >= SPMM_TARGET_BLOCK4)
+        many = counts[-1]
+        if one is not None and many > 1 and (0.9, 1) in one and (0.9, 1) in res[(net, many)]:
+            r = one[(0.9, 1, "ms")] / res[(net, many)][(0.9, 1, "ms")]
+            add(f"{short} 90 %, block 1: {many} threads over 1", f"{r:.2f}x",
+                f">= {SPMM_TARGET_THREADS:g}x", r >= SPMM_TARGET_THREADS)
+        for t in counts:
+            if (0.9, 1) in res[(net, t)]:
+                r, shape = res[(net, t)][(0.9, 1, "slowest")]
+                add(f"{short} 90 %, block 1, {t} thread(s): slowest layer vs sgemm",
+                    f"{r:.2f}x ({shape})", ">= 1x", r >= 1)
+    if rows:
+        out("## Issue 3 targets (medians from this run; sums over each network's 1x1 layers)\n")
+        out("| target | measured | goal | status |")
+        out("|---|---|---|---|")
+        for r in rows:
+            out("| " + " | ".join(r) + " |")
+    return rows
 
 
 def _prune_source(sd, sparsity):
