@@ -190,6 +190,11 @@ cdef int32_t _ZERO_I = 0
 # 16-128 KiB by 3-10 % on the MobileNet layers (Xeon with a 48 KiB L1). A module attribute,
 # so that tests can force parts.
 SPMM_PART_BYTES = 48 * 1024
+# Images of at least this many positions take parts a third larger (64 KiB): each part costs
+# a pass over the tile's outputs, which there outweighs the L1 misses of a wider tile (v1 at
+# 90 %, one thread: 2.78-2.82 -> 2.63-2.70 ms; bench spmm 3136x128x128 0.31 -> 0.24 ms),
+# while the 14x14 and 7x7 projections ran 20-35 % slower with them on 2 threads.
+SPMM_LARGE_IMAGE_HW = 784
 
 
 cdef class _Parts:
@@ -505,8 +510,11 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
     # K-blocking: input channels in parts of about SPMM_PART_BYTES per tile (see fs_steps.h).
     # The parts fix the sums' association: sized by the whole image's positions (image_hw)
     # when x is its row pieces, so that the bytes do not depend on the cut.
+    cdef Py_ssize_t part_bytes = SPMM_PART_BYTES
+    if max(hw, image_hw) >= SPMM_LARGE_IMAGE_HW:
+        part_bytes = SPMM_PART_BYTES * 4 // 3
     cdef Py_ssize_t nparts = min(cin, _ceil_div(min(mr, max(hw, image_hw)) * cin * sizeof(float),
-                                                SPMM_PART_BYTES))
+                                                part_bytes))
     cdef _Parts parts = w.part_table(nparts, st.src_s.channel)
     st.spmm.fn = k.fn
     st.spmm.hw, st.spmm.cin, st.spmm.cout = hw, cin, cout
