@@ -40,8 +40,8 @@ static int fs_cpu_has_avx2_fma(void) {
 #endif
 
 #define FS_ENTRY(MR, NR, UNROLL, SUFFIX, ISA)                                                 \
-  {"fs_f32_spmm_minmax_" #MR "x" #NR #SUFFIX "__" #ISA, MR, NR, UNROLL, sizeof(#SUFFIX) > 1, \
-   FS_SPMM_NAME(MR, NR, SUFFIX, ISA)},
+  {"fs_f32_spmm_minmax_" #MR "x" #NR #SUFFIX "__" #ISA, MR, NR, UNROLL,                      \
+   FS_SPMM_PREFETCH(SUFFIX), FS_SPMM_NAME(MR, NR, SUFFIX, ISA)},
 
 static const fs_spmm_kernel fs_scalar_kernels[] = {FS_SPMM_SCALAR_LIST(FS_ENTRY)};
 #if defined(FS_HAVE_SSE2)

@@ -127,6 +127,8 @@ typedef void (*fs_spmm_fn)(
   X(8, 8, 1, , neon)
 
 #define FS_SPMM_NAME(MR, NR, SUFFIX, ISA) fs_f32_spmm_minmax_##MR##x##NR##SUFFIX##__##ISA
+/* 1 for a _prefetch variant (SUFFIX is empty or _prefetch; the definitions assert which). */
+#define FS_SPMM_PREFETCH(SUFFIX) (sizeof(#SUFFIX) > 1)
 
 #define FS_SPMM_DECLARE(MR, NR, UNROLL, SUFFIX, ISA)                                            \
   void FS_SPMM_NAME(MR, NR, SUFFIX, ISA)(                                                      \

@@ -210,7 +210,7 @@ FS_INLINE void fs_spmm_dot(size_t mc, size_t nc, const float* input, const float
       const int32_t* offsets, const float* bias, const float* residual,                       \
       size_t residual_stride, float* output, size_t output_stride, float lo, float hi) {      \
     enum { MR_ = MR, NR_ = NR, UNROLL_ = UNROLL, NV_ = MR / FS_VLEN };                         \
-    const int PREFETCH_ = sizeof(#SUFFIX) > 1;                                                 \
+    const int PREFETCH_ = FS_SPMM_PREFETCH(SUFFIX);                                            \
     _Static_assert(sizeof(#SUFFIX) == 1 || sizeof(#SUFFIX) == sizeof("_prefetch"), "suffix");  \
     _Static_assert((MR % FS_VLEN == 0 || (MR == 1 && NR == 1)) && NV_ <= FS_MAX_NV &&          \
                    NR <= FS_MAX_NR, "tile");                                                   \
