@@ -217,6 +217,34 @@ def test_quarter_path_writes_only_its_output(isa):
                                            err_msg=f"k={k} {h}x{w} pad={pad}")
 
 
+@pytest.mark.parametrize("k", [3, 5])
+def test_stride2_wide_rows(isa, k):
+    """Stride 2 on rows wider than the quarter path takes (and, for 3x3 where vec_<isa>.h sets
+    FS_DW_S2_DIRECT, every stride-2 shape): widths around where a column of output vectors
+    stops needing bounded loads (2 x0 + 32 floats with padding 1, 2 x0 + 48 with padding 0,
+    for 16-lane vectors at x0 = 16, 32, 48), output heights 1 to 9 (blocks of 4, 2 and 1
+    rows), rows with a gap after them, a NaN-filled buffer around the images."""
+    rng = np.random.default_rng(40 + k)
+    wt = rng.standard_normal((2, 1, k, k)).astype(np.float32)
+    bias = rng.standard_normal(2).astype(np.float32)
+    p = k // 2
+    widths = [m + d for m in (64, 80, 96, 112, 128) for d in (-1, 0, 1)]
+    pads = [p, (p - 1, p - 1, p, p), (p, p - 1, p, p - 1), (p - 1, p, p - 1, p)]
+    for i, w in enumerate(widths):
+        for j, pad in enumerate(pads):
+            h = 2 * (1 + (i + 3 * j) % 9) - (i + j) % 2
+            gap = 5 if (i + j) % 3 == 0 else 0
+            size = 2 * 2 * h * (w + gap)
+            buf = np.full(size + 64, np.nan, dtype=np.float32)
+            x = buf[32:32 + size].reshape(2, 2, h, w + gap)[..., :w]
+            x[...] = rng.standard_normal(x.shape)
+            if not _fits(h, w, k, pad):
+                continue
+            check_dwconv(x, wt, bias if j % 2 else None, 2, pad,
+                         ACTIVATIONS[(i + j) % len(ACTIVATIONS)], 1 + i % 2,
+                         what=f"(guarded buffer, W={w}, H={h}, gap={gap})")
+
+
 def test_keras_same_padding_stride2(isa):
     """TF/Keras 'same' with stride 2 on even sizes pads only bottom/right: (0, 0, 1, 1)."""
     rng = np.random.default_rng(2)

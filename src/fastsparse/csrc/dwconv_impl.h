@@ -582,6 +582,174 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
   }
 }
 
+/* Stride 2, 3x3, straight from the input rows (vec_<isa>.h sets FS_DW_S2_DIRECT where its
+ * two-source permutes are cheap and the FMA port, not the shuffle port, is the limit). The
+ * row ring and the quarter planes copy every input row into scratch split by column parity
+ * before any tap reads it; here the vectors at the same columns of R output rows are
+ * computed together and each of the 2R + 1 input rows they read is loaded and split in
+ * registers, once per block: lanes l of tap column kx read padded column 2 (x0 + l) + kx, so
+ * the pairs of vectors at 2 x0 - pad and 2 x0 - pad + 2 give all three tap columns as their
+ * even and odd lanes. One chain per tap column, rows ky in order, the bias in the centre
+ * column, as on the other paths. */
+#ifdef FS_DW_S2_DIRECT
+#define FS_DW_S2_ROW_BLOCK 4
+
+/* The three tap columns of one input row for output columns x0 + l: padded columns
+ * 2 (x0 + l) + kx, i.e. input columns 2 (x0 + l) + kx - pad. The 32 floats at 2 x0 give the
+ * even and odd columns; the third tap is one of them moved one lane, the lane coming from
+ * the vector before (pad 1: column 2 x0 - 1) or after (pad 0: column 2 x0 + 32). The three
+ * loads start 2 x0 floats into the row (aligned when the row is: misaligned 512-bit loads
+ * cross lines, and the line crossings ran at about one per cycle). On `edge` vectors they
+ * take only the lanes m[] keeps, those inside the row (zeros elsewhere: the padding). */
+FS_INLINE void fs_dw_s2_taps(const float* row, size_t x0, size_t pad, int edge,
+                             const fs_tail* m, fs_vec* t) {
+  const float* p = row + 2 * x0;
+  const ptrdiff_t side = pad == 1 ? -FS_VLEN : 2 * FS_VLEN;
+  fs_vec a, b, c, even, odd;
+  if (!edge) {
+    a = fs_vload(p);
+    b = fs_vload(p + FS_VLEN);
+    c = fs_vload(p + side);
+  } else {
+    a = fs_vload_tail(p, m[0]);
+    b = fs_vload_tail(p + FS_VLEN, m[1]);
+    c = fs_vload_tail(p + side, m[2]);
+  }
+  fs_vdeinterleave(a, b, &even, &odd);
+  if (pad == 1) {
+    t[0] = fs_valign_lanes(odd, c, FS_VLEN - 1); /* c's last lane, then odd's first 15 */
+    t[1] = even;
+    t[2] = odd;
+  } else {
+    t[0] = even;
+    t[1] = odd;
+    t[2] = fs_valign_lanes(c, even, 1); /* even's last 15 lanes, then c's first */
+  }
+}
+
+/* The lanes of fs_dw_s2_taps's three loads that lie inside the row's w floats. */
+FS_INLINE void fs_dw_s2_masks(size_t x0, size_t pad, size_t w, fs_tail* m) {
+  const ptrdiff_t at[3] = {0, FS_VLEN, pad == 1 ? -FS_VLEN : 2 * FS_VLEN};
+  for (size_t i = 0; i < 3; i++) {
+    const ptrdiff_t o = 2 * (ptrdiff_t)x0 + at[i], vl = FS_VLEN;
+    const ptrdiff_t lo = o < 0 ? (-o < vl ? -o : vl) : 0;
+    const ptrdiff_t end = (ptrdiff_t)w - o, hi = end < lo ? lo : (end < vl ? end : vl);
+    m[i] = fs_tail_range((size_t)lo, (size_t)hi);
+  }
+}
+
+/* Columns [x0, x0 + FS_VLEN) (cut at ow) of output rows r < R; in[j] is input row
+ * 2 (first output row) - pad_top + j, or NULL for a row of zeros. */
+FS_INLINE void fs_dw_s2_vector(size_t R, int edge, const fs_tail* m, const float* const* in,
+                               size_t ow, size_t pad_left, size_t x0, const fs_vec* wv,
+                               fs_vec vbias, float* const* out, fs_vec vlo, fs_vec vhi) {
+  fs_vec acc[FS_DW_S2_ROW_BLOCK][3];
+#pragma GCC unroll 4
+  for (size_t r = 0; r < R; r++) {
+    acc[r][0] = fs_vzero();
+    acc[r][1] = vbias;
+    acc[r][2] = fs_vzero();
+  }
+#pragma GCC unroll 9
+  for (size_t j = 0; j < 2 * R + 1; j++) {
+    if (in[j] == NULL) continue;
+    fs_vec t[3];
+    fs_dw_s2_taps(in[j], x0, pad_left, edge, m, t);
+#pragma GCC unroll 3
+    for (size_t kx = 0; kx < 3; kx++) {
+#pragma GCC unroll 4
+      for (size_t r = 0; r < R; r++) {
+        if (2 * r <= j && j - 2 * r < 3) {
+          acc[r][kx] = fs_vfma(wv[(j - 2 * r) * 3 + kx], t[kx], acc[r][kx]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (size_t r = 0; r < R; r++) {
+    const fs_vec y = fs_vclamp(fs_vadd(fs_vadd(acc[r][1], acc[r][0]), acc[r][2]), vlo, vhi);
+    if (x0 + FS_VLEN <= ow) {
+      fs_vstore(out[r] + x0, y);
+    } else {
+      fs_vstore_tail(out[r] + x0, y, fs_tail_make(ow - x0));
+    }
+  }
+}
+
+/* Output rows [oy, oy + R). Input rows outside [0, ih) are zeros, or the halo rows `above`
+ * and `below` (one row each) where given. */
+FS_INLINE void fs_dw_s2_block(size_t R, size_t ih, size_t iw, size_t ow, size_t pad_top,
+                              size_t pad_left, const char* input, size_t input_stride,
+                              const float* above, const float* below, size_t oy,
+                              const fs_vec* wv, fs_vec vbias, char* output,
+                              size_t output_stride, fs_vec vlo, fs_vec vhi) {
+  const float* in[2 * FS_DW_S2_ROW_BLOCK + 1];
+  float* out[FS_DW_S2_ROW_BLOCK];
+#pragma GCC unroll 9
+  for (size_t j = 0; j < 2 * R + 1; j++) {
+    const ptrdiff_t iy = 2 * (ptrdiff_t)oy - (ptrdiff_t)pad_top + (ptrdiff_t)j;
+    in[j] = NULL;
+    if (iy >= 0 && iy < (ptrdiff_t)ih) {
+      in[j] = (const float*)(input + (size_t)iy * input_stride);
+    } else if (iy == -1 && above != NULL) {
+      in[j] = above;
+    } else if (iy == (ptrdiff_t)ih && below != NULL) {
+      in[j] = below;
+    }
+  }
+#pragma GCC unroll 4
+  for (size_t r = 0; r < R; r++) out[r] = (float*)(output + (oy + r) * output_stride);
+  for (size_t x0 = 0; x0 < ow; x0 += FS_VLEN) {
+    const size_t last = pad_left == 1 ? 2 * x0 + 2 * FS_VLEN : 2 * x0 + 3 * FS_VLEN;
+    if ((pad_left == 0 || x0 > 0) && last <= iw) {
+      fs_dw_s2_vector(R, 0, NULL, in, ow, pad_left, x0, wv, vbias, out, vlo, vhi);
+    } else {
+      fs_tail m[3];
+      fs_dw_s2_masks(x0, pad_left, iw, m);
+      fs_dw_s2_vector(R, 1, m, in, ow, pad_left, x0, wv, vbias, out, vlo, vhi);
+    }
+  }
+}
+
+FS_INLINE void fs_dw_s2_rows_pad(size_t pad_left, size_t ih, size_t iw, size_t ow,
+                                 size_t pad_top, const float* input, size_t input_stride,
+                                 const float* above, const float* below, size_t oy0, size_t oy1,
+                                 const fs_vec* wv, fs_vec vbias, float* output,
+                                 size_t output_stride, fs_vec vlo, fs_vec vhi) {
+  const char* x = (const char*)input;
+  char* y = (char*)output;
+  size_t oy = oy0;
+  for (; oy + FS_DW_S2_ROW_BLOCK <= oy1; oy += FS_DW_S2_ROW_BLOCK) {
+    fs_dw_s2_block(FS_DW_S2_ROW_BLOCK, ih, iw, ow, pad_top, pad_left, x, input_stride, above,
+                   below, oy, wv, vbias, y, output_stride, vlo, vhi);
+  }
+  if (oy + 2 <= oy1) {
+    fs_dw_s2_block(2, ih, iw, ow, pad_top, pad_left, x, input_stride, above, below, oy, wv,
+                   vbias, y, output_stride, vlo, vhi);
+    oy += 2;
+  }
+  if (oy < oy1) {
+    fs_dw_s2_block(1, ih, iw, ow, pad_top, pad_left, x, input_stride, above, below, oy, wv,
+                   vbias, y, output_stride, vlo, vhi);
+  }
+}
+
+/* Output rows [oy0, oy1); pad_left 0 or 1 (a constant inside: it picks the taps' lanes). */
+FS_INLINE void fs_dw_s2_rows(size_t ih, size_t iw, size_t ow, size_t pad_top,
+                             size_t pad_left, const float* input, size_t input_stride,
+                             const float* above, const float* below, size_t oy0, size_t oy1,
+                             const fs_vec* wv, fs_vec vbias, float* output,
+                             size_t output_stride, fs_vec vlo, fs_vec vhi) {
+  if (pad_left == 1) {
+    fs_dw_s2_rows_pad(1, ih, iw, ow, pad_top, input, input_stride, above, below, oy0, oy1, wv,
+                      vbias, output, output_stride, vlo, vhi);
+  } else {
+    fs_dw_s2_rows_pad(0, ih, iw, ow, pad_top, input, input_stride, above, below, oy0, oy1, wv,
+                      vbias, output, output_stride, vlo, vhi);
+  }
+}
+#endif /* FS_DW_S2_DIRECT */
+
 FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t oh, size_t ow,
                                size_t pad_top, size_t pad_left, const float* input,
                                size_t input_stride, const float* above, const float* below,
@@ -610,6 +778,13 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   /* Other paths take whole output rows. */
   assert(out_begin % ow == 0 && (out_end % ow == 0 || out_end == oh * ow));
   const size_t oy0 = out_begin / ow, oy1 = (out_end + ow - 1) / ow;
+#ifdef FS_DW_S2_DIRECT
+  if (k == 3 && s == 2 && pad_top <= 1 && pad_left <= 1) {
+    fs_dw_s2_rows(ih, iw, ow, pad_top, pad_left, input, input_stride, above, below, oy0, oy1,
+                  wv, vbias, output, output_stride, vlo, vhi);
+    return;
+  }
+#endif
   if (flat == 2 && output_stride == ow * sizeof(float)) {
     fs_dwconv2d_quarters(k, pad_top, ih, oh, ow, oy0, oy1, input, input_stride, above, below,
                          wv, vbias, scratch + (k + 3) * rowlen, output, vlo, vhi);

@@ -40,6 +40,16 @@ static inline void fs_vdeinterleave(fs_vec a, fs_vec b, fs_vec* even, fs_vec* od
   *even = _mm512_permutex2var_ps(a, ie, b);
   *odd = _mm512_permutex2var_ps(a, io, b);
 }
+/* Stride-2 3x3 depthwise splits rows in registers (dwconv_impl.h): a split is two permutes
+ * on the shuffle port, which 512-bit FMAs leave free. */
+#define FS_DW_S2_DIRECT 1
+/* Lanes n.. of lo, then lanes ..n-1 of hi: (lo, hi) as 32 lanes, moved down n (0 <= n < 16). */
+#define fs_valign_lanes(hi, lo, n) \
+  _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), (n)))
+/* Lanes [a, b) (a <= b <= 16). */
+static inline fs_tail fs_tail_range(size_t a, size_t b) {
+  return (__mmask16)((1u << b) - (1u << a));
+}
 static inline float fs_vhsum(fs_vec v) {
   __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
                            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
