@@ -346,6 +346,11 @@ static __attribute__((noinline)) void fs_dw_put_rows(float* dst, const float* sr
 #ifndef FS_DW_ROW_BLOCK
 #define FS_DW_ROW_BLOCK 4
 #endif
+/* A vector the compiler must keep in a register: vec_<isa>.h defines it where GCC would
+ * otherwise fold a load into every FMA that uses it, loading it again for each. */
+#ifndef fs_vkeep
+#define fs_vkeep(x) ((void)(x))
+#endif
 #define FS_DW_ROWS_MIN_W 48 /* narrower rows waste lanes: the flat span is faster */
 
 /* Columns [x0, x0 + FS_VLEN) (cut at w) of output rows r < R; in[j] is input row
@@ -360,17 +365,24 @@ FS_INLINE void fs_dw_rows_vector(size_t k, size_t R, int edge, const float* cons
 #pragma GCC unroll 5
     for (size_t kx = 0; kx < k; kx++) acc[r][kx] = kx == c ? vbias : fs_vzero();
   }
+  /* Edge vectors: each tap column's lanes inside the row, the same for every row. */
+  size_t lo[5] = {0, 0, 0, 0, 0}, hi[5] = {FS_VLEN, FS_VLEN, FS_VLEN, FS_VLEN, FS_VLEN};
+  if (edge) {
+#pragma GCC unroll 5
+    for (size_t kx = 0; kx < k; kx++) {
+      const ptrdiff_t at = (ptrdiff_t)x0 + (ptrdiff_t)kx - (ptrdiff_t)c, vl = FS_VLEN;
+      const ptrdiff_t l = at < 0 ? (-at < vl ? -at : vl) : 0, end = (ptrdiff_t)w - at;
+      lo[kx] = (size_t)l;
+      hi[kx] = (size_t)(end < l ? l : (end < vl ? end : vl));
+    }
+  }
 #pragma GCC unroll 12
   for (size_t j = 0; j < R + k - 1; j++) {
 #pragma GCC unroll 5
     for (size_t kx = 0; kx < k; kx++) {
       const ptrdiff_t at = (ptrdiff_t)x0 + (ptrdiff_t)kx - (ptrdiff_t)c;
-      fs_vec x;
-      if (!edge) {
-        x = fs_vload(in[j] + at);
-      } else {
-        x = fs_vload_inside(in[j], at, w);
-      }
+      fs_vec x = edge ? fs_vload_range(in[j] + at, lo[kx], hi[kx]) : fs_vload(in[j] + at);
+      fs_vkeep(x); /* loaded once for the R rows (GCC would fold it into each FMA) */
 #pragma GCC unroll 8
       for (size_t r = 0; r < R; r++) {
         if (r <= j && j - r < k) acc[r][kx] = fs_vfma(wv[(j - r) * k + kx], x, acc[r][kx]);

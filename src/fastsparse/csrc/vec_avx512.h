@@ -71,6 +71,9 @@ static inline fs_vmask fs_vmask_load(const void* p) {
   return m;
 }
 /* Lanes [a, b) of the vector at p (a <= b <= 16), zeros elsewhere; reads only p[a..b). */
+/* An empty asm that takes x in a register and may change it: the rows depthwise path
+ * (dwconv_impl.h) loads each tap vector once for several output rows. */
+#define fs_vkeep(x) __asm__("" : "+v"(x))
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
   return _mm512_maskz_loadu_ps((__mmask16)((1u << b) - (1u << a)), p);
 }
