@@ -120,6 +120,35 @@ def test_dense_layers_run_in_blocks_the_same_on_every_thread_count():
             assert _rel_err(outs[1], fs.reference.mobilenet_v2(sd, x)) < RTOL
 
 
+def test_blocks_run_as_rows_on_large_images_with_few_input_channels(isa, monkeypatch):
+    """A sparse 1x1 packed in 4x1 blocks runs them as single rows on images of at least
+    ROWS_MIN_HW positions with at most ROWS_MAX_CIN input channels (models.py): v2's 16- and
+    24-channel expansions at 112x112 input, fused or not. The logits match the reference and
+    those of a network whose layers all run in blocks (to rounding: a one-row tile may
+    alternate two accumulator sets where the block tile has one)."""
+    import fastsparse.models as M
+    sd = _pruned_v2(1.0, 0.9, 4)
+    net = fs.MobileNetV2.from_dense(sd, block_size=4)
+    x = _images(np.random.default_rng(3), 1, 112, 112)
+    shapes = net._shapes(x.shape)
+    as_rows = [i for i, layer in enumerate(net.layers) if isinstance(layer, M._Pointwise)
+               and layer.matrix(int(np.prod(shapes[layer.src][2:]))).block_size == 1]
+    cins = {net.layers[i].W.shape[1] for i in as_rows}
+    assert as_rows and cins <= {16, 24, 32}, (as_rows, cins)
+    for i in as_rows:
+        layer = net.layers[i]
+        assert layer.W.block_size == 4 and layer.W.shape[1] <= M.ROWS_MAX_CIN
+        assert "run as rows" in layer.describe(shapes[layer.src])[3]
+        assert layer.matrix(0) is layer.W  # small images keep the blocks
+    out = net(x)
+    assert _rel_err(out, fs.reference.mobilenet_v2(sd, x)) < RTOL
+    monkeypatch.setattr(M, "ROWS_MAX_CIN", 0)
+    blocks = fs.MobileNetV2.from_dense(sd, block_size=4)
+    assert not any(isinstance(layer, M._Pointwise) and layer.matrix(10**6).block_size == 1
+                   for layer in blocks.layers)
+    assert _rel_err(out, blocks(x)) < 1e-5
+
+
 def test_a_batch_gives_each_image_its_batch_1_bytes():
     """An image's logits are the same bytes alone or in a batch, on 1 thread (image after
     image) and on 2 and 3 (T images side by side, the n % T left after them on all threads):

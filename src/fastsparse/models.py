@@ -43,6 +43,15 @@ SPARSE_MAX_DENSITY = {1: 0.3, 2: 0.4, 4: 0.5, 8: 0.5}
 FUSE_MIN_HW = 56 * 56
 FUSE_GROUP_BYTES = 256 * 1024
 
+# A sparse 1x1 packed in blocks of rows runs its blocks as single rows (the same non-zeros,
+# repacked once) on images of at least ROWS_MIN_HW positions with at most ROWS_MAX_CIN input
+# channels: a block row there holds one to three stored blocks, too few to pay for its
+# NR x MR/16 accumulators and stores, and the one-row tiles are twice as wide (90 %, 4x1
+# blocks, AVX-512: 12544x96x16 228 -> 208 us, 3136x144x24 81 -> 64 us; AVX2 293 -> 223 and
+# 89 -> 74 us; tools/spmm_microbench.c). Every other MobileNet 1x1 runs faster in blocks.
+ROWS_MIN_HW = 784
+ROWS_MAX_CIN = 32
+
 # 1x1 layers on images below KSPLIT_MAX_HW positions with at least KSPLIT_MIN_RATIO times more
 # input than output channels sum their input channels in two halves (FS_STEP_SPMM_KSPLIT,
 # _kernels.StepList.add_spmm).
@@ -155,12 +164,18 @@ class _Pointwise(_Layer):
         self.W, self.b, self.act = W, b, act  # W: SparseMatrix or a dense (Cout, Cin) array
         self.sparse = isinstance(W, SparseMatrix)
         self._blocked = None
+        self._rows = None
 
-    def matrix(self):
-        """The packed matrix the C kernels run: the sparse one, or the dense one stored whole
-        in 4x1 blocks."""
+    def matrix(self, hw=0):
+        """The packed matrix the C kernels run on images of `hw` positions: the sparse one
+        (its blocks as rows where that is faster: runs_blocks_as_rows), or the dense one
+        stored whole in 4x1 blocks."""
         if self.sparse:
-            return self.W
+            if not runs_blocks_as_rows(self.W, hw):
+                return self.W
+            if self._rows is None:
+                self._rows = SparseMatrix.from_dense(self.W.to_dense(), block_size=1)
+            return self._rows
         if self._blocked is None:
             self._blocked = SparseMatrix.from_dense(self.W, block_size=4)
         return self._blocked
@@ -177,8 +192,8 @@ class _Pointwise(_Layer):
         """(packed matrix, ISA id, variant index) the spmm kernels run on an input of `shape`
         in the executor's layout; `fused` with a depthwise step, whose groups of output
         channels stay in L2."""
-        W = self.matrix()
         hw, plane = int(np.prod(shape[2:])), _plane(shape)
+        W = self.matrix(hw)
         out_bytes = 0 if fused else 4 * W.shape[0] * plane
         return (W,) + _dispatch.spmm_kernel(isa, W.block_size, hw, plane=plane,
                                             out_bytes=out_bytes)
@@ -222,9 +237,12 @@ class _Pointwise(_Layer):
         sparsity = f"{1 - self.density():.2f}"
         W, isa, index = self._kernel(_dispatch.isa(), shape, fused)
         name = _kernels.spmm_kernels(isa)[index][0].replace("fs_f32_spmm_minmax_", "")
-        if W is not self.W:
+        if not self.sparse:
             return (sparsity, str(W.block_size), name,
                     self.why_dense + "; runs in 4x1 blocks in the spmm kernels")
+        if W is not self.W:
+            return (sparsity, str(self.W.block_size), name,
+                    f"sparse; its {self.W.block_size}x1 blocks run as rows here")
         return sparsity, str(W.block_size), name, "sparse"
 
 
@@ -258,6 +276,12 @@ class _Classifier(_Pointwise):
     def describe(self, shape, fused=False):
         # The kernels see each image's features as C channels x 1 position.
         return _Pointwise.describe(self, (shape[0], shape[1], 1, 1), fused)
+
+
+def runs_blocks_as_rows(W, hw):
+    """Whether a network runs the blocks of sparse matrix W as single rows on images of `hw`
+    positions (ROWS_MIN_HW, ROWS_MAX_CIN)."""
+    return W.block_size > 1 and hw >= ROWS_MIN_HW and W.shape[1] <= ROWS_MAX_CIN
 
 
 def _padded_size(shape):
