@@ -15,7 +15,12 @@
  * "Same" padding at stride 1 on contiguous planes, and at stride 2 on even sizes, takes a flat
  * path instead (see fs_dw_flat_vector below): vectors run along the whole output plane, not
  * along rows, which on the narrow planes of a network's later layers saves most of the lanes
- * and most per-row work.
+ * and most per-row work. Stride-1 planes at least FS_DW_ROWS_MIN_W wide go by blocks of
+ * output rows (fs_dw_rows_s1), each tap vector loaded once for the block.
+ *
+ * Where vec_<isa>.h sets FS_DW_S2_DIRECT (AVX-512), every 3x3 stride-2 shape with padding 0
+ * or 1 skips the ring and the quarter planes: blocks of 4 output rows read their input rows
+ * in place and split them by column parity in registers (fs_dw_s2_rows).
  *
  * Out-of-bounds contract: the input plane is read only inside ih x iw (the last partial
  * vector of a row, or the plane's first and last vectors on the flat path, are masked loads),
