@@ -172,7 +172,9 @@ def test_quarter_path_edges(isa, k):
     past 32 (the row path), output planes around vector multiples, input rows with and without
     a gap after them (the row stride), odd sizes (the row path). Large planes run in bands of
     output rows, each copying its halo rows again. The images sit back to back in a NaN-filled
-    buffer, so a read outside a plane poisons an output; every activation."""
+    buffer, so a read outside a plane poisons an output; every activation. (Where vec_<isa>.h
+    sets FS_DW_S2_DIRECT, AVX-512, the 3x3 cases run the in-register path instead: the same
+    edges for it.)"""
     rng = np.random.default_rng(20 + k)
     wt = rng.standard_normal((2, 1, k, k)).astype(np.float32)
     bias = rng.standard_normal(2).astype(np.float32)
@@ -195,8 +197,9 @@ def test_quarter_path_edges(isa, k):
 
 
 def test_quarter_path_writes_only_its_output(isa):
-    """Direct kernel calls of the stride-2 quarter path into outputs with guard values on both
-    sides, both paddings it takes, plane sizes around multiples of 16 floats."""
+    """Direct kernel calls of the stride-2 quarter path (for 3x3 on AVX-512: the in-register
+    path) into outputs with guard values on both sides, both paddings it takes, plane sizes
+    around multiples of 16 floats."""
     rng = np.random.default_rng(6)
     for k in (3, 5):
         for h, w in [(2, 2), (2, 30), (2, 34), (4, 4), (6, 10), (14, 14), (16, 32), (34, 2)]:

@@ -108,8 +108,8 @@ def test_dense_layers_run_in_blocks_the_same_on_every_thread_count():
     big = _pointwise(rng.standard_normal((512, 512)).astype(np.float32), None, (0.0, 6.0),
                      None, None)
     assert not (small.sparse or big.sparse)
-    assert small.matrix().block_size == 4 and small.matrix().nnz == 96 * 16
-    assert big.matrix().block_size == 4 and big.matrix().stored == 512 * 512
+    assert small.matrix(196).block_size == 4 and small.matrix(196).nnz == 96 * 16
+    assert big.matrix(196).block_size == 4 and big.matrix(196).stored == 512 * 512
     assert "4x1 blocks" in big.describe((1, 512, 14, 14))[3]
     for sparsity in (0.0, 0.7):
         sd = _pruned_v2(1.0, sparsity, None)
@@ -122,8 +122,9 @@ def test_dense_layers_run_in_blocks_the_same_on_every_thread_count():
 
 def test_blocks_run_as_rows_on_large_images_with_few_input_channels(isa, monkeypatch):
     """A sparse 1x1 packed in 4x1 blocks runs them as single rows on images of at least
-    ROWS_MIN_HW positions with at most ROWS_MAX_CIN input channels (models.py): v2's 16- and
-    24-channel expansions at 112x112 input, fused or not. The logits match the reference and
+    ROWS_MIN_HW positions with at most ROWS_MAX_CIN input channels (models.py): at 112x112
+    input, v2's 16- and 24-channel expansions (fused with their depthwise conv) and its first
+    32-channel 1x1s; summary() counts the rows' work. The logits match the reference and
     those of a network whose layers all run in blocks (to rounding: a one-row tile may
     alternate two accumulator sets where the block tile has one)."""
     import fastsparse.models as M
@@ -139,7 +140,10 @@ def test_blocks_run_as_rows_on_large_images_with_few_input_channels(isa, monkeyp
         layer = net.layers[i]
         assert layer.W.block_size == 4 and layer.W.shape[1] <= M.ROWS_MAX_CIN
         assert "run as rows" in layer.describe(shapes[layer.src])[3]
-        assert layer.matrix(0) is layer.W  # small images keep the blocks
+        assert layer.matrix(49) is layer.W  # small images keep the blocks
+        h, w = shapes[layer.src][2:]
+        assert layer.macs(shapes[layer.src])[1] == h * w * layer.matrix(h * w).stored
+        assert layer.matrix(h * w).stored <= layer.W.stored
     out = net(x)
     assert _rel_err(out, fs.reference.mobilenet_v2(sd, x)) < RTOL
     monkeypatch.setattr(M, "ROWS_MAX_CIN", 0)

@@ -544,7 +544,7 @@ PIECES_CASES = [
     (2, 12, 12, 3, 1, 1),   # pieces of 72 floats: no band cut there, the fused output whole
     (2, 12, 8, 5, 1, 2),    # 5x5: two halo rows
     (3, 12, 16, 3, 1, 1),   # a middle piece with halos on both sides
-    (2, 16, 12, 3, 2, 1),   # stride 2 on quarter planes (PyTorch padding)
+    (2, 16, 12, 3, 2, 1),   # stride 2 on quarter planes (AVX-512: in registers), PyTorch padding
     (2, 16, 12, 3, 2, 0),   # ... TensorFlow's "same" (a halo row below, none above)
     (2, 24, 10, 5, 2, 1),
     (2, 64, 16, 3, 1, 1),   # pieces of 32 rows: the most the stride-1 path stages

@@ -46,9 +46,13 @@ FUSE_GROUP_BYTES = 256 * 1024
 # A sparse 1x1 packed in blocks of rows runs its blocks as single rows (the same non-zeros,
 # repacked once) on images of at least ROWS_MIN_HW positions with at most ROWS_MAX_CIN input
 # channels: a block row there holds one to three stored blocks, too few to pay for its
-# NR x MR/16 accumulators and stores, and the one-row tiles are twice as wide (90 %, 4x1
-# blocks, AVX-512: 12544x96x16 228 -> 208 us, 3136x144x24 81 -> 64 us; AVX2 293 -> 223 and
-# 89 -> 74 us; tools/spmm_microbench.c). Every other MobileNet 1x1 runs faster in blocks.
+# NR x MR/16 accumulators and stores, and the one-row tiles are twice as wide.
+# tools/spmm_microbench.c at 90 %, blocks -> rows:
+# - 4x1 blocks, AVX-512: 12544x96x16 228 -> 208 us, 3136x144x24 81 -> 64 us (AVX2: 293 -> 223,
+#   89 -> 74 us); 2x1 and 8x1 blocks: 221 and 278 -> 213-216 us, 75 and 65 -> 60-64 us;
+# - the other MobileNet shapes the rule takes (12544x16x32, 12544x64x32, 784x192x32) ran
+#   within 3 % either way in 2x1 and 4x1 blocks, and 3-16 % faster as rows in 8x1;
+# - every MobileNet 1x1 with more input channels runs 1.5-2x faster in blocks.
 ROWS_MIN_HW = 784
 ROWS_MAX_CIN = 32
 
@@ -166,7 +170,7 @@ class _Pointwise(_Layer):
         self._blocked = None
         self._rows = None
 
-    def matrix(self, hw=0):
+    def matrix(self, hw):
         """The packed matrix the C kernels run on images of `hw` positions: the sparse one
         (its blocks as rows where that is faster: runs_blocks_as_rows), or the dense one
         stored whole in 4x1 blocks."""
@@ -186,7 +190,7 @@ class _Pointwise(_Layer):
     def macs(self, shape):
         n, _, h, w = shape
         cout, cin = self.W.shape
-        return n * h * w * cout * cin, n * h * w * self.matrix().stored
+        return n * h * w * cout * cin, n * h * w * self.matrix(h * w).stored
 
     def _kernel(self, isa, shape, fused=False):
         """(packed matrix, ISA id, variant index) the spmm kernels run on an input of `shape`
@@ -271,7 +275,7 @@ class _Classifier(_Pointwise):
 
     def macs(self, shape):
         cout, cin = self.W.shape
-        return shape[0] * cout * cin, shape[0] * self.matrix().stored
+        return shape[0] * cout * cin, shape[0] * self.matrix(1).stored
 
     def describe(self, shape, fused=False):
         # The kernels see each image's features as C channels x 1 position.

@@ -1,7 +1,8 @@
 /* Depthwise KxK convolution of one CHW channel plane (K in {3, 5}, stride 1 or 2), written
  * once for every ISA over the vector vocabulary of vec_<isa>.h (see spmm_impl.h for the list;
- * this file also uses fs_vdeinterleave, and fs_vsub, fs_vlt, fs_vmaskz, fs_vload_range for the
- * flat paths).
+ * this file also uses fs_vdeinterleave, and fs_vsub, fs_vlt, fs_vmaskz, fs_vmask_load for the
+ * flat paths, fs_vload_range for the flat and rows paths, fs_vkeep if defined, and
+ * fs_valign_lanes, fs_tail_range where FS_DW_S2_DIRECT is set).
  *
  * Scheme: output rows are produced top to bottom. The K input rows an output row needs are
  * copied, each exactly once, into a ring of K + 2 padded scratch rows (slot = input row mod (K + 2)):
@@ -599,25 +600,24 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
   }
 }
 
-/* Stride 2, 3x3, straight from the input rows (vec_<isa>.h sets FS_DW_S2_DIRECT where its
- * two-source permutes are cheap and the FMA port, not the shuffle port, is the limit). The
- * row ring and the quarter planes copy every input row into scratch split by column parity
- * before any tap reads it; here the vectors at the same columns of R output rows are
- * computed together and each of the 2R + 1 input rows they read is loaded and split in
- * registers, once per block: lanes l of tap column kx read padded column 2 (x0 + l) + kx, so
- * the pairs of vectors at 2 x0 - pad and 2 x0 - pad + 2 give all three tap columns as their
- * even and odd lanes. One chain per tap column, rows ky in order, the bias in the centre
- * column, as on the other paths. */
+/* Stride 2, 3x3, straight from the input rows (vec_<isa>.h sets FS_DW_S2_DIRECT where a
+ * two-source permute and a lane shift are single instructions). The row ring and the
+ * quarter planes copy every input row into scratch split by column parity before any tap
+ * reads it; here the vectors at the same columns of R output rows are computed together and
+ * each of the 2R + 1 input rows they read is loaded and split in registers, once per block
+ * (fs_dw_s2_taps). One chain per tap column, rows ky in order, the bias in the centre
+ * column, as on the flat paths. */
 #ifdef FS_DW_S2_DIRECT
 #define FS_DW_S2_ROW_BLOCK 4
 
-/* The three tap columns of one input row for output columns x0 + l: padded columns
- * 2 (x0 + l) + kx, i.e. input columns 2 (x0 + l) + kx - pad. The 32 floats at 2 x0 give the
- * even and odd columns; the third tap is one of them moved one lane, the lane coming from
- * the vector before (pad 1: column 2 x0 - 1) or after (pad 0: column 2 x0 + 32). The three
- * loads start 2 x0 floats into the row (aligned when the row is: misaligned 512-bit loads
- * cross lines, and the line crossings ran at about one per cycle). On `edge` vectors they
- * take only the lanes m[] keeps, those inside the row (zeros elsewhere: the padding). */
+/* The three tap columns of one input row for output columns x0 + l: input columns
+ * 2 (x0 + l) + kx - pad. Two vectors at 2 x0 give the even and odd columns (a permute each);
+ * the third tap is one of those moved one lane (fs_valign_lanes), the lane entering from a
+ * third vector, at 2 x0 - FS_VLEN for pad 1 (column 2 x0 - 1) or 2 x0 + 2 FS_VLEN for pad 0
+ * (column 2 x0 + 32). All three loads sit a whole number of vectors from 2 x0, so they are
+ * aligned when the row is: misaligned 512-bit loads cross cache lines, which ran at about
+ * one per cycle. On `edge` vectors they take only the lanes m[] keeps, those inside the row
+ * (zeros elsewhere: the padding). */
 FS_INLINE void fs_dw_s2_taps(const float* row, size_t x0, size_t pad, int edge,
                              const fs_tail* m, fs_vec* t) {
   const float* p = row + 2 * x0;

@@ -171,7 +171,9 @@ typedef struct fs_spmm_kernel {
  * The kernel never reads x outside its ih x iw plane and the halo rows, nor writes output
  * outside oh x ow (tails are masked). Horizontal padding and
  * the stride-2 deinterleave happen while each input row is copied, exactly once, into
- * `scratch`: fs_dwconv2d_scratch_floats() floats owned by the caller (one per thread), which
+ * `scratch` (except on the AVX-512 3x3 stride-2 path below, which splits rows in registers
+ * and touches no scratch): fs_dwconv2d_scratch_floats() floats owned by the caller (one per
+ * thread, sized for every ISA's paths), which
  * the caller zero-fills once; calls with the same shape (every size argument) may then reuse
  * it without clearing, because a kernel writes only the data columns of its rows (and zeros
  * right after them), so the padding columns and the zero row stay zero. Vertical padding
@@ -255,7 +257,8 @@ static inline size_t fs_dw_quarter_floats(size_t oh, size_t ow) {
 
 /* Wider stride-2 outputs keep the row path: its rows waste few lanes there, and in a fused
  * 1x1 + depthwise step (112x112 -> 56x56 in MobileNet v2) it was 7 % faster, the quarter
- * planes taking L1 space the step's other data needs. */
+ * planes taking L1 space the step's other data needs. (Measured before the AVX-512 3x3
+ * stride-2 kernels read rows in place; on AVX-512 this decides only 5x5 and row pieces.) */
 #define FS_DW_QUARTER_MAX_OW 32
 
 /* Whether a shape may take a flat path: 1 (stride 1) or 2 (stride 2), else 0. The kernel also

@@ -59,10 +59,11 @@ static inline fs_vmask fs_vlt(fs_vec a, fs_vec b) { return _mm256_cmp_ps(a, b, _
 static inline fs_vec fs_vmaskz(fs_vmask m, fs_vec v) { return _mm256_and_ps(m, v); }
 /* A mask stored by fs_dw_mask_table, read straight into a register. */
 static inline fs_vmask fs_vmask_load(const void* p) { return _mm256_loadu_ps((const float*)p); }
-/* Lanes [a, b) of the vector at p (a <= b <= 8), zeros elsewhere; reads only p[a..b). */
-/* An empty asm that takes x in a register and may change it: the rows depthwise path
- * (dwconv_impl.h) loads each tap vector once for several output rows. */
+/* An empty asm that takes x in a register and may change it: GCC would otherwise fold a
+ * load into every FMA that uses it, and the rows depthwise path (dwconv_impl.h) loads each
+ * tap vector once for several output rows. */
 #define fs_vkeep(x) __asm__("" : "+x"(x))
+/* Lanes [a, b) of the vector at p (a <= b <= 8), zeros elsewhere; reads only p[a..b). */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i m = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)a), lane),

@@ -40,16 +40,6 @@ static inline void fs_vdeinterleave(fs_vec a, fs_vec b, fs_vec* even, fs_vec* od
   *even = _mm512_permutex2var_ps(a, ie, b);
   *odd = _mm512_permutex2var_ps(a, io, b);
 }
-/* Stride-2 3x3 depthwise splits rows in registers (dwconv_impl.h): a split is two permutes
- * on the shuffle port, which 512-bit FMAs leave free. */
-#define FS_DW_S2_DIRECT 1
-/* Lanes n.. of lo, then lanes ..n-1 of hi: (lo, hi) as 32 lanes, moved down n (0 <= n < 16). */
-#define fs_valign_lanes(hi, lo, n) \
-  _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), (n)))
-/* Lanes [a, b) (a <= b <= 16). */
-static inline fs_tail fs_tail_range(size_t a, size_t b) {
-  return (__mmask16)((1u << b) - (1u << a));
-}
 static inline float fs_vhsum(fs_vec v) {
   __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
                            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -70,12 +60,26 @@ static inline fs_vmask fs_vmask_load(const void* p) {
   memcpy(&m, p, sizeof m);
   return m;
 }
-/* Lanes [a, b) of the vector at p (a <= b <= 16), zeros elsewhere; reads only p[a..b). */
-/* An empty asm that takes x in a register and may change it: the rows depthwise path
- * (dwconv_impl.h) loads each tap vector once for several output rows. */
+/* An empty asm that takes x in a register and may change it: GCC would otherwise fold a
+ * load into every FMA that uses it, and the rows depthwise path (dwconv_impl.h) loads each
+ * tap vector once for several output rows. */
 #define fs_vkeep(x) __asm__("" : "+v"(x))
+/* Lanes [a, b) of the vector at p (a <= b <= 16), zeros elsewhere; reads only p[a..b). */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
   return _mm512_maskz_loadu_ps((__mmask16)((1u << b) - (1u << a)), p);
+}
+
+/* Used by the 3x3 stride-2 depthwise path that splits input rows in registers
+ * (dwconv_impl.h, fs_dw_s2_rows): two permutes and a lane shift per row and 16 outputs, in
+ * place of copying every row into scratch first (1.3-1.5x faster: BENCHMARKS.md, session 8). */
+#define FS_DW_S2_DIRECT 1
+/* Lanes n.. of lo, then lanes ..n-1 of hi: (lo, hi) as 32 lanes, moved down n (0 <= n < 16,
+ * a constant). */
+#define fs_valign_lanes(hi, lo, n) \
+  _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), (n)))
+/* Lanes [a, b) (a <= b <= 16). */
+static inline fs_tail fs_tail_range(size_t a, size_t b) {
+  return (__mmask16)((1u << b) - (1u << a));
 }
 
 /* Used by the one-position spmm variant (spmm_impl.h): lanes of floats at byte offsets from

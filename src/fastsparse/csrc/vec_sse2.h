@@ -78,9 +78,6 @@ static inline fs_vmask fs_vmask_load(const void* p) { return _mm_loadu_ps((const
 /* Lanes [a, b) of the vector at p (a <= b <= 4), zeros elsewhere; reads only p[a..b). Built
  * in registers: the depthwise row path takes it at both ends of every row, and a copy through
  * a stack array would stall each load on store forwarding. */
-/* An empty asm that takes x in a register and may change it: the rows depthwise path
- * (dwconv_impl.h) loads each tap vector once for several output rows. */
-#define fs_vkeep(x) __asm__("" : "+x"(x))
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
   return _mm_setr_ps(a <= 0 && 0 < b ? p[0] : 0.0f, a <= 1 && 1 < b ? p[1] : 0.0f,
                      a <= 2 && 2 < b ? p[2] : 0.0f, a <= 3 && 3 < b ? p[3] : 0.0f);
