@@ -99,15 +99,15 @@ def _random_layer(rng, hw, cout, cin, sparsity, block_size):
 def _layer_in_network_layout(W, x, hw, threads, kernel):
     """A callable running the 1x1 `W` on x (1, Cin, 1, HW) as a network call runs an unfused
     1x1: one C step over channel planes padded to whole 64-byte lines (models._planned_view),
-    with the tile the executor picks for aligned planes (or `kernel`), blocks run as rows
-    where the executor runs them so (models.runs_blocks_as_rows). A network runs its
+    with the matrix and tile the executor picks for aligned planes (or `kernel`: W as
+    packed). A network runs its
     largest MobileNet 1x1s fused with the depthwise conv after them instead, whose output
     groups stay in L2 (no _prefetch variant there)."""
     from . import _kernels
     from ._validate import hugepage_empty
-    from .models import _plane, _planned_view, runs_blocks_as_rows
-    if kernel is None and runs_blocks_as_rows(W, hw):
-        W = SparseMatrix.from_dense(W.to_dense(), block_size=1)
+    from .models import _plane, _planned_view, _Pointwise
+    if kernel is None:
+        W = _Pointwise(W, None, None).matrix(hw)
     cout, cin = W.shape
     shape_in, shape_out = (1, cin, 1, hw), (1, cout, 1, hw)
     xin = _planned_view(hugepage_empty(cin * _plane(shape_in)), shape_in)

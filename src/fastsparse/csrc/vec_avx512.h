@@ -64,9 +64,13 @@ static inline fs_vmask fs_vmask_load(const void* p) {
  * load into every FMA that uses it, and the rows depthwise path (dwconv_impl.h) loads each
  * tap vector once for several output rows. */
 #define fs_vkeep(x) __asm__("" : "+v"(x))
+/* Lanes [a, b) (a <= b <= 16), as a mask. */
+static inline fs_tail fs_tail_range(size_t a, size_t b) {
+  return (__mmask16)((1u << b) - (1u << a));
+}
 /* Lanes [a, b) of the vector at p (a <= b <= 16), zeros elsewhere; reads only p[a..b). */
 static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
-  return _mm512_maskz_loadu_ps((__mmask16)((1u << b) - (1u << a)), p);
+  return _mm512_maskz_loadu_ps(fs_tail_range(a, b), p);
 }
 
 /* Used by the 3x3 stride-2 depthwise path that splits input rows in registers
@@ -77,10 +81,6 @@ static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
  * a constant). */
 #define fs_valign_lanes(hi, lo, n) \
   _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), (n)))
-/* Lanes [a, b) (a <= b <= 16). */
-static inline fs_tail fs_tail_range(size_t a, size_t b) {
-  return (__mmask16)((1u << b) - (1u << a));
-}
 
 /* Used by the one-position spmm variant (spmm_impl.h): lanes of floats at byte offsets from
  * base; the tail form reads only off[0, n) and their floats, zeros elsewhere. */
