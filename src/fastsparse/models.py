@@ -305,13 +305,15 @@ def _pieced_size(shape, pieces):
 
 def _pieced_view(buffer, shape, pieces):
     """The (pieces, C, H / pieces, W) view of a tensor held in row pieces (fs_steps.h): piece
-    p, rows [p H / pieces, (p + 1) H / pieces) of every channel, after piece p - 1."""
+    p, rows [p H / pieces, (p + 1) H / pieces) of every channel, at 1/pieces of the buffer."""
     n, c, h, w = shape
     rows = h // pieces
     plane = -(-rows * w // 16) * 16
+    stride = len(buffer) // pieces // 16 * 16
+    assert stride >= c * plane
     return np.lib.stride_tricks.as_strided(
-        buffer[:_pieced_size(shape, pieces)], shape=(pieces, c, rows, w),
-        strides=(4 * c * plane, 4 * plane, 4 * w, 4), writeable=True)
+        buffer, shape=(pieces, c, rows, w),
+        strides=(4 * stride, 4 * plane, 4 * w, 4), writeable=True)
 
 
 def _plane(shape):
