@@ -206,10 +206,18 @@ def onnx_model(arch, weights, input_size=(224, 224)):
 
 def ort_session(model, num_threads):
     """An ONNX Runtime CPU session: intra-op threads = num_threads, one inter-op thread,
-    every graph optimization (BatchNorm folding, Conv+Clip fusion, NCHWc layout)."""
+    every graph optimization (BatchNorm folding, Conv+Clip fusion, NCHWc layout).
+
+    With several threads, its idle workers block instead of spinning: the engines take
+    turns, and on a 2-CPU machine a spinning ORT worker holds the core the next call's second
+    thread needs (BENCHMARKS.md, session 9: MobileNet v2 at 90 % on 2 threads, fastsparse
+    1.79 ms median, max 48 ms, beside spinning sessions; 1.71 ms, max 2.8 ms, beside blocking
+    ones; ORT's own 2-thread median 5.27 -> 5.76 ms)."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = num_threads
+    if num_threads > 1:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -413,7 +421,8 @@ def _run_e2e(archs, configs, batches, threads, repeat, width, input_size, engine
         f"batches {batches}, threads {threads}, {repeat} interleaved rounds after 3 warm-up "
         f"calls; single-call times, median (min-max), ms; each timed call follows "
         + ("another engine's call" if consecutive == 1 else
-           f"{consecutive - 1} call(s) of the same engine (warm, as when serving one model)"))
+           f"{consecutive - 1} call(s) of the same engine (warm, as when serving one model)")
+        + "; ONNX Runtime's idle workers block instead of spinning (see ort_session)")
     missing = [e for e in ENGINES if e not in engines]
     if missing:
         out(f"not installed (or not requested), skipped: {', '.join(missing)}")
