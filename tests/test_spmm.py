@@ -116,12 +116,15 @@ def test_every_spatial_tail(isa_name, kernel, block_size):
 
 
 @pytest.mark.parametrize("block_size", [1, 2, 4, 8])
-def test_thread_count_does_not_change_results(isa, block_size):
-    """Threads split whole tiles, so any thread count gives bit-identical output."""
+@pytest.mark.parametrize("rows,cols", [(37, 45), (45, 37)])
+def test_thread_count_does_not_change_results(isa, block_size, rows, cols):
+    """Threads split whole tiles, so any thread count gives bit-identical output (more output
+    than input channels: by output blocks up to SPMM_CHANNEL_SPLIT_MAX_HW positions)."""
     rng = np.random.default_rng(3)
-    wd = make_weights(rng, 37, 45, "random", 0.2)
+    wd = make_weights(rng, rows, cols, "random", 0.2)
     W = fs.SparseMatrix.from_dense(wd, block_size=block_size)
-    for shape in [(1, 45, 1, 1), (1, 45, 7, 7), (3, 45, 14, 14), (2, 45, 56, 57)]:
+    for shape in [(1, cols, 1, 1), (1, cols, 7, 7), (3, cols, 14, 14), (2, cols, 56, 57),
+                  (1, cols, 40, 40), (1, cols, 91, 91)]:
         x = rng.standard_normal(shape).astype(np.float32)
         base = fs.sparse_conv1x1(x, W, activation="relu", num_threads=1)
         for t in (2, 3, 8):
