@@ -8,7 +8,7 @@ import pytest
 
 import fastsparse as fs
 from fastsparse import _dispatch, _kernels, reference
-from fastsparse.models import random_mobilenet_v1_weights, random_mobilenet_v2_weights
+from fastsparse.models import random_mobilenet_v2_weights
 
 RTOL = 1e-4
 
@@ -421,110 +421,6 @@ def test_fused_step_in_bands_of_rows_equals_one_band(isa, h, w, k, stride, pad, 
         _kernels._row_bands(0, k, stride, h, w, oh, ow, pad, pad)
 
 
-@pytest.mark.parametrize("n,cin,cout,h,w,stride,k,band_rows,nhwc", [
-    (1, 3, 32, 224, 224, 2, 3, 16, False),  # MobileNet's first layers: 7 bands of 16 rows
-    (1, 3, 5, 20, 23, 1, 3, 4, False),
-    (2, 2, 7, 33, 17, 2, 5, 1, False),      # bands of 1 row under k // 2 = 2 halo rows
-    (1, 3, 9, 15, 40, 1, 5, 3, True),       # channels-last input
-    (3, 1, 4, 9, 9, 2, 3, 32, False),       # one band taller than the image
-    (1, 3, 8, 2, 2, 2, 3, 1, False),        # a 1x1 output
-    (1, 3, 8, 64, 70, 2, 3, 7, False),      # a short last band
-    (2, 4, 3, 31, 5, 1, 5, 2, True),
-])
-def test_fused_conv_depthwise_equals_the_two_steps(isa, n, cin, cout, h, w, stride, k,
-                                                  band_rows, nhwc):
-    """The first conv fused with a stride-1 'same' depthwise conv, by bands of rows whose
-    conv rows (and their halo rows) sit in scratch: the bytes of the two steps, on 1 to 3
-    threads (pieces of rows, edge rows computed on both sides of a cut), after a run on
-    infinities that leaves +-inf and NaN in every scratch row a band might read stale."""
-    rng = np.random.default_rng(n * 1000 + h * 10 + k)
-    oh, ow = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
-    wc = rng.standard_normal((cout, cin * 9)).astype(np.float32)
-    bc = rng.standard_normal(cout).astype(np.float32)
-    wd = rng.standard_normal((cout, k * k)).astype(np.float32)
-    bd = rng.standard_normal(cout).astype(np.float32)
-    shape = (n, h, w, cin) if nhwc else (n, cin, h, w)
-    tensors = [np.empty(shape, np.float32), np.empty((n, cout, oh, ow), np.float32),
-               np.empty((n, cout, oh, ow), np.float32)]
-    isa_id = _dispatch.isa_id(fs.isa())
-    x = rng.standard_normal(shape).astype(np.float32)
-    poison = np.full(shape, np.inf, np.float32)
-    poison[..., ::2] = -np.inf
-    two = _kernels.StepList(tensors, 1)
-    two.add_conv2d(isa_id, 0, nhwc, 1, wc, bc, stride, 1, 1, 0.0, 6.0)
-    two.add_dwconv2d(isa_id, 1, 2, wd, bd, k, 1, k // 2, k // 2, -1.0, 1.0)
-    expect = np.empty((n, cout, oh, ow), np.float32)
-    two.run(x, expect)
-    mid = np.copy(tensors[1])
-    for threads in (1, 2, 3):
-        fused = _kernels.StepList(tensors, threads)
-        fused.add_conv2d_dwconv2d(isa_id, 0, nhwc, 1, 2, wc, bc, stride, 1, 1, 0.0, 6.0, isa_id,
-                                  wd, bd, k, -1.0, 1.0, band_rows)
-        assert len(fused) == 1
-        y = np.full((n, cout, oh, ow), np.nan, np.float32)
-        fused.run(poison, y)
-        fused.run(x, y)
-        assert y.tobytes() == expect.tobytes(), threads
-    assert np.array_equal(tensors[1], mid, equal_nan=True)  # the fused step never writes mid
-    xn = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if nhwc else x
-    ref = reference.depthwise_conv2d(
-        reference.conv2d(xn, wc.reshape(cout, cin, 3, 3), bias=bc, stride=stride, padding=1,
-                         activation="relu6"),
-        wd.reshape(cout, 1, k, k), bias=bd, stride=1, padding=k // 2,
-        activation=("clamp", -1.0, 1.0))
-    assert _rel_err(expect, ref) < RTOL
-
-
-def test_fused_conv_depthwise_refuses_bad_arguments():
-    tensors = [np.empty((1, 3, 8, 8), np.float32), np.empty((1, 4, 4, 4), np.float32),
-               np.empty((1, 4, 4, 4), np.float32)]
-    isa_id = _dispatch.isa_id(fs.isa())
-    wc, bc = np.ones((4, 27), np.float32), np.zeros(4, np.float32)
-    wd, bd = np.ones((4, 9), np.float32), np.zeros(4, np.float32)
-    steps = _kernels.StepList(tensors, 1)
-    for rows in (0, _kernels.DW_FLAT_STAGE_ROWS + 1):
-        with pytest.raises(ValueError, match="band_rows"):
-            steps.add_conv2d_dwconv2d(isa_id, 0, False, 1, 2, wc, bc, 2, 1, 1, 0.0, 6.0, isa_id,
-                                      wd, bd, 3, -1.0, 1.0, rows)
-    with pytest.raises(ValueError, match="w must have shape"):
-        steps.add_conv2d_dwconv2d(isa_id, 0, False, 1, 2, wc, bc, 2, 1, 1, 0.0, 6.0, isa_id,
-                                  np.ones((4, 25), np.float32), bd, 3, -1.0, 1.0)
-    with pytest.raises(ValueError, match="must not overlap|tensor 0 is the input"):
-        steps.add_conv2d_dwconv2d(isa_id, 0, False, 1, 0, wc, bc, 2, 1, 1, 0.0, 6.0, isa_id,
-                                  wd, bd, 3, -1.0, 1.0)
-    pieced = _kernels.StepList([tensors[0], np.empty((2, 4, 2, 4), np.float32),
-                                np.empty((2, 4, 2, 4), np.float32), np.empty((1, 1), np.float32)],
-                               2, [0, 2, 2, 0])
-    with pytest.raises(ValueError, match="row pieces"):
-        pieced.add_conv2d_dwconv2d(isa_id, 0, False, 1, 2, wc, bc, 2, 1, 1, 0.0, 6.0, isa_id,
-                                   wd, bd, 3, -1.0, 1.0)
-    assert len(steps) == 0
-
-
-@pytest.mark.parametrize("arch", ["v1", "v2"])
-def test_networks_fuse_the_first_conv_with_its_depthwise_conv(isa, arch, monkeypatch):
-    """Where the first conv's output is large enough (here: forced), the first conv and the
-    depthwise conv after it run as one step, with the same bytes on 1 and 2 threads, at batch
-    1 (pieces of rows) and 3, channels-first and channels-last."""
-    if arch == "v2":
-        wts = random_mobilenet_v2_weights(0.35, 7, seed=6)
-        build = fs.MobileNetV2.from_dense
-    else:
-        wts = random_mobilenet_v1_weights(0.25, 7, seed=6)
-        build = fs.MobileNetV1.from_dense
-    x = np.random.default_rng(9).uniform(-1, 1, (3, 3, 41, 36)).astype(np.float32)
-    expect = {t: build(wts, num_threads=t)(x) for t in (1, 2)}
-    monkeypatch.setattr(fs.models, "FUSE_MIN_HW", 1)
-    for t in (1, 2):
-        net = build(wts, num_threads=t)
-        assert 0 in net._fused_pairs(net._shapes(x.shape))
-        assert net(x).tobytes() == expect[t].tobytes()
-        assert net(x[1:2]).tobytes() == expect[t][1:2].tobytes()
-        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        assert net(nhwc, layout="NHWC").tobytes() == expect[t].tobytes()
-    assert "first conv (dense by design), fused with 1" in net.summary()
-
-
 def test_row_groups_split_on_block_starts():
     W = fs.SparseMatrix.from_dense(np.ones((10, 3), np.float32), block_size=4)._packed
     assert W.row_groups(8).tolist() == [0, 2, 4]     # blocks: rows 0-3, 4-7, then 8 and 9
@@ -545,8 +441,7 @@ def test_network_with_fusion_forced_matches_unfused(isa, v2_net, block, monkeypa
     net = fs.MobileNetV2.from_dense(sd, block_size=block, num_threads=2)
     out = net(x)
     plan = net._plan(((2, 3, 45, 38), "NCHW"))
-    # the expansion 1x1 of every block but the first (t = 1), and the first conv
-    assert len(plan[3]) == 17 and 0 in plan[3]
+    assert len(plan[3]) == 16  # the expansion 1x1 of every block but the first (t = 1)
     assert out.tobytes() == expect.tobytes()
     assert _rel_err(out, reference.mobilenet_v2(sd, x)) < RTOL
 

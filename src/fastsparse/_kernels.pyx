@@ -94,7 +94,6 @@ cdef extern from "csrc/fs_steps.h" nogil:
         FS_STEP_VADD
         FS_STEP_SPMM_DWCONV2D
         FS_STEP_SPMM_KSPLIT
-        FS_STEP_CONV2D_DWCONV2D
     ctypedef struct fs_spmm_part:
         const float* values
         const uint32_t* nnzmap
@@ -121,12 +120,10 @@ cdef extern from "csrc/fs_steps.h" nogil:
         size_t scratch_floats
         size_t nbands
         const int64_t* bands
-        size_t band_rows
     ctypedef struct fs_conv2d_args:
         fs_conv2d_fn fn
         size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces
         size_t channel_stride, row_stride, pixel_stride
-        size_t scratch_floats
         const float* weights
         const float* bias
         float lo, hi
@@ -206,10 +203,6 @@ SPMM_LARGE_IMAGE_HW = 784
 # thread reads half the larger input (3136x24x144: 1.85-1.91x by positions, 1.35-1.50x by
 # channels).
 SPMM_CHANNEL_SPLIT_MAX_HW = 8192
-# Output rows per band of a first conv fused with its depthwise conv
-# (StepList.add_conv2d_dwconv2d): the band's conv rows (cout x (rows + 2) x width floats, 260
-# KB for MobileNet's 32 x 112) stay in L2 until the depthwise conv has read them.
-CONV_DW_BAND_ROWS = 16
 
 
 cdef class _Parts:
@@ -1139,51 +1132,6 @@ cdef class StepList:
         st.scratch_floats = st.dw.scratch_floats + int(rows.max()) * _ceil_div(st.spmm.hw, 16) * 16
         st.scratch = self._scratch(&st)
         self._append(&st, src, -1, dst, (w, bias, dw_w, dw_bias, bounds, band_table))
-
-    def add_conv2d_dwconv2d(self, int isa, int src, bint nhwc, int mid, int dst, w, bias,
-                            Py_ssize_t stride, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                            float lo, float hi, int dw_isa, dw_w, dw_bias, Py_ssize_t k,
-                            float dw_lo, float dw_hi, Py_ssize_t band_rows=CONV_DW_BAND_ROWS):
-        """dst = depthwise(conv2d(src)) for a stride-1 depthwise conv with 'same' padding
-        (k // 2 on every side), by bands of `band_rows` output rows: each band's conv rows,
-        and the k // 2 rows above and below it, go to per-thread scratch, where the depthwise
-        conv reads them (fs_steps.h, fs_conv_dw_item). `mid` is the tensor the conv would
-        write: it fixes the shapes the two halves are checked against, and is never touched.
-        The bytes of the two steps, whatever the bands and threads."""
-        self._check_roles(src, -1, mid)
-        self._check_roles(mid, -1, dst)
-        self._check_roles(src, -1, dst)
-        if not 1 <= band_rows <= <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS:
-            raise ValueError(f"band_rows must be in [1, {FS_DW_FLAT_STAGE_ROWS}], got {band_rows}")
-        if self._pieces[mid] or self._pieces[dst]:
-            raise ValueError(f"tensors {mid} and {dst} of a fused conv must not be in row pieces")
-        cdef fs_step st, dw
-        memset(&st, 0, sizeof(st))
-        memset(&dw, 0, sizeof(dw))
-        _conv2d_step(&st, isa, self._tensor(src, False), nhwc, w, bias, self._tensor(mid, False),
-                     stride, pad_top, pad_left, lo, hi, 1)
-        _dwconv2d_step(&dw, dw_isa, self._tensor(mid, False), dw_w, dw_bias,
-                       self._tensor(dst, False), k, 1, k // 2, k // 2, dw_lo, dw_hi, 1)
-        cdef Py_ssize_t n = self._tensors[dst].shape[0], oh = st.conv.oh, ow = st.conv.ow
-        cdef Py_ssize_t h = k // 2, t = self.num_threads
-        # One piece of rows per thread for fewer than 2 images per thread (the pieces' edge
-        # rows of the conv are computed twice), else whole images.
-        cdef Py_ssize_t pieces = min(oh, t) if t > 1 and n < 2 * t else 1, rows = 0
-        if st.items != 0 and dw.items != 0:
-            rows = _ceil_div(oh, pieces)
-            pieces = _ceil_div(oh, rows)
-        st.kind = FS_STEP_CONV2D_DWCONV2D
-        st.dw, st.dst_s = dw.dw, dw.dst_s  # the conv writes scratch, the depthwise conv dst
-        st.dw.band_rows = band_rows
-        st.dw.scratch_floats = _ceil_div(
-            fs_dwconv2d_scratch_floats(k, 1, band_rows, ow, band_rows, ow, h, h), 16) * 16
-        st.conv.scratch_floats = _ceil_div(st.scratch_floats, 16) * 16
-        st.conv.band, st.conv.pieces = rows, pieces
-        st.items = n * pieces if rows else 0
-        st.scratch_floats = (st.dw.scratch_floats + st.conv.scratch_floats
-                             + st.conv.cout * (_ceil_div((band_rows + 2 * h) * ow, 16) * 16))
-        st.scratch = self._scratch(&st)
-        self._append(&st, src, -1, dst, (w, bias, dw_w, dw_bias))
 
     def add_gavgpool(self, int isa, int src, int dst):
         cdef fs_step st

@@ -127,15 +127,6 @@ class _Conv(_Layer):
         steps.add_conv2d(_dispatch.isa_id(isa), self.src, layout == "NHWC", self.dst, self.w2, self.b,
                          self.stride, t, l, *self.act)
 
-    def add_fused_step(self, steps, isa, shapes, dw, layout):
-        """This conv and the stride-1 depthwise conv `dw` reading its output, as one step by
-        bands of rows (StepList.add_conv2d_dwconv2d)."""
-        t, l, _, _ = self.pads(*shapes[self.src][2:])
-        isa_id = _dispatch.isa_id(isa)
-        steps.add_conv2d_dwconv2d(isa_id, self.src, layout == "NHWC", self.dst, dw.dst, self.w2,
-                                  self.b, self.stride, t, l, *self.act, isa_id, dw.w2, dw.b,
-                                  dw.w.shape[2], *dw.act)
-
     def describe(self, shape, fused=False):
         return "0.00", "", "dense", "first conv (dense by design)"
 
@@ -225,7 +216,7 @@ class _Pointwise(_Layer):
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act,
                        ksplit=ksplit)
 
-    def add_fused_step(self, steps, isa, shapes, dw, layout):
+    def add_fused_step(self, steps, isa, shapes, dw):
         """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
         as one step."""
         W, kisa, index = self._kernel(isa, shapes[self.src], fused=True)
@@ -390,26 +381,16 @@ class Network:
         return shapes
 
     def _fused_pairs(self, shapes):
-        """Indices i of the layers that run fused with depthwise layer i + 1, the only reader
-        of their output, on images of at least FUSE_MIN_HW positions: sparse 1x1s (measured
-        on the 1x1's input), and the first conv before a stride-1 depthwise conv with 'same'
-        padding (on the conv's output)."""
+        """Indices i of the sparse 1x1 layers that run fused with depthwise layer i + 1, the
+        only reader of their output, on images of at least FUSE_MIN_HW positions."""
         readers = {}
         for layer in self.layers:
             for t in (layer.src, layer.res):
                 readers[t] = readers.get(t, 0) + 1
-        pairs = set()
-        for i, (a, b) in enumerate(zip(self.layers, self.layers[1:])):
-            if not (isinstance(b, _Depthwise) and b.src == a.dst and readers[a.dst] == 1):
-                continue
-            if (type(a) is _Pointwise and a.res is None
-                    and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW):
-                pairs.add(i)
-            elif (type(a) is _Conv and b.stride == 1
-                  and tuple(b.padding) == (b.w.shape[2] // 2,) * 4
-                  and int(np.prod(shapes[a.dst][2:])) >= FUSE_MIN_HW):
-                pairs.add(i)
-        return pairs
+        return {i for i, (a, b) in enumerate(zip(self.layers, self.layers[1:]))
+                if type(a) is _Pointwise and a.res is None
+                and isinstance(b, _Depthwise) and b.src == a.dst and readers[a.dst] == 1
+                and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW}
 
     def _row_pieces(self, shapes, fused, threads):
         """Tensors held in `threads` row pieces (fs_steps.h) on a batch-1 call on `threads`
@@ -427,9 +408,7 @@ class Network:
               and sh[2] // t <= PIECE_MAX_ROWS and sh[2] * sh[3] >= PIECE_MIN_HW * t}
         for i, layer in enumerate(self.layers):
             roles = {layer.src, layer.dst} | ({layer.res} if layer.res is not None else set())
-            if i - 1 in fused and type(self.layers[i - 1]) is _Conv:
-                ok -= roles  # a fused first conv writes whole planes
-            elif i - 1 in fused:  # the depthwise half of a fused 1x1 pair
+            if i - 1 in fused:  # the depthwise half of a fused pair
                 (_, _, h, w), (_, _, oh, ow) = shapes[layer.src], shapes[layer.dst]
                 if not _kernels.fused_writes_pieces(t, layer.w.shape[2], layer.stride, h, w, oh,
                                                     ow, layer.padding[0], layer.padding[1]):
@@ -527,7 +506,7 @@ class Network:
         i = 0
         while i < len(self.layers):
             if i in fused:
-                self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1], layout)
+                self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1])
             else:
                 self.layers[i].add_step(steps, isa, shapes, layout)
             layer_of_step.append(i)

@@ -19,7 +19,6 @@
 #include <stddef.h>
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 #include <time.h>
 
 #ifdef _OPENMP
@@ -35,8 +34,7 @@ enum fs_step_kind {
   FS_STEP_GAVGPOOL = 3,
   FS_STEP_VADD = 4,
   FS_STEP_SPMM_DWCONV2D = 5, /* a sparse 1x1 fused with the depthwise conv that reads it */
-  FS_STEP_SPMM_KSPLIT = 6,   /* a 1x1 summed in two halves of its input channels, then added */
-  FS_STEP_CONV2D_DWCONV2D = 7 /* the first conv fused with the stride-1 depthwise conv after it */
+  FS_STEP_SPMM_KSPLIT = 6    /* a 1x1 summed in two halves of its input channels, then added */
 };
 
 /* The non-zeros of a packed sparse matrix in one range of input channels (a "part"; the
@@ -93,8 +91,6 @@ typedef struct fs_dwconv2d_args {
    * band's taps use, which the band's 1x1 computes. */
   size_t nbands;
   const int64_t* bands;
-  /* FS_STEP_CONV2D_DWCONV2D: output rows per band (at most FS_DW_FLAT_STAGE_ROWS). */
-  size_t band_rows;
 } fs_dwconv2d_args;
 
 /* Dense 3x3: item t = (image, band of `band` output rows). Strides in bytes. */
@@ -102,7 +98,6 @@ typedef struct fs_conv2d_args {
   fs_conv2d_fn fn;
   size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces;
   size_t channel_stride, row_stride, pixel_stride;
-  size_t scratch_floats; /* FS_STEP_CONV2D_DWCONV2D: the conv kernel's part of the scratch */
   const float* weights;
   const float* bias;
   float lo, hi;
@@ -234,69 +229,6 @@ static inline ptrdiff_t fs_piece_shift(fs_strides s, size_t m) {
 /* Floats between the planes a fused step keeps in scratch: whole 64-byte lines. */
 static inline size_t fs_plane_floats(size_t hw) { return (hw + 15) / 16 * 16; }
 
-/* FS_STEP_CONV2D_DWCONV2D, item t = (image, piece of st->conv.band output rows): the first
- * conv's output rows go to a per-thread band buffer, by bands of dw.band_rows rows plus the
- * k/2 rows above and below each band, and the depthwise conv ("same" padding, stride 1) reads
- * them there, each band a plane with halo rows (the flat path): the conv's output never makes
- * the round trip through L2 or memory. A band's conv rows that the next band of the piece also
- * reads are moved to the top of the buffer, not computed again. Rows outside the image are
- * zeros. The conv and the depthwise kernels compute every output as the two steps do, so the
- * bytes are theirs. Scratch: the depthwise kernel's, the conv kernel's, then cout planes of
- * band_rows + 2 k/2 rows. */
-static void fs_conv_dw_item(const fs_step* st, size_t t, const float* x, float* y,
-                            float* scratch) {
-  const fs_conv2d_args* c = &st->conv;
-  const fs_dwconv2d_args* d = &st->dw;
-  const size_t img = t / c->pieces, oh = c->oh, ow = c->ow, h = d->pad_top;
-  const size_t y_begin = (t % c->pieces) * c->band;
-  const size_t y_end = y_begin + c->band < oh ? y_begin + c->band : oh;
-  float* conv_scratch = scratch + d->scratch_floats;
-  float* buf = conv_scratch + c->scratch_floats;
-  const size_t plane = fs_plane_floats((d->band_rows + 2 * h) * ow);
-  const float* image = x + img * st->src_s.image;
-  float* out = y + img * st->dst_s.image;
-  ptrdiff_t prev_top = 0; /* conv row at buffer row 0 for the band before */
-  size_t have = 0;        /* conv rows [.., have) of that band are in the buffer */
-  for (size_t y0 = y_begin; y0 < y_end; y0 += d->band_rows) {
-    const size_t y1 = y0 + d->band_rows < y_end ? y0 + d->band_rows : y_end, rows = y1 - y0;
-    const ptrdiff_t top = (ptrdiff_t)y0 - (ptrdiff_t)h; /* conv row at buffer row 0 */
-    const size_t need0 = top > 0 ? (size_t)top : 0, need1 = y1 + h < oh ? y1 + h : oh;
-    size_t from = need0;
-    if (y0 != y_begin && have > need0) { /* the rows both bands read */
-      for (size_t ch = 0; ch < c->cout; ch++) {
-        float* p = buf + ch * plane;
-        memmove(p + (size_t)((ptrdiff_t)need0 - top) * ow,
-                p + (size_t)((ptrdiff_t)need0 - prev_top) * ow, (have - need0) * ow * sizeof(float));
-      }
-      from = have;
-    }
-    if (from < need1) {
-      /* Row oy of the conv's output lands at buffer row oy - top: the kernel is given where
-       * row 0 would be (computed in integers: it may lie before the buffer). */
-      float* row0 = (float*)((uintptr_t)buf - (uintptr_t)(top * (ptrdiff_t)(ow * sizeof(float))));
-      c->fn(c->cin, c->ih, c->iw, oh, ow, c->pad_top, c->pad_left, from, need1, image,
-            c->channel_stride, c->row_stride, c->pixel_stride, c->cout, c->weights, c->bias,
-            conv_scratch, row0, plane * sizeof(float), ow * sizeof(float), c->lo, c->hi);
-    }
-    prev_top = top;
-    have = need1;
-    /* Halo rows past the image's edges (only where a band starts or ends within k/2 rows of
-     * them, away from the edge itself) read zeros. */
-    const size_t zero_above = top < 0 && y0 > 0 ? (size_t)(-top) : 0;
-    const size_t zero_below = y1 < oh && y1 + h > oh ? y1 + h - oh : 0;
-    for (size_t ch = 0; ch < c->cout; ch++) {
-      float* p = buf + ch * plane;
-      if (zero_above) memset(p, 0, zero_above * ow * sizeof(float));
-      if (zero_below) memset(p + (h + rows + h - zero_below) * ow, 0, zero_below * ow * sizeof(float));
-      const float* band = p + h * ow;
-      d->fn(rows, ow, rows, ow, h, h, band, ow * sizeof(float), y0 > 0 ? band - h * ow : NULL,
-            y1 < oh ? band + rows * ow : NULL, d->weights + ch * d->taps,
-            d->bias != NULL ? d->bias[ch] : 0.0f, scratch, out + ch * st->dst_s.channel + y0 * ow,
-            ow * sizeof(float), 0, rows * ow, d->lo, d->hi);
-    }
-  }
-}
-
 static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread) {
   const float* x = tensors[st->src];
   float* y = tensors[st->dst];
@@ -358,9 +290,6 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       }
       return;
     }
-    case FS_STEP_CONV2D_DWCONV2D:
-      fs_conv_dw_item(st, t, x, y, scratch);
-      return;
     case FS_STEP_DWCONV2D: {
       const fs_dwconv2d_args* a = &st->dw;
       const size_t n = a->oh * a->ow;
