@@ -7,14 +7,16 @@ from fastsparse import bench
 
 def test_layer_in_network_layout_computes_the_layer(isa):
     rng = np.random.default_rng(0)
-    for hw, cout, cin in [(49, 40, 96), (196, 24, 16), (30, 8, 5)]:
+    # 784 and 3136 positions on 2 threads: two row pieces, as in a network
+    for hw, cout, cin in [(49, 40, 96), (196, 24, 16), (30, 8, 5), (784, 24, 16), (3136, 9, 5)]:
         w = fs.prune.magnitude(rng.standard_normal((cout, cin)).astype(np.float32), 0.8)
         W = fs.SparseMatrix.from_dense(w, block_size=1)
         x = rng.standard_normal((1, cin, 1, hw)).astype(np.float32)
-        run = bench._layer_in_network_layout(W, x, hw, 2, None)
-        run()
         ref = fs.reference.sparse_conv1x1(x, W)
-        np.testing.assert_allclose(run.out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+        for threads in (1, 2):
+            run = bench._layer_in_network_layout(W, x, hw, threads, None)
+            run()
+            np.testing.assert_allclose(run.out(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 def test_bench_spmm_reports_every_layer():

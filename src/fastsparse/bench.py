@@ -5,6 +5,7 @@ Every repetition times every engine on every layer back to back, so drift of a s
 noisy machine hits all of them alike; tables give medians and min-max over repetitions.
 """
 import contextlib
+import math
 import os
 import platform
 import time
@@ -100,22 +101,35 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
     """A callable running the 1x1 `W` on x (1, Cin, 1, HW) as a network call runs an unfused
     1x1: one C step over channel planes padded to whole 64-byte lines (models._planned_view),
     with the matrix and tile the executor picks for aligned planes (or `kernel`: W as
-    packed). A network runs its
-    largest MobileNet 1x1s fused with the depthwise conv after them instead, whose output
-    groups stay in L2 (no _prefetch variant there)."""
+    packed). On T > 1 threads, a square image whose tensors a network holds in T row pieces
+    (models.Network._row_pieces: 56x56 and 28x28 on 2 threads) is held in them here too, so
+    each thread computes its own block. A network runs its largest MobileNet 1x1s fused with
+    the depthwise conv after them instead, whose output groups stay in L2 (no _prefetch
+    variant there). The callable's `out()` returns the output as (1, Cout, 1, HW)."""
     from . import _kernels
     from ._validate import hugepage_empty
-    from .models import _plane, _planned_view, _Pointwise
+    from .models import (PIECE_MAX_ROWS, PIECE_MIN_HW, _pieced_size, _pieced_view, _plane,
+                         _planned_view, _Pointwise)
     if kernel is None:
         W = _Pointwise(W, None, None).matrix(hw)
     cout, cin = W.shape
-    shape_in, shape_out = (1, cin, 1, hw), (1, cout, 1, hw)
-    xin = _planned_view(hugepage_empty(cin * _plane(shape_in)), shape_in)
-    xin[...] = x
-    yout = _planned_view(hugepage_empty(cout * _plane(shape_out)), shape_out)
+    side = math.isqrt(hw)
+    pieces = threads if (threads > 1 and side * side == hw and side % threads == 0
+                         and side // threads <= PIECE_MAX_ROWS
+                         and hw >= PIECE_MIN_HW * threads) else 0
+    if pieces:
+        shape_in, shape_out = (1, cin, side, side), (1, cout, side, side)
+        xin = _pieced_view(hugepage_empty(_pieced_size(shape_in, pieces)), shape_in, pieces)
+        xin[...] = x.reshape(cin, pieces, side // pieces, side).transpose(1, 0, 2, 3)
+        yout = _pieced_view(hugepage_empty(_pieced_size(shape_out, pieces)), shape_out, pieces)
+    else:
+        shape_in, shape_out = (1, cin, 1, hw), (1, cout, 1, hw)
+        xin = _planned_view(hugepage_empty(cin * _plane(shape_in)), shape_in)
+        xin[...] = x
+        yout = _planned_view(hugepage_empty(cout * _plane(shape_out)), shape_out)
     # Tensors 0 and 3 are placeholders: the layer reads and writes planned buffers 1 and 2.
     ends = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
-    steps = _kernels.StepList([ends[0], xin, yout, ends[1]], threads)
+    steps = _kernels.StepList([ends[0], xin, yout, ends[1]], threads, [0, pieces, pieces, 0])
     kisa, index = _dispatch.spmm_kernel(_dispatch.isa(), W.block_size, hw, kernel,
                                         plane=_plane(shape_in),
                                         out_bytes=4 * cout * _plane(shape_out))
@@ -123,7 +137,12 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
 
     def run():
         steps.run(*ends)
-    run.out = yout  # for tests
+
+    def out():  # for tests
+        if not pieces:
+            return np.array(yout)
+        return np.ascontiguousarray(yout.transpose(1, 0, 2, 3)).reshape(1, cout, 1, hw)
+    run.out = out
     return run
 
 
