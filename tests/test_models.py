@@ -336,7 +336,9 @@ def test_mobilenet_v2_matches_pytorch(width, sparsity):
 def test_row_pieces_on_several_threads_keep_the_bytes(arch):
     """On 2 and 3 threads at batch 1 the 56x56 and 28x28 tensors of a 112x112 image are held
     in row pieces (one block per thread, Network._row_pieces) and the logits are the bytes of
-    one thread; batches (images side by side, then one after another) too."""
+    one thread; batches (images side by side, then one after another) too. At 136x136 the
+    first conv writes pieces of 34 rows, taller than a staged depthwise plane: the depthwise
+    conv reads their halo rows in place (rows path)."""
     if arch == "v2":
         net_of = lambda t: fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None),  # noqa: E731
                                                      num_threads=t)
@@ -345,14 +347,14 @@ def test_row_pieces_on_several_threads_keep_the_bytes(arch):
         net_of = lambda t: fs.MobileNetV1.from_dense(wt, sparsity=0.9,  # noqa: E731
                                                      num_threads=t)
     one = net_of(1)
-    # 112x112: pieces at 56x56 (v2) and 28x28 on 2 threads, none on 3 (56 and 28 rows do
-    # not cut in 3; v1's 56x56 tensors are the first conv's output and its reader's).
-    # 96x96: 48x48 and 24x24 cut in 2 and in 3 (v1's 48x48 1x1 output, read by the
-    # stride-2 depthwise conv, in pieces).
+    # 112x112: pieces at 56x56 and 28x28 on 2 threads, none on 3 (56 and 28 rows do not cut
+    # in 3). 96x96: 48x48 and 24x24 cut in 2 and in 3. 136x136: 68x68 (the first conv's
+    # output, 34 rows per piece) and 34x34 on 2 threads.
     both = {(48, 48), (24, 24)}
     for size, layout, want_sizes in (
-            (112, "NCHW", {2: {(56, 56), (28, 28)} if arch == "v2" else {(28, 28)}, 3: set()}),
-            (96, "NHWC", {2: both, 3: both})):
+            (112, "NCHW", {2: {(56, 56), (28, 28)}, 3: set()}),
+            (96, "NHWC", {2: both, 3: both}),
+            (136, "NCHW", {2: {(68, 68), (34, 34)}, 3: set()})):
         x = np.random.default_rng(size).uniform(-1, 1, (3, 3, size, size)).astype(np.float32)
         if layout == "NHWC":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))

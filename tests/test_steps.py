@@ -551,7 +551,44 @@ PIECES_CASES = [
     (2, 4, 32, 5, 1, 2),    # pieces of 2 rows: the fewest a 5x5 can take (2 halo rows)
     (3, 24, 56, 3, 1, 1),   # pieces 56 wide: the depthwise conv by blocks of rows, with halos
     (2, 12, 64, 5, 1, 2),   # ... 5x5
+    (2, 70, 48, 3, 1, 1),   # pieces of 35 rows: taller than a staged copy, halos read in place
+    (3, 102, 50, 5, 1, 2),  # ... 5x5 pieces of 34 rows, a middle one
 ]
+
+
+@pytest.mark.parametrize("p,h,w,stride", [(2, 64, 50, 2), (3, 45, 30, 1), (2, 4, 9, 2),
+                                          (4, 136, 136, 2)])
+def test_conv2d_writes_row_pieces(isa, p, h, w, stride):
+    """The first conv into a tensor held in row pieces: one band of rows per piece, the
+    bytes of a whole output, the pieces' padding untouched."""
+    rng = np.random.default_rng(h + w + p)
+    cin, cout = 3, 11
+    oh, ow = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
+    oh -= oh % p
+    h = (oh - 1) * stride + 1  # an input whose output rows cut into p pieces
+    wc = rng.standard_normal((cout, cin * 9)).astype(np.float32)
+    bc = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((1, cin, h, w)).astype(np.float32)
+    isa_id = _dispatch.isa_id(fs.isa())
+    whole = np.empty((1, cout, oh, ow), np.float32)
+    one = _kernels.StepList([x, whole, np.empty((1, 1), np.float32)], 1)
+    one.add_conv2d(isa_id, 0, False, 1, wc, bc, stride, 1, 1, 0.0, 6.0)
+    one.run(x, np.empty((1, 1), np.float32))
+    rows, plane = oh // p, -(-(oh // p) * ow // 16) * 16
+    for threads in (1, 2, 3):
+        buf = np.full(p * cout * plane + 16, np.nan, np.float32)
+        pieced = np.lib.stride_tricks.as_strided(
+            buf, (p, cout, rows, ow), (4 * cout * plane, 4 * plane, 4 * ow, 4))
+        steps = _kernels.StepList([x, pieced, np.empty((1, 1), np.float32)], threads, [0, p, 0])
+        steps.add_conv2d(isa_id, 0, False, 1, wc, bc, stride, 1, 1, 0.0, 6.0)
+        steps.run(x, np.empty((1, 1), np.float32))
+        got = np.ascontiguousarray(pieced.transpose(1, 0, 2, 3)).reshape(1, cout, oh, ow)
+        assert got.tobytes() == whole.tobytes(), threads
+        pad = buf.reshape(-1)[p * cout * plane:]
+        assert np.isnan(pad).all()
+        if plane > rows * ow:
+            gaps = buf[:p * cout * plane].reshape(p * cout, plane)[:, rows * ow:]
+            assert np.isnan(gaps).all()
 
 
 @pytest.mark.parametrize("p,h,w,k,stride,pad", PIECES_CASES)

@@ -77,6 +77,7 @@ cdef extern from "csrc/fs_kernels.h" nogil:
     int fs_dw_flat_kind(size_t k, size_t stride, size_t ih, size_t iw, size_t oh, size_t ow,
                         size_t pad_top, size_t pad_left)
     size_t FS_DW_FLAT_STAGE_ROWS
+    size_t FS_DW_ROWS_MIN_W
     size_t FS_DW_QUARTER_MAX_OW
     size_t fs_conv2d_scratch_floats(size_t cin, size_t stride, size_t iw, size_t ow,
                                     size_t pad_left)
@@ -705,6 +706,7 @@ cdef int _run_one(fs_step* st, const float* x, const float* res, float* y,
 
 
 DW_FLAT_STAGE_ROWS = FS_DW_FLAT_STAGE_ROWS
+DW_ROWS_MIN_W = FS_DW_ROWS_MIN_W
 
 
 def dw_piece_kind(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
@@ -712,11 +714,13 @@ def dw_piece_kind(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t
                   Py_ssize_t pad_left):
     """The flat path a depthwise conv runs its `pieces` row pieces on (each piece a plane,
     halo rows from its neighbours), or 0 if it cannot: 'same' padding, sizes that cut, and on
-    the stride-1 path pieces of at most DW_FLAT_STAGE_ROWS rows and at least k // 2."""
+    the stride-1 path pieces of at least k // 2 rows, and either at most DW_FLAT_STAGE_ROWS
+    rows (a staged copy) or at least DW_ROWS_MIN_W wide (whole rows in place)."""
     if pieces < 1 or ih % pieces or oh % pieces or ih // pieces < k // 2:
         return 0  # (a piece must hold the k // 2 halo rows its neighbours read)
     kind = fs_dw_flat_kind(k, stride, ih // pieces, iw, oh // pieces, ow, pad_top, pad_left)
-    if kind == 1 and ih // pieces > <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS:
+    if (kind == 1 and ih // pieces > <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS
+            and iw < <Py_ssize_t>FS_DW_ROWS_MIN_W):
         return 0
     return kind
 
@@ -1074,11 +1078,18 @@ cdef class StepList:
 
     def add_conv2d(self, int isa, int src, bint nhwc, int dst, w, bias, Py_ssize_t stride,
                    Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi):
+        """dst = conv2d(src). An output in row pieces is written one band of rows per piece,
+        each into its own block (fs_steps.h)."""
         cdef fs_step st
         self._check_roles(src, -1, dst)
         memset(&st, 0, sizeof(st))
-        _conv2d_step(&st, isa, self._tensor(src, False), nhwc, w, bias, self._tensor(dst, False),
-                     stride, pad_top, pad_left, lo, hi, self.num_threads)
+        cdef Py_ssize_t p = self._pieces[dst]
+        _conv2d_step(&st, isa, self._tensor(src, False), nhwc, w, bias,
+                     self._whole(dst) if p else self._tensor(dst, False), stride, pad_top,
+                     pad_left, lo, hi, self.num_threads)
+        if p and st.items:
+            st.dst_s = self._piece_strides(dst, st.dst_s)
+            st.conv.band, st.conv.pieces, st.items = st.conv.oh // p, p, p
         st.scratch = self._scratch(&st)
         self._append(&st, src, -1, dst, (w, bias))
 

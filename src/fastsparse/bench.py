@@ -102,20 +102,18 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
     1x1: one C step over channel planes padded to whole 64-byte lines (models._planned_view),
     with the matrix and tile the executor picks for aligned planes (or `kernel`: W as
     packed). On T > 1 threads, a square image whose tensors a network holds in T row pieces
-    (models.Network._row_pieces: 56x56 and 28x28 on 2 threads) is held in them here too, so
+    (models.Network._row_pieces: 112x112 to 28x28 on 2 threads) is held in them here too, so
     each thread computes its own block. A network runs its largest MobileNet 1x1s fused with
     the depthwise conv after them instead, whose output groups stay in L2 (no _prefetch
     variant there). The callable's `out()` returns the output as (1, Cout, 1, HW)."""
     from . import _kernels
     from ._validate import hugepage_empty
-    from .models import (PIECE_MAX_ROWS, PIECE_MIN_HW, _pieced_size, _pieced_view, _plane,
-                         _planned_view, _Pointwise)
+    from .models import PIECE_MIN_HW, _pieced_size, _pieced_view, _plane, _planned_view, _Pointwise
     if kernel is None:
         W = _Pointwise(W, None, None).matrix(hw)
     cout, cin = W.shape
     side = math.isqrt(hw)
     pieces = threads if (threads > 1 and side * side == hw and side % threads == 0
-                         and side // threads <= PIECE_MAX_ROWS
                          and hw >= PIECE_MIN_HW * threads) else 0
     if pieces:
         shape_in, shape_out = (1, cin, side, side), (1, cout, side, side)

@@ -62,13 +62,12 @@ ROWS_MAX_CIN = 32
 KSPLIT_MAX_HW = 256
 KSPLIT_MIN_RATIO = 3
 
-# On T threads at batch 1, tensors of images of at most T * PIECE_MAX_ROWS rows and at least
-# T * PIECE_MIN_HW positions are held in T row pieces where the steps allow
-# (Network._row_pieces): the stride-1 depthwise flat path stages at most that many rows of a
-# plane (fs_kernels.h, FS_DW_FLAT_STAGE_ROWS); below 128 positions per thread (14x14 on 2
-# threads), the pieces' halo rows and per-plane setup cost more than they save (MobileNet v1
-# on 2 threads: 1.73 -> 1.82 ms with 14x14 pieces).
-PIECE_MAX_ROWS = _kernels.DW_FLAT_STAGE_ROWS
+# On T threads at batch 1, tensors of images of at least T * PIECE_MIN_HW positions are held
+# in T row pieces where the steps allow (Network._row_pieces; a stride-1 depthwise conv takes
+# pieces of at most _kernels.DW_FLAT_STAGE_ROWS rows, or at least _kernels.DW_ROWS_MIN_W
+# wide: dw_piece_kind). Below 128 positions per thread (14x14 on 2 threads), the pieces' halo
+# rows and per-plane setup cost more than they save (MobileNet v1 on 2 threads: 1.73 -> 1.82
+# ms with 14x14 pieces).
 PIECE_MIN_HW = 128
 
 
@@ -394,10 +393,10 @@ class Network:
 
     def _row_pieces(self, shapes, fused, threads):
         """Tensors held in `threads` row pieces (fs_steps.h) on a batch-1 call on `threads`
-        threads: those of images whose bands of rows have at most PIECE_MAX_ROWS rows and
+        threads: those of images of at least PIECE_MIN_HW positions per thread and
         that the 1x1 steps would cut by positions, when every step over them can run piece by
-        piece: the 1x1s, depthwise steps on the flat paths, and fused pairs, whose bands are
-        then the pieces of their output. Each thread then writes and reads one block per
+        piece: the first conv, the 1x1s, depthwise steps on the flat paths, and fused pairs,
+        whose bands are then the pieces of their output. Each thread then writes and reads one block per
         tensor instead of one part of every plane (2 threads, MobileNet v2: BENCHMARKS.md)."""
         t = threads
         if t < 2:
@@ -405,7 +404,7 @@ class Network:
         last = self.layers[-1].dst
         ok = {d for d, sh in shapes.items()
               if 0 < d != last and len(sh) == 4 and sh[0] == 1 and sh[2] % t == 0
-              and sh[2] // t <= PIECE_MAX_ROWS and sh[2] * sh[3] >= PIECE_MIN_HW * t}
+              and sh[2] * sh[3] >= PIECE_MIN_HW * t}
         for i, layer in enumerate(self.layers):
             roles = {layer.src, layer.dst} | ({layer.res} if layer.res is not None else set())
             if i - 1 in fused:  # the depthwise half of a fused pair
@@ -414,7 +413,7 @@ class Network:
                                                     ow, layer.padding[0], layer.padding[1]):
                     ok.discard(layer.dst)
                 ok.discard(layer.src)  # the 1x1 output the pair never writes
-            elif type(layer) is _Pointwise:
+            elif type(layer) in (_Pointwise, _Conv):  # the conv: one band of rows per piece
                 continue
             elif type(layer) is _Depthwise and roles & ok:
                 (_, _, h, w), (_, _, oh, ow) = shapes[layer.src], shapes[layer.dst]

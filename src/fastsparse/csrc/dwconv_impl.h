@@ -368,7 +368,6 @@ static __attribute__((noinline)) void fs_dw_put_rows(float* dst, const float* sr
 #ifndef fs_vkeep
 #define fs_vkeep(x) ((void)(x))
 #endif
-#define FS_DW_ROWS_MIN_W 48 /* narrower rows waste lanes: the flat span is faster */
 
 /* Columns [x0, x0 + FS_VLEN) (cut at w) of output rows r < R; in[j] is input row
  * (first output row) - k/2 + j, every row w floats. */
@@ -423,16 +422,25 @@ FS_INLINE void fs_dw_rows_vector(size_t k, size_t R, int edge, const float* cons
   }
 }
 
-/* Output rows [y0, y0 + R) of a plane of ih rows of w floats. Input rows outside [0, ih) read
- * `zero` (w zeros), or, if it is NULL, lie around the plane in memory (a staged copy). */
+/* Output rows [y0, y0 + R) of a plane of ih rows of w floats. Input rows outside [0, ih) are
+ * the halo rows `above` (the k/2 rows before row 0) and `below` (after row ih - 1) where
+ * given, else read `zero` (w zeros), or, if it is NULL, lie around the plane in memory (a
+ * staged copy). */
 FS_INLINE void fs_dw_rows_block(size_t k, size_t R, size_t ih, size_t w, const float* input,
-                                const float* zero, size_t y0, const fs_vec* wv, fs_vec vbias,
-                                float* output, fs_vec vlo, fs_vec vhi) {
+                                const float* zero, const float* above, const float* below,
+                                size_t y0, const fs_vec* wv, fs_vec vbias, float* output,
+                                fs_vec vlo, fs_vec vhi) {
   const float* in[FS_DW_ROW_BLOCK + 4];
 #pragma GCC unroll 12
   for (size_t j = 0; j < R + k - 1; j++) {
     const ptrdiff_t iy = (ptrdiff_t)(y0 + j) - (ptrdiff_t)(k / 2);
-    in[j] = zero != NULL && (iy < 0 || iy >= (ptrdiff_t)ih) ? zero : input + iy * (ptrdiff_t)w;
+    if (iy < 0 && above != NULL) {
+      in[j] = above + (iy + (ptrdiff_t)(k / 2)) * (ptrdiff_t)w;
+    } else if (iy >= (ptrdiff_t)ih && below != NULL) {
+      in[j] = below + (iy - (ptrdiff_t)ih) * (ptrdiff_t)w;
+    } else {
+      in[j] = zero != NULL && (iy < 0 || iy >= (ptrdiff_t)ih) ? zero : input + iy * (ptrdiff_t)w;
+    }
   }
   float* out = output + y0 * w;
   for (size_t x0 = 0; x0 < w; x0 += FS_VLEN) {
@@ -447,15 +455,18 @@ FS_INLINE void fs_dw_rows_block(size_t k, size_t R, size_t ih, size_t w, const f
 /* Flat output positions [begin, end) (begin a multiple of FS_VLEN) if they hold at least a
  * block of whole rows (else returns 0): those rows by blocks, the partial rows at either end
  * by flat spans (`edge`: their loads bounded to the plane). A span may overlap the rows next
- * to it (it starts and ends on whole vectors); it stores the same bits there. */
+ * to it (it starts and ends on whole vectors); it stores the same bits there. With halo rows
+ * (`above`, `below`: a row piece taller than a staged copy), only a whole plane. */
 FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
-                            const float* zero, int edge, const unsigned char* table,
-                            size_t period, const fs_vec* wv, fs_vec vbias, float* output,
-                            size_t begin, size_t end, fs_vec vlo, fs_vec vhi) {
+                            const float* zero, const float* above, const float* below, int edge,
+                            const unsigned char* table, size_t period, const fs_vec* wv,
+                            fs_vec vbias, float* output, size_t begin, size_t end, fs_vec vlo,
+                            fs_vec vhi) {
   const size_t n = ih * w, R = FS_DW_ROW_BLOCK;
   const size_t y0 = (begin + w - 1) / w, y1 = end == n ? ih : end / w;
   const float* src[1] = {input};
   if (y1 < y0 + R || w < FS_DW_ROWS_MIN_W) return 0;
+  assert((above == NULL && below == NULL) || (begin == 0 && end == n));
   if (begin < y0 * w) {
     const size_t to = (y0 * w + FS_VLEN - 1) / FS_VLEN * FS_VLEN;
     fs_dw_flat_span(k, 1, k / 2, edge, src, n, w, begin, to, table, period, wv, vbias, output,
@@ -463,8 +474,8 @@ FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
   }
   for (size_t y = y0; y < y1; y += R) {
     /* The last block ends at y1, overlapping the one before if the rows do not divide. */
-    fs_dw_rows_block(k, R, ih, w, input, zero, y + R <= y1 ? y : y1 - R, wv, vbias, output,
-                     vlo, vhi);
+    fs_dw_rows_block(k, R, ih, w, input, zero, above, below, y + R <= y1 ? y : y1 - R, wv, vbias,
+                     output, vlo, vhi);
   }
   if (y1 * w < end) {
     fs_dw_flat_span(k, 1, k / 2, edge, src, n, w, y1 * w / FS_VLEN * FS_VLEN, end, table,
@@ -509,7 +520,8 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
       *halo_above = above != NULL ? 1.0f : 0.0f;
     }
     if (below != NULL) fs_dw_put_rows(copy + n, below, halo);
-    if (fs_dw_rows_s1(k, ih, iw, copy, NULL, 0, table, period, wv, vbias, output, begin, end,
+    if (fs_dw_rows_s1(k, ih, iw, copy, NULL, NULL, NULL, 0, table, period, wv, vbias, output,
+                      begin, end,
                       vlo, vhi)) {
       return;
     }
@@ -518,11 +530,12 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
                     vlo, vhi);
     return;
   }
-  assert(above == NULL && below == NULL);
-  if (fs_dw_rows_s1(k, ih, iw, input, zero, 1, table, period, wv, vbias, output, begin, end,
-                    vlo, vhi)) {
+  /* A taller row piece has halo rows: the rows path reads them in place (dw_piece_kind). */
+  if (fs_dw_rows_s1(k, ih, iw, input, zero, above, below, 1, table, period, wv, vbias, output,
+                    begin, end, vlo, vhi)) {
     return;
   }
+  assert(above == NULL && below == NULL);
   /* Only the vectors whose taps reach above or below the plane bound their loads. */
   size_t head = (reach + FS_VLEN - 1) / FS_VLEN * FS_VLEN, tail = 0;
   if (head > n) head = n;

@@ -202,7 +202,8 @@ typedef struct fs_spmm_kernel {
  * just above row 0 and just below row ih - 1: the plane is then one band of rows of a taller
  * image (a row piece, fs_steps.h, of at least K/2 rows), and the taps that cross its edges
  * read the neighbouring band's rows instead of zeros. Only on the flat paths (fs_dw_flat_kind() != 0; for stride 1, planes of
- * at most FS_DW_FLAT_STAGE_ROWS rows), with out_begin = 0 and out_end = oh * ow.
+ * at most FS_DW_FLAT_STAGE_ROWS rows, or at least FS_DW_ROWS_MIN_W wide), with out_begin = 0
+ * and out_end = oh * ow.
  */
 typedef void (*fs_dwconv2d_fn)(
     size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,
@@ -232,6 +233,11 @@ static inline size_t fs_chw_row_floats(size_t k, size_t stride, size_t iw, size_
 /* Planes of at most this many rows take the depthwise flat path (stride 1, "same" padding;
  * dwconv_impl.h) through a zero-margined copy in scratch. */
 #define FS_DW_FLAT_STAGE_ROWS 32
+
+/* Stride-1 planes at least this wide go by blocks of whole rows (dwconv_impl.h, the rows
+ * path; narrower rows waste lanes: the flat span is faster). Taller planes than a staged copy
+ * take their halo rows only there. */
+#define FS_DW_ROWS_MIN_W 48
 
 /* Floats of that copy: zeros in front (the farthest tap, k/2 rows and k/2 columns, rounded to
  * whole 16-float vectors), the plane, and behind it zeros out to its last output's farthest

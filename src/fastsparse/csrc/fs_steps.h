@@ -93,7 +93,8 @@ typedef struct fs_dwconv2d_args {
   const int64_t* bands;
 } fs_dwconv2d_args;
 
-/* Dense 3x3: item t = (image, band of `band` output rows). Strides in bytes. */
+/* Dense 3x3: item t = (image, band of `band` output rows); an output in row pieces has one
+ * band per piece. Strides in bytes. */
 typedef struct fs_conv2d_args {
   fs_conv2d_fn fn;
   size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces;
@@ -320,8 +321,8 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const size_t oy1 = oy0 + a->band < a->oh ? oy0 + a->band : a->oh;
       a->fn(a->cin, a->ih, a->iw, a->oh, a->ow, a->pad_top, a->pad_left, oy0, oy1,
             x + img * xs.image, a->channel_stride, a->row_stride, a->pixel_stride, a->cout,
-            a->weights, a->bias, scratch, y + img * ys.image, ys.channel * sizeof(float),
-            a->ow * sizeof(float), a->lo, a->hi);
+            a->weights, a->bias, scratch, y + img * ys.image + fs_piece_shift(ys, oy0 * a->ow),
+            ys.channel * sizeof(float), a->ow * sizeof(float), a->lo, a->hi);
       return;
     }
     case FS_STEP_GAVGPOOL: {
