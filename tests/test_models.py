@@ -336,9 +336,7 @@ def test_mobilenet_v2_matches_pytorch(width, sparsity):
 def test_row_pieces_on_several_threads_keep_the_bytes(arch):
     """On 2 and 3 threads at batch 1 the 56x56 and 28x28 tensors of a 112x112 image are held
     in row pieces (one block per thread, Network._row_pieces) and the logits are the bytes of
-    one thread; batches (images side by side, then one after another) too. At 136x136 the
-    first conv writes pieces of 34 rows, taller than a staged depthwise plane: the depthwise
-    conv reads their halo rows in place (rows path)."""
+    one thread; batches (images side by side, then one after another) too."""
     if arch == "v2":
         net_of = lambda t: fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None),  # noqa: E731
                                                      num_threads=t)
@@ -346,20 +344,38 @@ def test_row_pieces_on_several_threads_keep_the_bytes(arch):
         wt = random_mobilenet_v1_weights(0.5, 10, seed=2)
         net_of = lambda t: fs.MobileNetV1.from_dense(wt, sparsity=0.9,  # noqa: E731
                                                      num_threads=t)
-    one = net_of(1)
     # 112x112: pieces at 56x56 and 28x28 on 2 threads, none on 3 (56 and 28 rows do not cut
-    # in 3). 96x96: 48x48 and 24x24 cut in 2 and in 3. 136x136: 68x68 (the first conv's
-    # output, 34 rows per piece) and 34x34 on 2 threads.
+    # in 3). 96x96: 48x48 and 24x24 cut in 2 and in 3.
     both = {(48, 48), (24, 24)}
-    for size, layout, want_sizes in (
-            (112, "NCHW", {2: {(56, 56), (28, 28)}, 3: set()}),
-            (96, "NHWC", {2: both, 3: both}),
-            (136, "NCHW", {2: {(68, 68), (34, 34)}, 3: set()})):
+    _check_row_pieces(net_of, ((112, "NCHW", {2: {(56, 56), (28, 28)}, 3: set()}),
+                               (96, "NHWC", {2: both, 3: both})))
+
+
+@pytest.mark.parametrize("arch", ["v2", "v1"])
+def test_tall_row_pieces_in_networks(arch):
+    """At 136x136 on 2 threads the first conv writes pieces of 34 rows, taller than a staged
+    depthwise plane, whose halo rows the depthwise conv reads in place (the rows path): the
+    bytes of one thread. (Left out under emulation: the step tests cover these pieces.)"""
+    if arch == "v2":
+        net_of = lambda t: fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None),  # noqa: E731
+                                                     num_threads=t)
+    else:
+        wt = random_mobilenet_v1_weights(0.5, 10, seed=2)
+        net_of = lambda t: fs.MobileNetV1.from_dense(wt, sparsity=0.9,  # noqa: E731
+                                                     num_threads=t)
+    _check_row_pieces(net_of, ((136, "NCHW", {2: {(68, 68), (34, 34)}}),))
+
+
+def _check_row_pieces(net_of, cases):
+    """For each (size, layout, {threads: sizes held in pieces}): the pieced sizes, and the
+    bytes of one thread for images one by one and as a batch."""
+    one = net_of(1)
+    for size, layout, want_sizes in cases:
         x = np.random.default_rng(size).uniform(-1, 1, (3, 3, size, size)).astype(np.float32)
         if layout == "NHWC":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         want = [one(x[i:i + 1], layout=layout).tobytes() for i in range(3)]
-        for threads in (2, 3):
+        for threads in want_sizes:
             net = net_of(threads)
             shapes, _, _, fused, pieced = net._plan(((1, 3, size, size), layout), True, threads)
             assert {shapes[t][2:] for t in pieced} == want_sizes[threads], (size, threads)

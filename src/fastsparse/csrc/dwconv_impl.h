@@ -521,8 +521,7 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
     }
     if (below != NULL) fs_dw_put_rows(copy + n, below, halo);
     if (fs_dw_rows_s1(k, ih, iw, copy, NULL, NULL, NULL, 0, table, period, wv, vbias, output,
-                      begin, end,
-                      vlo, vhi)) {
+                      begin, end, vlo, vhi)) {
       return;
     }
     const float* src[1] = {copy};
