@@ -337,13 +337,7 @@ def test_row_pieces_on_several_threads_keep_the_bytes(arch):
     """On 2 and 3 threads at batch 1 the 56x56 and 28x28 tensors of a 112x112 image are held
     in row pieces (one block per thread, Network._row_pieces) and the logits are the bytes of
     one thread; batches (images side by side, then one after another) too."""
-    if arch == "v2":
-        net_of = lambda t: fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None),  # noqa: E731
-                                                     num_threads=t)
-    else:
-        wt = random_mobilenet_v1_weights(0.5, 10, seed=2)
-        net_of = lambda t: fs.MobileNetV1.from_dense(wt, sparsity=0.9,  # noqa: E731
-                                                     num_threads=t)
+    net_of = _pruned_net_of(arch)
     # 112x112: pieces at 56x56 and 28x28 on 2 threads, none on 3 (56 and 28 rows do not cut
     # in 3). 96x96: 48x48 and 24x24 cut in 2 and in 3.
     both = {(48, 48), (24, 24)}
@@ -356,14 +350,17 @@ def test_tall_row_pieces_in_networks(arch):
     """At 136x136 on 2 threads the first conv writes pieces of 34 rows, taller than a staged
     depthwise plane, whose halo rows the depthwise conv reads in place (the rows path): the
     bytes of one thread. (Left out under emulation: the step tests cover these pieces.)"""
-    if arch == "v2":
-        net_of = lambda t: fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None),  # noqa: E731
-                                                     num_threads=t)
-    else:
-        wt = random_mobilenet_v1_weights(0.5, 10, seed=2)
-        net_of = lambda t: fs.MobileNetV1.from_dense(wt, sparsity=0.9,  # noqa: E731
-                                                     num_threads=t)
+    net_of = _pruned_net_of(arch)
     _check_row_pieces(net_of, ((136, "NCHW", {2: {(68, 68), (34, 34)}}),))
+
+
+def _pruned_net_of(arch):
+    """threads -> a MobileNet (v2 or v1, width 0.5) pruned to 90 %, on that many threads."""
+    if arch == "v2":
+        sd = _pruned_v2(0.5, 0.9, None)
+        return lambda t: fs.MobileNetV2.from_dense(sd, num_threads=t)
+    wt = random_mobilenet_v1_weights(0.5, 10, seed=2)
+    return lambda t: fs.MobileNetV1.from_dense(wt, sparsity=0.9, num_threads=t)
 
 
 def _check_row_pieces(net_of, cases):
