@@ -7,6 +7,7 @@ build machine's CPU: a compiler probe only asks whether the *compiler* can targe
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -54,6 +55,12 @@ if SIMDE_NEON:
 OPENMP_PROBE = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}"
 
 
+def usable_cpus():
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def log(msg):
     print(f"fastsparse build: {msg}", file=sys.stderr)
 
@@ -79,7 +86,7 @@ class BuildExt(build_ext):
         if self.compiler.compiler_type != "unix":
             raise RuntimeError("fastsparse builds with gcc or clang (a unix-style compiler)")
         for ext in self.extensions:
-            objects, macros = [], []
+            units, macros = [], []
             for name, source, flags, probe in ISA_UNITS:
                 if probe is not None and not self._try_compile(probe, flags):
                     if SIMDE_NEON and name == "neon":
@@ -87,15 +94,26 @@ class BuildExt(build_ext):
                                            "compile through SIMDe (apt-get install libsimde-dev)")
                     log(f"{name} kernels: skipped (the compiler cannot target {name})")
                     continue
-                objects += self.compiler.compile(
-                    [os.path.join(CSRC, source)], output_dir=self.build_temp,
-                    extra_postargs=COMMON_FLAGS + flags + EXTRA_FLAGS, depends=ext.depends)
+                units.append((name, source, flags))
                 if name != "scalar":
                     macros.append((f"FS_HAVE_{name.upper()}", "1"))
                 if SIMDE_NEON and name == "neon":
                     macros.append(("FS_NEON_VIA_SIMDE", "1"))
                     log("neon kernels: TEST BUILD through SIMDe on x86-64 (FASTSPARSE_SIMDE_NEON)")
+
+            def compile_unit(unit, ext=ext):
+                name, source, flags = unit
+                objs = self.compiler.compile(
+                    [os.path.join(CSRC, source)], output_dir=self.build_temp,
+                    extra_postargs=COMMON_FLAGS + flags + EXTRA_FLAGS, depends=ext.depends)
                 log(f"{name} kernels: built with {' '.join(flags) or 'no extra flags'}")
+                return objs
+
+            # The units are independent compiler runs (10-80 s each): one per core at a time.
+            jobs = self.parallel if isinstance(self.parallel, int) and self.parallel > 0 \
+                else usable_cpus()
+            with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(units)))) as pool:
+                objects = [o for objs in pool.map(compile_unit, units) for o in objs]
             ext.extra_objects = objects + list(ext.extra_objects or [])
             ext.define_macros = list(ext.define_macros or []) + macros
             if self._try_compile(OPENMP_PROBE, ["-fopenmp"], link=True):

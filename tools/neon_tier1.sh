@@ -29,7 +29,7 @@ trap 'rm -rf "$work"' EXIT
 tier_start=$(date +%s)
 
 fs_step "tier 1: packages"
-fs_apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static libsimde-dev
+fs_apt_install "${FS_TIER1_PACKAGES[@]}"
 fs_step_done
 
 if want a; then

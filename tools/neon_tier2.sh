@@ -30,7 +30,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 fs_step "tier 2: packages"
-fs_apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static debootstrap
+fs_apt_install "${FS_TIER2_PACKAGES[@]}"
 fs_step_done
 
 # What this script sets up it takes down at exit, so the machine is left as it was found.

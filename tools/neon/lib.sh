@@ -12,6 +12,11 @@ fs_step_done() {
   FS_TIMES="${FS_TIMES:-}${FS_STEP_NAME}: ${t} s"$'\n'
 }
 
+# The Debian packages each tier installs (.ci/run installs both lists before it runs the tiers
+# side by side: two apt-get runs at once would fight over dpkg's lock).
+FS_TIER1_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static libsimde-dev)
+FS_TIER2_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static debootstrap)
+
 # fs_apt_install PKG...: installs the Debian packages that are missing (apt-get update first),
 # nothing when all are there. CI may run on a fresh machine: the scripts bring what they use.
 fs_apt_install() {
