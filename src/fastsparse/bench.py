@@ -108,13 +108,12 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
     variant there). The callable's `out()` returns the output as (1, Cout, 1, HW)."""
     from . import _kernels
     from ._validate import hugepage_empty
-    from .models import PIECE_MIN_HW, _pieced_size, _pieced_view, _plane, _planned_view, _Pointwise
+    from .models import _pieced_size, _pieced_view, _plane, _planned_view, _Pointwise, pieceable
     if kernel is None:
         W = _Pointwise(W, None, None).matrix(hw)
     cout, cin = W.shape
     side = math.isqrt(hw)
-    pieces = threads if (threads > 1 and side * side == hw and side % threads == 0
-                         and hw >= PIECE_MIN_HW * threads) else 0
+    pieces = threads if side * side == hw and pieceable((1, cin, side, side), threads) else 0
     if pieces:
         shape_in, shape_out = (1, cin, side, side), (1, cout, side, side)
         xin = _pieced_view(hugepage_empty(_pieced_size(shape_in, pieces)), shape_in, pieces)

@@ -71,6 +71,14 @@ KSPLIT_MIN_RATIO = 3
 PIECE_MIN_HW = 128
 
 
+def pieceable(shape, threads):
+    """Whether a tensor of `shape` (N, C, H, W) may be held in `threads` row pieces on a
+    call on that many threads: batch 1, H cut evenly, at least PIECE_MIN_HW positions per
+    thread. (Whether the steps over it allow pieces is Network._row_pieces' business.)"""
+    return (threads > 1 and len(shape) == 4 and shape[0] == 1 and shape[2] % threads == 0
+            and shape[2] * shape[3] >= PIECE_MIN_HW * threads)
+
+
 class _Layer:
     """One op: reads tensor `src` (and `res`), writes tensor `dst`; add_step() appends it to
     the network's C step list."""
@@ -393,18 +401,16 @@ class Network:
 
     def _row_pieces(self, shapes, fused, threads):
         """Tensors held in `threads` row pieces (fs_steps.h) on a batch-1 call on `threads`
-        threads: those of images of at least PIECE_MIN_HW positions per thread and
-        that the 1x1 steps would cut by positions, when every step over them can run piece by
-        piece: the first conv, the 1x1s, depthwise steps on the flat paths, and fused pairs,
-        whose bands are then the pieces of their output. Each thread then writes and reads one block per
-        tensor instead of one part of every plane (2 threads, MobileNet v2: BENCHMARKS.md)."""
+        threads: the pieceable() ones (which the 1x1 steps would cut by positions), when
+        every step over them can run piece by piece: the first conv, the 1x1s, depthwise
+        steps on the flat paths, and fused pairs, whose bands are then the pieces of their
+        output. Each thread then writes and reads one block per tensor instead of one part of
+        every plane (2 threads, MobileNet v2: BENCHMARKS.md)."""
         t = threads
         if t < 2:
             return {}
         last = self.layers[-1].dst
-        ok = {d for d, sh in shapes.items()
-              if 0 < d != last and len(sh) == 4 and sh[0] == 1 and sh[2] % t == 0
-              and sh[2] * sh[3] >= PIECE_MIN_HW * t}
+        ok = {d for d, sh in shapes.items() if 0 < d != last and pieceable(sh, t)}
         for i, layer in enumerate(self.layers):
             roles = {layer.src, layer.dst} | ({layer.res} if layer.res is not None else set())
             if i - 1 in fused:  # the depthwise half of a fused pair
