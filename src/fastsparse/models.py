@@ -460,6 +460,8 @@ class Network:
                 freed_after.setdefault(i, []).append(t)
             slots, free, buffer_of, slot_hw = [], [], {}, []
             for i, layer in enumerate(self.layers[:-1]):  # the logits are allocated per call
+                if i in fused:  # the 1x1 output of a fused pair: never written, no buffer
+                    continue
                 size = (_pieced_size(shapes[layer.dst], pieced[layer.dst])
                         if layer.dst in pieced else _padded_size(shapes[layer.dst]))
                 hw = shapes[layer.dst][2:]
@@ -497,8 +499,16 @@ class Network:
         starts = np.cumsum([0] + [-(-s // 16) * 16 for s in slots])
         arena = hugepage_empty(int(starts[-1]))
         buffers = [arena[starts[i]:starts[i] + s] for i, s in enumerate(slots)]
+        # The 1x1 outputs of fused pairs only give the step their shapes: one buffer that is
+        # never written (nor touched: its pages are never made) serves them all.
+        ghosts = [_padded_size(shapes[layer.dst]) for i, layer in enumerate(self.layers[:-1])
+                  if i in fused]
+        ghost = np.empty(max(ghosts, default=0), dtype=np.float32)
         views = [None] * (len(self.layers) + 1)
-        for layer in self.layers[:-1]:
+        for i, layer in enumerate(self.layers[:-1]):
+            if i in fused:
+                views[layer.dst] = _planned_view(ghost, shapes[layer.dst])
+                continue
             buffer, shape = buffers[buffer_of[layer.dst]], shapes[layer.dst]
             views[layer.dst] = (_pieced_view(buffer, shape, pieced[layer.dst])
                                 if layer.dst in pieced else _planned_view(buffer, shape))
