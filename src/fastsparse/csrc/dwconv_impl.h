@@ -274,7 +274,7 @@ FS_INLINE const unsigned char* fs_dw_mask_table(size_t k, size_t s, size_t pad, 
   /* gcd(w, FS_VLEN), FS_VLEN a power of two: w's lowest set bit, at most FS_VLEN (no
    * division: this runs once per plane, and 7x7 planes are 4 vectors). */
   const size_t g = (w & (0 - w)) < FS_VLEN ? (w & (0 - w)) : FS_VLEN;
-  *period = w / g;
+  *period = w >> __builtin_ctzl(g); /* w / g without a division */
   if (*period > FS_DW_MASK_PERIOD_MAX) return NULL;
   unsigned char* table = (unsigned char*)(scratch + 16);
   const uint32_t want = (uint32_t)(((w * 8 + pad) * 8 + k) * 2 + s); /* never 0 */
@@ -463,9 +463,10 @@ FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
                             fs_vec vbias, float* output, size_t begin, size_t end, fs_vec vlo,
                             fs_vec vhi) {
   const size_t n = ih * w, R = FS_DW_ROW_BLOCK;
+  if (w < FS_DW_ROWS_MIN_W) return 0; /* first: the small planes' path pays no division */
   const size_t y0 = (begin + w - 1) / w, y1 = end == n ? ih : end / w;
   const float* src[1] = {input};
-  if (y1 < y0 + R || w < FS_DW_ROWS_MIN_W) return 0;
+  if (y1 < y0 + R) return 0;
   assert((above == NULL && below == NULL) || (begin == 0 && end == n));
   if (begin < y0 * w) {
     const size_t to = (y0 * w + FS_VLEN - 1) / FS_VLEN * FS_VLEN;
