@@ -295,7 +295,11 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const fs_dwconv2d_args* a = &st->dw;
       const size_t n = a->oh * a->ow;
       if (a->pieces == 0) {
-        const size_t img = t / a->c, ch = t % a->c;
+        size_t img = 0, ch = t; /* one image: no division per plane */
+        if (t >= a->c) {
+          img = t / a->c;
+          ch = t - img * a->c;
+        }
         const float* plane = x + img * xs.image + ch * xs.channel;
         const float *above = NULL, *below = NULL;
         if (a->linked > 0) { /* img is a row piece: halo rows from the pieces around it */
