@@ -1,7 +1,8 @@
 /* What one core of this machine issues per cycle, for the bounds the kernels are judged by
- * (BENCHMARKS.md, session 8): 512-bit FMAs alone, FMAs with two-source permutes mixed in
- * (both compete for the same ports), and loads feeding FMAs, aligned or crossing a cache
- * line. AVX-512F only; nothing here is part of the package.
+ * (BENCHMARKS.md, sessions 8 and 10): 512-bit FMAs alone, FMAs with two-source permutes
+ * mixed in (on Zen 4 both compete for the same ports), or with in-quarter shuffles (vshufps:
+ * not on Zen 4), and loads feeding FMAs, aligned or crossing a cache line. AVX-512F only;
+ * nothing here is part of the package.
  *
  *   gcc -O2 tools/port_microbench.c -o /tmp/port_bench && /tmp/port_bench
  *
@@ -20,10 +21,11 @@ static double now(void) {
 }
 
 #define FMA(x) x = _mm512_fmadd_ps(x, m, b)
-#define PERM(x, y) x = _mm512_permutex2var_ps(x, idx, y)
+#define PERM(x, y) x = shuffle ? _mm512_shuffle_ps(x, y, 0x88) : _mm512_permutex2var_ps(x, idx, y)
 
-/* ns per iteration of 10 independent FMAs plus `perms` independent permutes. */
-__attribute__((target("avx512f"))) static double fma_perm_ns(long n, int perms) {
+/* ns per iteration of 10 independent FMAs plus `perms` independent two-source permutes
+ * (vpermt2ps), or in-quarter shuffles (vshufps) if `shuffle`. */
+__attribute__((target("avx512f"))) static double fma_perm_ns(long n, int perms, int shuffle) {
   const __m512 m = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
   const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   __m512 a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b, a8 = b, a9 = b;
@@ -73,10 +75,12 @@ int main(void) {
   }
   const long n = 50000000;
   const int perms[4] = {0, 3, 6, 12};
-  for (int i = 0; i < 4; i++) {
-    const double t = fma_perm_ns(n, perms[i]);
-    printf("10 FMAs + %2d permutes: %.3f ns per iteration (%.2f 512-bit FMAs per ns)\n",
-           perms[i], t, 10.0 / t);
+  for (int shuffle = 0; shuffle < 2; shuffle++) {
+    for (int i = shuffle; i < 4; i++) {
+      const double t = fma_perm_ns(n, perms[i], shuffle);
+      printf("10 FMAs + %2d %s: %.3f ns per iteration (%.2f 512-bit FMAs per ns)\n", perms[i],
+             shuffle ? "vshufps " : "vpermt2ps", t, 10.0 / t);
+    }
   }
   float* buf = aligned_alloc(64, (64 * 128 + 64) * sizeof(float));
   if (buf == NULL) return 1;
