@@ -109,11 +109,18 @@ class BuildExt(build_ext):
                 log(f"{name} kernels: built with {' '.join(flags) or 'no extra flags'}")
                 return objs
 
-            # The units are independent compiler runs (10-80 s each): one per core at a time.
+            # The units are independent compiler runs (10-80 s each): one per core at a time,
+            # or as many as -j or FASTSPARSE_BUILD_JOBS say.
             jobs = self.parallel if isinstance(self.parallel, int) and self.parallel > 0 \
-                else usable_cpus()
+                else int(os.environ.get("FASTSPARSE_BUILD_JOBS", "0") or 0) or usable_cpus()
             with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(units)))) as pool:
-                objects = [o for objs in pool.map(compile_unit, units) for o in objs]
+                futures = [pool.submit(compile_unit, unit) for unit in units]
+                try:
+                    objects = [o for f in futures for o in f.result()]
+                except BaseException:
+                    for f in futures:  # the units not started yet
+                        f.cancel()
+                    raise
             ext.extra_objects = objects + list(ext.extra_objects or [])
             ext.define_macros = list(ext.define_macros or []) + macros
             if self._try_compile(OPENMP_PROBE, ["-fopenmp"], link=True):

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from . import _dispatch, _kernels, _reference_nets as refnets
-from ._validate import finite_float32, float32_array, hugepage_empty
+from ._validate import finite_float32, float32_array, hugepage_empty, line_aligned_empty
 from .prune import magnitude
 from .sparse import SparseMatrix
 
@@ -503,7 +503,7 @@ class Network:
         # never written (nor touched: its pages are never made) serves them all.
         ghosts = [_padded_size(shapes[layer.dst]) for i, layer in enumerate(self.layers[:-1])
                   if i in fused]
-        ghost = np.empty(max(ghosts, default=0), dtype=np.float32)
+        ghost = line_aligned_empty(max(ghosts, default=0))
         views = [None] * (len(self.layers) + 1)
         for i, layer in enumerate(self.layers[:-1]):
             if i in fused:

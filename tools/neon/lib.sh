@@ -20,7 +20,7 @@ FS_TIER2_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static 
 # fs_apt_install PKG...: installs the Debian packages that are missing (apt-get update first),
 # nothing when all are there. CI may run on a fresh machine: the scripts bring what they use.
 fs_apt_install() {
-  local missing=()
+  local missing=() p
   for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
