@@ -61,6 +61,16 @@ def usable_cpus():
     return os.cpu_count() or 1
 
 
+def build_jobs():
+    """FASTSPARSE_BUILD_JOBS as a count of concurrent compiles; 0 (or unset): one per CPU."""
+    text = os.environ.get("FASTSPARSE_BUILD_JOBS", "").strip()
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise RuntimeError(f"FASTSPARSE_BUILD_JOBS must be a whole number of jobs, got {text!r}")
+    return int(text)
+
+
 def log(msg):
     print(f"fastsparse build: {msg}", file=sys.stderr)
 
@@ -112,7 +122,7 @@ class BuildExt(build_ext):
             # The units are independent compiler runs (10-80 s each): one per core at a time,
             # or as many as -j or FASTSPARSE_BUILD_JOBS say.
             jobs = self.parallel if isinstance(self.parallel, int) and self.parallel > 0 \
-                else int(os.environ.get("FASTSPARSE_BUILD_JOBS", "0") or 0) or usable_cpus()
+                else build_jobs() or usable_cpus()
             with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(units)))) as pool:
                 futures = [pool.submit(compile_unit, unit) for unit in units]
                 try:
