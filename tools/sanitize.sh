@@ -21,9 +21,9 @@ start=$(date +%s)
 work="$(mktemp -d)"
 if [ "${SANITIZE_KEEP:-0}" != 1 ]; then trap 'rm -rf "$work"' EXIT; fi
 echo "== sanitize: copying the checkout to $work"
-# The files git knows about, with their working-tree contents (uncommitted edits included).
-(cd "$repo" && git ls-files -z --cached --others --exclude-standard) |
-    (cd "$repo" && xargs -0 cp --parents -t "$work" 2>/dev/null || true)
+# shellcheck source=tools/neon/lib.sh
+source "$repo/tools/neon/lib.sh"
+(cd "$repo" && fs_copy_checkout "$work")
 cd "$work"
 
 # -g1: line tables are all a report's stack trace needs; full -g triples the build time.

@@ -35,6 +35,14 @@ fs_apt_install() {
     >/dev/null
 }
 
+# fs_copy_checkout DEST: the files git knows about in the checkout at the current directory,
+# with their working-tree contents (uncommitted edits included; tracked files deleted there are
+# skipped), into DEST.
+fs_copy_checkout() {
+  git ls-files -z --cached --others --exclude-standard |
+    xargs -0 cp --parents -t "$1" 2>/dev/null || true
+}
+
 # fs_copy_tree DEST: the package sources and tests, without build products, so that a build
 # with other settings never reuses this checkout's build/ (setuptools skips "up-to-date"
 # extensions).
