@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, strategies as st
 
 import fastsparse as fs
 from fastsparse import _dispatch, _kernels, reference
@@ -421,6 +422,167 @@ def test_fused_step_in_bands_of_rows_equals_one_band(isa, h, w, k, stride, pad, 
         _kernels._row_bands(0, k, stride, h, w, oh, ow, pad, pad)
 
 
+# ---- A stride-1 depthwise conv fused with the 1x1 reading it (FS_STEP_DWCONV2D_SPMM) ------
+
+def _dw_1x1_case(rng, c, cout, block, k):
+    """A 1x1 of `cout` x `c` (60 % zeros, one empty row) in `block`-row blocks, depthwise
+    weights and both biases."""
+    dense = rng.standard_normal((cout, c)).astype(np.float32)
+    dense[rng.random((cout, c)) < 0.6] = 0
+    dense[cout // 2] = 0
+    W = fs.SparseMatrix.from_dense(dense, block_size=block)
+    return (W, rng.standard_normal((c, k * k)).astype(np.float32),
+            rng.standard_normal(c).astype(np.float32), rng.standard_normal(cout).astype(np.float32))
+
+
+def _add_dw_1x1(steps, fused, W, wd, b2, b1, k, band_rows, src, mid, res, dst, acts, hw):
+    """The depthwise conv src -> mid and the 1x1 mid (+ res) -> dst (images of hw positions),
+    as one step or two."""
+    (dlo, dhi), (lo, hi) = acts
+    isa = _dispatch.isa_id(fs.isa())
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), W.block_size, hw)
+    if fused:
+        steps.add_dwconv2d_spmm(isa, wd, b2, k, k // 2, k // 2, dlo, dhi, kisa, kern, W._packed,
+                                src, mid, res, dst, b1, lo, hi, band_rows)
+    else:
+        steps.add_dwconv2d(isa, src, mid, wd, b2, k, 1, k // 2, k // 2, dlo, dhi)
+        steps.add_spmm(kisa, kern, W._packed, mid, res, dst, b1, lo, hi)
+
+
+ACTS = [((-np.inf, np.inf), (-np.inf, np.inf)), ((0.0, 6.0), (-np.inf, np.inf)),
+        ((-1.0, 1.0), (0.0, 6.0))]
+
+
+@given(h=st.integers(4, 40), w=st.sampled_from([48, 49, 56, 64, 80]), k=st.sampled_from([3, 5]),
+       block=st.sampled_from([1, 2, 4, 8]), c=st.integers(1, 9), cout=st.integers(1, 19),
+       want=st.integers(1, 44), res=st.booleans(), act=st.integers(0, 2),
+       threads=st.integers(1, 3), zero=st.booleans())
+def test_fused_depthwise_1x1_equals_the_two_steps(isa, h, w, k, block, c, cout, want, res,
+                                                  act, threads, zero):
+    """A stride-1 depthwise conv and the 1x1 reading it as one step, by bands of rows (each
+    band's depthwise output in scratch): the bytes of the two steps on any thread count and
+    band height, for every block size, empty rows and all-zero weights, with and without a
+    residual and clamps; the depthwise output tensor never written; the reference's values."""
+    band_rows = _kernels.dw_spmm_band_rows(0, k, 1, h, w, h, w, k // 2, k // 2, want)
+    assume(band_rows)
+    assert 4 <= band_rows <= max(want, 4) and h % band_rows == 0 and band_rows * w % 16 == 0
+    rng = np.random.default_rng(h * 1000 + w * 10 + k + block + c * 7 + cout)
+    W, wd, b2, b1 = _dw_1x1_case(rng, c, cout, block, k)
+    if zero:
+        W = fs.SparseMatrix.from_dense(np.zeros((cout, c), np.float32), block_size=block)
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    r = rng.standard_normal((1, cout, h, w)).astype(np.float32)
+    poison = np.where(rng.random(x.shape) < 0.5, np.inf, -np.inf).astype(np.float32)
+    outs = []
+    for fused, t in ((False, 1), (True, 1), (True, threads)):
+        tensors = [x, np.full((1, c, h, w), np.nan, np.float32), r,
+                   np.empty((1, cout, h, w), np.float32)]
+        steps = _kernels.StepList(tensors, t)
+        _add_dw_1x1(steps, fused, W, wd, b2, b1, k, band_rows, 0, 1, 2 if res else -1, 3,
+                    ACTS[act], h * w)
+        y = np.full((1, cout, h, w), np.nan, np.float32)
+        steps.run(poison, y)
+        steps.run(x, y)
+        if fused:
+            assert len(steps) == 1 and np.isnan(tensors[1]).all()  # never written
+        outs.append(y.tobytes())
+    assert outs[1] == outs[0] and outs[2] == outs[0]
+    (dlo, dhi), (lo, hi) = ACTS[act]
+    ref = reference.sparse_conv1x1(
+        reference.depthwise_conv2d(x, wd.reshape(c, 1, k, k), bias=b2, padding=k // 2,
+                                   activation=("clamp", dlo, dhi)),
+        W, bias=b1, residual=r if res else None, activation=("clamp", lo, hi))
+    assert _rel_err(np.frombuffer(outs[1], np.float32).reshape(ref.shape), ref) < RTOL
+
+
+@pytest.mark.parametrize("p,h,w,k,want,pieced", [
+    (2, 70, 48, 3, 8, {1, 3}),   # pieces of 35 rows, bands of 7, input and output in pieces
+    (2, 70, 48, 3, 35, {1}),     # one band per piece, the output whole
+    (3, 108, 48, 5, 8, {1, 3}),  # 5x5, a middle piece with halos on both sides
+    (2, 80, 56, 5, 4, {1, 3}),   # bands of 4 rows: the depthwise rows path's block
+])
+def test_fused_depthwise_1x1_reads_row_pieces(isa, p, h, w, k, want, pieced):
+    """x -> 1x1 -> [depthwise -> 1x1 + residual] -> 1x1, the bracket fused, its input (and
+    residual) and output in row pieces or whole: each band inside one piece, its halo rows
+    read from the neighbouring piece. The bytes of whole images on one thread, on 1 to 3
+    threads, after a run on infinities."""
+    rng = np.random.default_rng(h + w + k + p)
+    cin, c, cout = 3, 6, 6
+    W, wd, b2, b1 = _dw_1x1_case(rng, c, c, 1, k)
+    W0, W3 = (_dw_1x1_case(rng, m, n, 1, k)[0] for m, n in ((cin, c), (c, cout)))
+    band_rows = _kernels.dw_spmm_band_rows(p, k, 1, h, w, h, w, k // 2, k // 2, want)
+    assert band_rows and (h // p) % band_rows == 0
+    x = rng.standard_normal((1, cin, h, w)).astype(np.float32)
+    poison = np.where(rng.random(x.shape) < 0.5, np.inf, -np.inf).astype(np.float32)
+    shapes = [(cin, h, w), (c, h, w), (c, h, w), (c, h, w), (cout, h, w)]
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, h * w)
+
+    def run(threads, fused):
+        held = pieced if fused else set()
+        tensors = [_pieced(*shapes[t], p) if t in held else
+                   np.full((1,) + shapes[t], np.nan, np.float32) for t in range(5)]
+        steps = _kernels.StepList(tensors, threads, [p if t in held else 0 for t in range(5)])
+        steps.add_spmm(kisa, kern, W0._packed, 0, -1, 1, None, -6.0, 6.0)
+        _add_dw_1x1(steps, fused, W, wd, b2, b1, k, band_rows, 1, 2, 1, 3, ACTS[2], h * w)
+        steps.add_spmm(kisa, kern, W3._packed, 3, -1, 4, None, -np.inf, np.inf)
+        y = np.empty((1,) + shapes[4], np.float32)
+        steps.run(poison, y)
+        steps.run(x, y)
+        if fused:
+            assert np.isnan(tensors[2]).all()
+        return y.tobytes(), _whole(tensors[3]).tobytes()
+
+    want_bytes = run(1, False)
+    for threads in (1, 2, 3):
+        assert run(threads, True) == want_bytes, threads
+    r1 = reference.sparse_conv1x1(x, W0, activation=("clamp", -6.0, 6.0))
+    r = reference.depthwise_conv2d(r1, wd.reshape(c, 1, k, k), bias=b2, padding=k // 2,
+                                   activation=("clamp", -1.0, 1.0))
+    r = reference.sparse_conv1x1(r, W, bias=b1, residual=r1, activation="relu6")
+    r = reference.sparse_conv1x1(r, W3)
+    assert _rel_err(np.frombuffer(want_bytes[0], np.float32).reshape(r.shape), r) < RTOL
+
+
+def test_fused_depthwise_1x1_refuses_what_it_cannot_run():
+    rng = np.random.default_rng(2)
+    W, wd, b2, b1 = _dw_1x1_case(rng, 4, 4, 1, 3)
+    isa = _dispatch.isa_id(fs.isa())
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, 64)
+    # Not a stride-1 'same' conv on rows the kernel reads by bands in place: no bands.
+    assert _kernels.dw_spmm_band_rows(0, 3, 2, 64, 64, 32, 32, 1, 1, 8) == 0
+    assert _kernels.dw_spmm_band_rows(0, 3, 1, 64, 32, 64, 32, 1, 1, 8) == 0  # < 48 wide
+    assert _kernels.dw_spmm_band_rows(0, 3, 1, 64, 64, 62, 62, 0, 0, 8) == 0  # no padding
+    assert _kernels.dw_spmm_band_rows(2, 3, 1, 64, 64, 64, 64, 1, 1, 8) == 0  # pieces of 32
+    assert _kernels.dw_spmm_band_rows(0, 3, 1, 37, 64, 37, 64, 1, 1, 8) == 0  # 37 rows: prime
+    assert _kernels.dw_spmm_band_rows(0, 3, 1, 40, 50, 40, 50, 1, 1, 7) == 0  # 16-float cuts
+    assert _kernels.dw_spmm_band_rows(0, 3, 1, 40, 50, 40, 50, 1, 1, 8) == 8
+    one = lambda c=4, h=40, w=48: np.empty((1, c, h, w), np.float32)  # noqa: E731
+    s = _kernels.StepList([one(), one(), one(), one()], 1)
+    for rows in (3, 6, 0):  # 40 / 6 does not divide, 3 is below a block
+        with pytest.raises(ValueError, match="must come from dw_spmm_band_rows"):
+            s.add_dwconv2d_spmm(isa, wd, b2, 3, 1, 1, 0.0, 6.0, kisa, kern, W._packed, 0, 1,
+                                -1, 2, b1, 0.0, 6.0, rows)
+    with pytest.raises(ValueError, match="stride|padding|k must be"):
+        s.add_dwconv2d_spmm(isa, wd, b2, 4, 1, 1, 0.0, 6.0, kisa, kern, W._packed, 0, 1, -1, 2,
+                            b1, 0.0, 6.0, 8)
+    with pytest.raises(ValueError, match="channels"):
+        s.add_dwconv2d_spmm(isa, wd, b2, 3, 1, 1, 0.0, 6.0, kisa, kern,
+                            _dw_1x1_case(rng, 5, 4, 1, 3)[0]._packed, 0, 1, -1, 2, b1, 0.0,
+                            6.0, 8)
+    with pytest.raises(ValueError, match="overlap"):
+        s.add_dwconv2d_spmm(isa, wd, b2, 3, 1, 1, 0.0, 6.0, kisa, kern, W._packed, 0, 1, -1, 1,
+                            b1, 0.0, 6.0, 8)
+    s = _kernels.StepList([one(), _pieced(4, 80, 48, 2), one(h=80), _pieced(4, 80, 48, 2),
+                           one(h=80)], 2, [0, 2, 0, 2, 0])
+    with pytest.raises(ValueError, match="never written"):
+        s.add_dwconv2d_spmm(isa, wd, b2, 3, 1, 1, 0.0, 6.0, kisa, kern, W._packed, 2, 1, -1, 4,
+                            b1, 0.0, 6.0, 8)
+    with pytest.raises(ValueError, match="row pieces of tensor"):  # the input whole
+        s.add_dwconv2d_spmm(isa, wd, b2, 3, 1, 1, 0.0, 6.0, kisa, kern, W._packed, 2, 4, -1, 3,
+                            b1, 0.0, 6.0, 8)
+    assert len(s) == 0
+
+
 def test_row_groups_split_on_block_starts():
     W = fs.SparseMatrix.from_dense(np.ones((10, 3), np.float32), block_size=4)._packed
     assert W.row_groups(8).tolist() == [0, 2, 4]     # blocks: rows 0-3, 4-7, then 8 and 9
@@ -442,6 +604,33 @@ def test_network_with_fusion_forced_matches_unfused(isa, v2_net, block, monkeypa
     out = net(x)
     plan = net._plan(((2, 3, 45, 38), "NCHW"))
     assert len(plan[3]) == 16  # the expansion 1x1 of every block but the first (t = 1)
+    assert out.tobytes() == expect.tobytes()
+    assert _rel_err(out, reference.mobilenet_v2(sd, x)) < RTOL
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_network_fuses_the_first_depthwise_conv_with_its_1x1(isa, v2_net, threads, monkeypatch):
+    """MobileNet v2's first block (depthwise 3x3 -> 1x1, no expansion) runs as one fused step
+    where its planes are at least 48 wide, on 2 threads with the input in row pieces: the
+    bytes of the unfused network, the reference's values, the depthwise output unplanned."""
+    sd, _ = v2_net
+    x = np.random.default_rng(9).uniform(-1, 1, (1, 3, 136, 128)).astype(np.float32)
+    monkeypatch.setattr(fs.models, "FUSE_MIN_HW", 1)
+    monkeypatch.setattr(fs.models, "DW_FUSE_BAND_BYTES", 1)  # bands of 1 row: never fused
+    plain = fs.MobileNetV2.from_dense(sd, num_threads=threads)
+    expect = plain(x)
+    assert 1 not in plain._plan(((1, 3, 136, 128), "NCHW"))[3]
+    monkeypatch.undo()
+    monkeypatch.setattr(fs.models, "FUSE_MIN_HW", 1)
+    net = fs.MobileNetV2.from_dense(sd, num_threads=threads)
+    out = net(x)
+    key = ((1, 3, 136, 128), "NCHW")
+    shapes, _, buffer_of, fused, pieced = net._plan(key, by_size=threads > 1, pieces=threads)
+    assert 1 in fused and net.layers[1].dst not in buffer_of
+    if threads == 2:
+        assert pieced.get(net.layers[1].src) == 2  # 68 rows: pieces of 34, bands of 17
+    _, steps, _ = net._workspace((key, threads, fs.isa()), net._plan(key, threads > 1, threads))
+    assert steps.kinds()[1] == 7  # FS_STEP_DWCONV2D_SPMM
     assert out.tobytes() == expect.tobytes()
     assert _rel_err(out, reference.mobilenet_v2(sd, x)) < RTOL
 

@@ -95,6 +95,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         FS_STEP_VADD
         FS_STEP_SPMM_DWCONV2D
         FS_STEP_SPMM_KSPLIT
+        FS_STEP_DWCONV2D_SPMM
     ctypedef struct fs_spmm_part:
         const float* values
         const uint32_t* nnzmap
@@ -119,7 +120,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         const float* bias
         float lo, hi
         size_t scratch_floats
-        size_t nbands
+        size_t nbands, gap
         const int64_t* bands
     ctypedef struct fs_conv2d_args:
         fs_conv2d_fn fn
@@ -736,6 +737,27 @@ def fused_writes_pieces(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_s
     return cuts == [i * (oh // pieces) * ow for i in range(pieces)]
 
 
+def dw_spmm_band_rows(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
+                      Py_ssize_t iw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t pad_top,
+                      Py_ssize_t pad_left, Py_ssize_t rows):
+    """The rows of each band of a fused depthwise + 1x1 step (add_dwconv2d_spmm) on an input
+    in `pieces` row pieces (0: one image): the largest divisor of a piece's rows up to `rows`
+    whose positions are whole 16-float vectors, at least 4 rows (the depthwise rows path's
+    block); or 0 if there is none, or if the depthwise conv is not a stride-1 'same' one on
+    planes at least DW_ROWS_MIN_W wide (or, in row pieces, pieces taller than
+    DW_FLAT_STAGE_ROWS), whose kernel reads bands of rows in place."""
+    cdef Py_ssize_t p = max(pieces, 1)
+    if (stride != 1 or ih % p or oh != ih or ow != iw
+            or fs_dw_flat_kind(k, stride, ih // p, iw, ih // p, iw, pad_top, pad_left) != 1
+            or iw < <Py_ssize_t>FS_DW_ROWS_MIN_W
+            or (p > 1 and ih // p <= <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS)):
+        return 0
+    for r in range(min(rows, ih // p), 3, -1):
+        if (ih // p) % r == 0 and r * iw % 16 == 0:
+            return r
+    return 0
+
+
 def _row_bands(Py_ssize_t bands, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
                Py_ssize_t iw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t pad_top,
                Py_ssize_t pad_left):
@@ -1143,6 +1165,69 @@ cdef class StepList:
         st.scratch_floats = st.dw.scratch_floats + int(rows.max()) * _ceil_div(st.spmm.hw, 16) * 16
         st.scratch = self._scratch(&st)
         self._append(&st, src, -1, dst, (w, bias, dw_w, dw_bias, bounds, band_table))
+
+    def add_dwconv2d_spmm(self, int dw_isa, dw_w, dw_bias, Py_ssize_t k, Py_ssize_t pad_top,
+                          Py_ssize_t pad_left, float dw_lo, float dw_hi, int isa,
+                          Py_ssize_t kernel, SpmmWeights w, int src, int mid, int res, int dst,
+                          bias, float lo, float hi, Py_ssize_t band_rows):
+        """dst = clamp(W @ depthwise(src) + bias + res): a stride-1 'same' depthwise conv and
+        the 1x1 reading its output as one step, by bands of `band_rows` rows (from
+        dw_spmm_band_rows): each band's depthwise output, every channel, goes to per-thread
+        scratch planes, where the 1x1 reads it. `mid` is the tensor the depthwise conv would
+        write: it fixes the shapes the two halves are checked against, and is never touched.
+        Same arithmetic as the two steps, whatever the bands or the threads."""
+        self._check_roles(src, -1, mid)
+        self._check_roles(mid, res, dst)
+        self._check_roles(src, res, dst)
+        cdef fs_step st, dw
+        memset(&st, 0, sizeof(st))
+        memset(&dw, 0, sizeof(dw))
+        if self._pieces[mid]:
+            raise ValueError(f"tensor {mid} (never written) must not be in row pieces")
+        x, m = self._whole(src), self._tensor(mid, False)
+        _dwconv2d_step(&dw, dw_isa, x, dw_w, dw_bias, m, k, 1, pad_top, pad_left, dw_lo, dw_hi,
+                       1)
+        y = self._whole(dst)
+        r = self._whole(res).reshape(y.shape[0], y.shape[1], -1) if res >= 0 else None
+        _spmm_step(&st, isa, kernel, w, m.reshape(m.shape[0], m.shape[1], -1), bias, r,
+                   y.reshape(y.shape[0], y.shape[1], -1), lo, hi, 1)
+        cdef Py_ssize_t p = self._pieces[src], ih = dw.dw.ih, iw = dw.dw.iw
+        if band_rows < 4 or band_rows != dw_spmm_band_rows(p, k, 1, ih, iw, dw.dw.oh, dw.dw.ow,
+                                                             pad_top, pad_left, band_rows):
+            raise ValueError(f"band_rows {band_rows} must come from dw_spmm_band_rows for this "
+                             f"shape ({ih}x{iw}, {p} row pieces)")
+        for t in (res, dst):
+            if t >= 0 and self._pieces[t] and self._pieces[t] != p:
+                raise ValueError(f"tensor {t} must be in the row pieces of tensor {src}")
+        cdef Py_ssize_t n = x.shape[0], piece = ih * iw // max(p, 1), band = band_rows * iw
+        cdef Py_ssize_t ps = _ceil_div(band, 16) * 16
+        st.src_s = self._piece_strides(src, dw.src_s)
+        st.dst_s = self._piece_strides(dst, st.dst_s)
+        if res >= 0:
+            st.res_s = self._piece_strides(res, st.res_s)
+        # The packed offsets step from plane to plane of the scratch.
+        cdef _Parts parts = w.part_table(st.spmm.nparts, ps)
+        st.spmm.parts = parts.table
+        bounds = w.groups(1)
+        cdef const int64_t[::1] b = bounds
+        st.spmm.bounds, st.spmm.groups = &b[0], 1
+        h = k // 2
+        band_table = np.array([[m0, m0 + band, max(0, m0 - h * iw), min(ih * iw, m0 + band + h * iw)]
+                               for m0 in range(0, ih * iw, band)], dtype=np.int64).reshape(-1)
+        cdef const int64_t[::1] bt = band_table
+        st.kind = FS_STEP_DWCONV2D_SPMM
+        st.dw = dw.dw
+        st.dw.nbands, st.dw.bands = bt.shape[0] // 4, &bt[0]
+        st.dw.scratch_floats = _ceil_div(dw.dw.scratch_floats, 16) * 16
+        # (the kernel's scratch is sized for the plane or piece it is called on)
+        if p:
+            st.dw.scratch_floats = _ceil_div(fs_dwconv2d_scratch_floats(
+                k, 1, ih // p, iw, ih // p, iw, pad_top, pad_left), 16) * 16
+        st.dw.gap = _ceil_div(piece - band, 16) * 16
+        st.scratch_floats = st.dw.scratch_floats + st.dw.gap + dw.dw.c * ps
+        st.items = n * st.dw.nbands if st.items != 0 and dw.items != 0 else 0
+        st.scratch = self._scratch(&st)
+        self._append(&st, src, res, dst, (w, bias, dw_w, dw_bias, bounds, band_table, parts))
 
     def add_gavgpool(self, int isa, int src, int dst):
         cdef fs_step st

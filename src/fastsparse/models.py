@@ -43,6 +43,13 @@ SPARSE_MAX_DENSITY = {1: 0.3, 2: 0.4, 4: 0.5, 8: 0.5}
 FUSE_MIN_HW = 56 * 56
 FUSE_GROUP_BYTES = 256 * 1024
 
+# A stride-1 depthwise conv whose only reader is a 1x1 (not itself fused with a depthwise conv)
+# runs fused with it on images of at least FUSE_MIN_HW positions, by bands of rows whose
+# depthwise output (every channel, about DW_FUSE_BAND_BYTES) goes to scratch, where the 1x1
+# reads it: MobileNet v2's 32 x 112 x 112 depthwise output (1.6 MB) then never goes through
+# L3 or memory. Only where the kernel reads bands in place (_kernels.dw_spmm_band_rows).
+DW_FUSE_BAND_BYTES = 128 * 1024
+
 # A sparse 1x1 packed in blocks of rows runs its blocks as single rows (the same non-zeros,
 # repacked once) on images of at least ROWS_MIN_HW positions with at most ROWS_MAX_CIN input
 # channels: a block row there holds one to three stored blocks, too few to pay for its
@@ -159,6 +166,24 @@ class _Depthwise(_Layer):
     def add_step(self, steps, isa, shapes, layout):
         steps.add_dwconv2d(_dispatch.isa_id(isa), self.src, self.dst, self.w2, self.b, self.w.shape[2],
                            self.stride, self.padding[0], self.padding[1], *self.act)
+
+    def band_rows(self, shape, pieces):
+        """Rows per band of this layer fused with the 1x1 after it (DW_FUSE_BAND_BYTES of
+        output, every channel) on an input of `shape` in `pieces` row pieces, or 0 if it
+        cannot run fused."""
+        _, c, h, w = shape
+        _, _, oh, ow = self.out_shape(shape)
+        return _kernels.dw_spmm_band_rows(pieces if pieces > 1 else 0, self.w.shape[2],
+                                          self.stride, h, w, oh, ow, self.padding[0],
+                                          self.padding[1], max(1, DW_FUSE_BAND_BYTES // (4 * c * w)))
+
+    def add_fused_step(self, steps, isa, shapes, pw, pieces):
+        """This depthwise conv and the 1x1 `pw` reading its output, as one step."""
+        W, kisa, index = pw._kernel(isa, shapes[pw.src])
+        steps.add_dwconv2d_spmm(_dispatch.isa_id(isa), self.w2, self.b, self.w.shape[2],
+                                self.padding[0], self.padding[1], *self.act, kisa, index,
+                                W._packed, self.src, self.dst, -1 if pw.res is None else pw.res,
+                                pw.dst, pw.b, *pw.act, self.band_rows(shapes[self.src], pieces))
 
     def describe(self, shape, fused=False):
         k = self.w.shape[2]
@@ -387,17 +412,29 @@ class Network:
             shapes[layer.dst] = layer.out_shape(shapes[layer.src])
         return shapes
 
-    def _fused_pairs(self, shapes):
-        """Indices i of the sparse 1x1 layers that run fused with depthwise layer i + 1, the
-        only reader of their output, on images of at least FUSE_MIN_HW positions."""
+    def _fused_pairs(self, shapes, pieces=1):
+        """Indices i of the layers that run fused with layer i + 1, the only reader of their
+        output, on images of at least FUSE_MIN_HW positions: sparse 1x1s with the depthwise
+        conv after them, and then stride-1 depthwise convs with the 1x1 after them where that
+        1x1 is in no pair and whose bands fit the row pieces their input would be held in on
+        a batch-1 call on `pieces` threads (_Depthwise.band_rows)."""
         readers = {}
         for layer in self.layers:
             for t in (layer.src, layer.res):
                 readers[t] = readers.get(t, 0) + 1
-        return {i for i, (a, b) in enumerate(zip(self.layers, self.layers[1:]))
-                if type(a) is _Pointwise and a.res is None
-                and isinstance(b, _Depthwise) and b.src == a.dst and readers[a.dst] == 1
-                and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW}
+        pairs = list(zip(self.layers, self.layers[1:]))
+        fused = {i for i, (a, b) in enumerate(pairs)
+                 if type(a) is _Pointwise and a.res is None
+                 and isinstance(b, _Depthwise) and b.src == a.dst and readers[a.dst] == 1
+                 and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW}
+        for i, (a, b) in enumerate(pairs):
+            if (type(a) is _Depthwise and type(b) is _Pointwise and b.src == a.dst
+                    and readers[a.dst] == 1 and not {i - 1, i, i + 1} & fused
+                    and int(np.prod(shapes[a.src][2:])) >= FUSE_MIN_HW
+                    and a.band_rows(shapes[a.src],
+                                    pieces if pieceable(shapes[a.src], pieces) else 1)):
+                fused.add(i)
+        return fused
 
     def _row_pieces(self, shapes, fused, threads):
         """Tensors held in `threads` row pieces (fs_steps.h) on a batch-1 call on `threads`
@@ -413,7 +450,9 @@ class Network:
         ok = {d for d, sh in shapes.items() if 0 < d != last and pieceable(sh, t)}
         for i, layer in enumerate(self.layers):
             roles = {layer.src, layer.dst} | ({layer.res} if layer.res is not None else set())
-            if i - 1 in fused:  # the depthwise half of a fused pair
+            if i in fused and type(layer) is _Depthwise:  # a depthwise conv + 1x1 pair
+                ok.discard(layer.dst)  # the depthwise output the pair never writes
+            elif i - 1 in fused and type(layer) is _Depthwise:  # the depthwise half of a 1x1 + depthwise pair
                 (_, _, h, w), (_, _, oh, ow) = shapes[layer.src], shapes[layer.dst]
                 if not _kernels.fused_writes_pieces(t, layer.w.shape[2], layer.stride, h, w, oh,
                                                     ow, layer.padding[0], layer.padding[1]):
@@ -429,12 +468,23 @@ class Network:
                     ok -= roles
             else:
                 ok -= roles
+        # A fused depthwise conv + 1x1 takes its output and residual in pieces only with its
+        # input in pieces its bands fit (a discard may undo another pair's input: repeat).
+        changed = True
+        while changed:
+            changed = False
+            for i in fused:
+                dw, pw = self.layers[i], self.layers[i + 1]
+                if (type(dw) is _Depthwise and {dw.src, pw.dst, pw.res} & ok
+                        and (dw.src not in ok or not dw.band_rows(shapes[dw.src], t))):
+                    ok -= {dw.src, pw.dst, pw.res}
+                    changed = True
         return {d: t for d in ok}
 
     def _plan(self, key, by_size=False, pieces=1):
         """Buffer of each tensor: tensors alive at the same time get different buffers. A
-        fused 1x1 + depthwise pair reads the 1x1's input until the depthwise output is
-        written, so that input lives one layer longer. With `by_size`, a buffer only ever
+        fused pair reads its first layer's input until the second layer's output is written,
+        so that input lives one layer longer. With `by_size`, a buffer only ever
         holds tensors of one image size: on several threads, each thread then writes the same
         lines of it at every layer and every call (threads split a tensor by its positions or
         its channels, the same way for every tensor of a size), instead of lines the other
@@ -448,7 +498,7 @@ class Network:
                     raise ValueError(
                         f"images of {key[0][2]}x{key[0][3]} are too small for {self.arch}: layer "
                         f"{i} ({layer.op}) would produce an empty output {shapes[layer.dst]}")
-            fused = self._fused_pairs(shapes)
+            fused = self._fused_pairs(shapes, pieces)
             pieced = self._row_pieces(shapes, fused, pieces)
             last_use = {}
             for i, layer in enumerate(self.layers):
@@ -460,7 +510,7 @@ class Network:
                 freed_after.setdefault(i, []).append(t)
             slots, free, buffer_of, slot_hw = [], [], {}, []
             for i, layer in enumerate(self.layers[:-1]):  # the logits are allocated per call
-                if i in fused:  # the 1x1 output of a fused pair: never written, no buffer
+                if i in fused:  # a fused pair's first output: never written, no buffer
                     continue
                 size = (_pieced_size(shapes[layer.dst], pieced[layer.dst])
                         if layer.dst in pieced else _padded_size(shapes[layer.dst]))
@@ -499,8 +549,8 @@ class Network:
         starts = np.cumsum([0] + [-(-s // 16) * 16 for s in slots])
         arena = hugepage_empty(int(starts[-1]))
         buffers = [arena[starts[i]:starts[i] + s] for i, s in enumerate(slots)]
-        # The 1x1 outputs of fused pairs only give the step their shapes: one buffer that is
-        # never written (nor touched: its pages are never made) serves them all.
+        # The first layers' outputs in fused pairs only give the steps their shapes: one buffer
+        # that is never written (nor touched: its pages are never made) serves them all.
         ghosts = [_padded_size(shapes[layer.dst]) for i, layer in enumerate(self.layers[:-1])
                   if i in fused]
         ghost = line_aligned_empty(max(ghosts, default=0))
@@ -517,10 +567,13 @@ class Network:
         views[0] = np.empty((n, h, w, c) if layout == "NHWC" else in_shape, dtype=np.float32)
         views[-1] = np.empty(shapes[self.layers[-1].dst], dtype=np.float32)
         steps = _kernels.StepList(views, threads, [pieced.get(t, 0) for t in range(len(views))])
-        layer_of_step = []  # a fused 1x1 + depthwise pair is one step, of the 1x1 layer
+        layer_of_step = []  # a fused pair is one step, of its first layer
         i = 0
         while i < len(self.layers):
-            if i in fused:
+            if i in fused and type(self.layers[i]) is _Depthwise:
+                self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1],
+                                              pieced.get(self.layers[i].src, 0))
+            elif i in fused:
                 self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1])
             else:
                 self.layers[i].add_step(steps, isa, shapes, layout)

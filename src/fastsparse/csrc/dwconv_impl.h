@@ -456,7 +456,7 @@ FS_INLINE void fs_dw_rows_block(size_t k, size_t R, size_t ih, size_t w, const f
  * block of whole rows (else returns 0): those rows by blocks, the partial rows at either end
  * by flat spans (`edge`: their loads bounded to the plane). A span may overlap the rows next
  * to it (it starts and ends on whole vectors); it stores the same bits there. With halo rows
- * (`above`, `below`: a row piece taller than a staged copy), only a whole plane. */
+ * (`above`, `below`: a row piece taller than a staged copy), only whole rows. */
 FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
                             const float* zero, const float* above, const float* below, int edge,
                             const unsigned char* table, size_t period, const fs_vec* wv,
@@ -467,7 +467,7 @@ FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
   const size_t y0 = (begin + w - 1) / w, y1 = end == n ? ih : end / w;
   const float* src[1] = {input};
   if (y1 < y0 + R) return 0;
-  assert((above == NULL && below == NULL) || (begin == 0 && end == n));
+  assert((above == NULL && below == NULL) || (begin % w == 0 && end % w == 0));
   if (begin < y0 * w) {
     const size_t to = (y0 * w + FS_VLEN - 1) / FS_VLEN * FS_VLEN;
     fs_dw_flat_span(k, 1, k / 2, edge, src, n, w, begin, to, table, period, wv, vbias, output,
@@ -486,7 +486,8 @@ FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
 }
 
 /* Flat output positions [begin, end) of a stride-1 plane (begin a multiple of FS_VLEN), the
- * halo rows `above` and `below` (or NULL) around it (whole planes only); `zero`: a row of at
+ * halo rows `above` and `below` (or NULL) around it (whole planes, or whole rows of a plane
+ * taller than a staged copy); `zero`: a row of at
  * least iw zeros. */
 FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
                                 const float* above, const float* below, const float* zero,
@@ -809,7 +810,10 @@ FS_INLINE void fs_dwconv2d_chw(size_t k, size_t s, size_t ih, size_t iw, size_t 
   assert(out_begin < out_end && out_end <= oh * ow);
   if (flat == 1 && input_stride == iw * sizeof(float) && output_stride == ow * sizeof(float)) {
     assert(out_begin % 16 == 0 && (out_end % 16 == 0 || out_end == oh * ow));
-    assert((above == NULL && below == NULL) || (out_begin == 0 && out_end == oh * ow));
+    /* Halo rows come with the whole plane, or on a plane taller than a staged copy (read in
+     * place by the rows path) with whole output rows. */
+    assert((above == NULL && below == NULL) || (out_begin == 0 && out_end == oh * ow) ||
+           (ih > FS_DW_FLAT_STAGE_ROWS && out_begin % ow == 0 && out_end % ow == 0));
     /* The ring's zero row serves the rows above and below a big plane. */
     fs_dwconv2d_flat(k, ih, iw, input, above, below, scratch + (k + 2) * rowlen, wv, vbias,
                      scratch + (k + 3) * rowlen, output, out_begin, out_end, vlo, vhi);

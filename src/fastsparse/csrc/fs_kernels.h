@@ -201,9 +201,11 @@ typedef struct fs_spmm_kernel {
  * `above` and `below` are NULL, or the K/2 rows (`input_stride` bytes apart, all readable)
  * just above row 0 and just below row ih - 1: the plane is then one band of rows of a taller
  * image (a row piece, fs_steps.h, of at least K/2 rows), and the taps that cross its edges
- * read the neighbouring band's rows instead of zeros. Only on the flat paths (fs_dw_flat_kind() != 0; for stride 1, planes of
- * at most FS_DW_FLAT_STAGE_ROWS rows, or at least FS_DW_ROWS_MIN_W wide), with out_begin = 0
- * and out_end = oh * ow.
+ * read the neighbouring band's rows instead of zeros. Only on the flat paths
+ * (fs_dw_flat_kind() != 0; for stride 1, planes of at most FS_DW_FLAT_STAGE_ROWS rows, or at
+ * least FS_DW_ROWS_MIN_W wide), with out_begin = 0 and out_end = oh * ow; or, on stride-1
+ * planes taller than FS_DW_FLAT_STAGE_ROWS and at least FS_DW_ROWS_MIN_W wide, any range of
+ * whole rows of at least 4.
  */
 typedef void (*fs_dwconv2d_fn)(
     size_t ih, size_t iw, size_t oh, size_t ow, size_t pad_top, size_t pad_left,

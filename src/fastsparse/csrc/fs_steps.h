@@ -34,7 +34,8 @@ enum fs_step_kind {
   FS_STEP_GAVGPOOL = 3,
   FS_STEP_VADD = 4,
   FS_STEP_SPMM_DWCONV2D = 5, /* a sparse 1x1 fused with the depthwise conv that reads it */
-  FS_STEP_SPMM_KSPLIT = 6    /* a 1x1 summed in two halves of its input channels, then added */
+  FS_STEP_SPMM_KSPLIT = 6,   /* a 1x1 summed in two halves of its input channels, then added */
+  FS_STEP_DWCONV2D_SPMM = 7  /* a stride-1 depthwise conv fused with the sparse 1x1 reading it */
 };
 
 /* The non-zeros of a packed sparse matrix in one range of input channels (a "part"; the
@@ -88,8 +89,10 @@ typedef struct fs_dwconv2d_args {
   size_t scratch_floats; /* the kernel's scratch, at the start of each thread's scratch */
   /* FS_STEP_SPMM_DWCONV2D: bands of output rows, 4 values each: the output positions
    * [out_begin, out_end) and the input positions [in_begin, in_end) (whole rows) that the
-   * band's taps use, which the band's 1x1 computes. */
-  size_t nbands;
+   * band's taps use, which the band's 1x1 computes. FS_STEP_DWCONV2D_SPMM: the same, each band
+   * inside one row piece of the input; its planes in scratch start `gap` floats after the
+   * kernel's scratch. */
+  size_t nbands, gap;
   const int64_t* bands;
 } fs_dwconv2d_args;
 
@@ -289,6 +292,40 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
         fs_dwconv2d_plane(&st->dw, ch, planes + (ch - r0) * ps, NULL, NULL, scratch,
                           out + ch * ys.channel, (size_t)band[0], (size_t)band[1]);
       }
+      return;
+    }
+    case FS_STEP_DWCONV2D_SPMM: {
+      /* One band of output rows of the depthwise conv, every channel, into this thread's
+       * scratch, where the 1x1 then reads them at once: the depthwise output never makes the
+       * round trip through L3 or memory. The kernel reads the input plane (or row piece, with
+       * its neighbours' halo rows) in place and writes positions [b0, b1) of an output plane
+       * whose origin lies b0 floats before the band's scratch plane, inside the `gap` left
+       * for it. */
+      const fs_dwconv2d_args* d = &st->dw;
+      const fs_spmm_args* a = &st->spmm;
+      const size_t img = t / d->nbands, w = d->iw, h = d->taps == 9 ? 1 : 2;
+      const int64_t* band = d->bands + 4 * (t % d->nbands);
+      const size_t m0 = (size_t)band[0], m1 = (size_t)band[1], n = d->ih * w;
+      const size_t piece = xs.piece != 0 ? xs.piece : n, q = m0 / piece;
+      const size_t b0 = m0 - q * piece, b1 = m1 - q * piece, ps = fs_plane_floats(m1 - m0);
+      const float* image = x + img * xs.image;
+      const float* plane = image + fs_piece_shift(xs, m0) + q * piece;
+      const float* above = q > 0 ? image + fs_piece_shift(xs, q * piece - h * w) + q * piece - h * w
+                                 : NULL;
+      const float* below =
+          (q + 1) * piece < n ? image + fs_piece_shift(xs, (q + 1) * piece) + (q + 1) * piece : NULL;
+      float* planes = scratch + d->scratch_floats + d->gap;
+      for (size_t ch = 0; ch < d->c; ch++) {
+        const size_t at = ch * xs.channel;
+        d->fn(piece / w, w, piece / w, w, d->pad_top, d->pad_left, plane + at, w * sizeof(float),
+              above != NULL ? above + at : NULL, below != NULL ? below + at : NULL,
+              d->weights + ch * d->taps, d->bias != NULL ? d->bias[ch] : 0.0f, scratch,
+              planes + ch * ps - b0, w * sizeof(float), b0, b1, d->lo, d->hi);
+      }
+      fs_spmm_rows(a, a->bounds[0], a->bounds[a->groups], 0, m1 - m0, planes,
+                   r != NULL ? r + img * rs.image + fs_piece_shift(rs, m0) + m0 : NULL,
+                   rs.channel * sizeof(float), y + img * ys.image + fs_piece_shift(ys, m0) + m0,
+                   ys.channel * sizeof(float));
       return;
     }
     case FS_STEP_DWCONV2D: {
