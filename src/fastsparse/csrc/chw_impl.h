@@ -5,9 +5,10 @@
  * conv2d: the input rows are staged exactly as in the depthwise kernel (padded, split into
  * even/odd columns for stride 2), one ring of 3 rows per input channel; an HWC image is
  * gathered channel by channel during that copy, so channels-last input needs no transpose.
- * Tile: 4 output channels x 2 vectors of output columns (8 accumulators); every input vector
- * loaded feeds 4 FMAs with broadcast weights. Leftover channels use narrower tiles (3, 2, 1),
- * the last vector of a row is a masked store.
+ * Tile: 4 output channels x FS_CONV_NV vectors of output columns (2: 8 accumulators; 3 on
+ * AVX-512, whose 32 registers hold 12); every input vector loaded feeds 4 FMAs with broadcast
+ * weights. Leftover columns take a 2-vector tile, then single vectors, leftover channels
+ * narrower tiles (3, 2, 1); the last vector of a row is a masked store.
  *
  * Out-of-bounds contract: reads only the image and writes only output rows
  * [oy_begin, oy_end) x [0, ow) of each channel; the rest happens in the caller's scratch.
@@ -16,6 +17,11 @@
 #define FS_CHW_IMPL_H
 
 #include "dwconv_impl.h"
+
+/* Vectors of output columns per conv2d tile; vec_<isa>.h may set it (at most 4). */
+#ifndef FS_CONV_NV
+#define FS_CONV_NV 2
+#endif
 
 /* Copies input row iy of every channel into ring slot iy % 3 (scratch row slot*cin + ci). */
 FS_INLINE void fs_conv_load_rows(size_t s, size_t cin, size_t iy, size_t iw, size_t pad_left,
@@ -45,11 +51,11 @@ FS_INLINE void fs_conv_tile(size_t s, size_t nr, size_t nv, int partial, fs_tail
                             size_t half, size_t ox, size_t co, const float* weights,
                             const float* bias, float* out_row, size_t output_channel_stride,
                             fs_vec vlo, fs_vec vhi) {
-  fs_vec acc[4][2];
+  fs_vec acc[4][FS_CONV_NV];
 #pragma GCC unroll 4
   for (size_t r = 0; r < nr; r++) {
     const fs_vec b = bias != NULL ? fs_vset1(bias[co + r]) : fs_vzero();
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (size_t v = 0; v < nv; v++) acc[r][v] = b;
   }
   const size_t wstride = cin * 9;
@@ -60,13 +66,13 @@ FS_INLINE void fs_conv_tile(size_t s, size_t nr, size_t nv, int partial, fs_tail
       const float* row = base[ky] + ci * cstep[ky];
 #pragma GCC unroll 3
       for (size_t kx = 0; kx < 3; kx++) {
-        fs_vec xv[2];
-#pragma GCC unroll 2
+        fs_vec xv[FS_CONV_NV];
+#pragma GCC unroll 4
         for (size_t v = 0; v < nv; v++) xv[v] = fs_vload(fs_chw_tap(s, row, half, ox + v * FS_VLEN, kx));
 #pragma GCC unroll 4
         for (size_t r = 0; r < nr; r++) {
           const fs_vec wr = fs_vset1(w[r * wstride + ky * 3 + kx]);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
           for (size_t v = 0; v < nv; v++) acc[r][v] = fs_vfma(wr, xv[v], acc[r][v]);
         }
       }
@@ -75,7 +81,7 @@ FS_INLINE void fs_conv_tile(size_t s, size_t nr, size_t nv, int partial, fs_tail
 #pragma GCC unroll 4
   for (size_t r = 0; r < nr; r++) {
     float* out = (float*)((char*)out_row + (co + r) * output_channel_stride) + ox;
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (size_t v = 0; v < nv; v++) {
       const fs_vec y = fs_vclamp(acc[r][v], vlo, vhi);
       if (partial && v == nv - 1) {
@@ -87,16 +93,22 @@ FS_INLINE void fs_conv_tile(size_t s, size_t nr, size_t nv, int partial, fs_tail
   }
 }
 
-/* One row of output columns for nr channels from co: 2-vector steps, then single vectors. */
+/* One row of output columns for nr channels from co: FS_CONV_NV-vector steps, then a
+ * 2-vector one, then single vectors. */
 FS_INLINE void fs_conv_row(size_t s, size_t nr, size_t cin, size_t ow, const float* const* base,
                            const size_t* cstep, size_t half, size_t co, const float* weights,
                            const float* bias, float* out_row, size_t output_channel_stride,
                            fs_vec vlo, fs_vec vhi) {
   const fs_tail full = fs_tail_make(FS_VLEN);
   size_t ox = 0;
-  for (; ox + 2 * FS_VLEN <= ow; ox += 2 * FS_VLEN) {
+  for (; ox + FS_CONV_NV * FS_VLEN <= ow; ox += FS_CONV_NV * FS_VLEN) {
+    fs_conv_tile(s, nr, FS_CONV_NV, 0, full, cin, base, cstep, half, ox, co, weights, bias, out_row,
+                 output_channel_stride, vlo, vhi);
+  }
+  if (FS_CONV_NV > 2 && ox + 2 * FS_VLEN <= ow) {
     fs_conv_tile(s, nr, 2, 0, full, cin, base, cstep, half, ox, co, weights, bias, out_row,
                  output_channel_stride, vlo, vhi);
+    ox += 2 * FS_VLEN;
   }
   for (; ox < ow; ox += FS_VLEN) {
     const int partial = ow - ox < FS_VLEN;

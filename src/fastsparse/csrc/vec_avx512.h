@@ -77,6 +77,9 @@ static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
  * (dwconv_impl.h, fs_dw_s2_rows): two permutes and a lane shift per row and 16 outputs, in
  * place of copying every row into scratch first (1.3-1.5x faster: BENCHMARKS.md, session 8). */
 #define FS_DW_S2_DIRECT 1
+/* The first conv's tile: 4 channels x 3 vectors (12 of the 32 registers) ran 224x224 -> 32
+ * channels in 227-228 us against 236-239 for 4 x 2 (x 4: 231). */
+#define FS_CONV_NV 3
 /* Lanes n.. of lo, then lanes ..n-1 of hi: (lo, hi) as 32 lanes, moved down n (0 <= n < 16,
  * a constant). */
 #define fs_valign_lanes(hi, lo, n) \
