@@ -583,6 +583,52 @@ def test_fused_depthwise_1x1_refuses_what_it_cannot_run():
     assert len(s) == 0
 
 
+def test_steps_share_one_work_buffer_without_reading_each_others_planes(isa, monkeypatch):
+    """A fused 1x1 + depthwise step, a fused depthwise + 1x1 step and a K-split 1x1 in one list
+    write their planes and partial sums into one shared buffer: after a run on infinities,
+    each step gives the bytes it gives in a list of its own, on 1 and 2 threads."""
+    monkeypatch.setattr(_kernels, "SPMM_PART_BYTES", 16)  # K-split parts on small inputs
+    rng = np.random.default_rng(11)
+    h, w = 16, 48
+    W1, _, _, b1 = _dw_1x1_case(rng, 3, 6, 1, 3)  # the 1x1 3 -> 6 and its bias
+    wd1 = rng.standard_normal((6, 9)).astype(np.float32)
+    W2, wd2, b2, b3 = _dw_1x1_case(rng, 6, 4, 2, 5)
+    W3 = fs.SparseMatrix.from_dense(rng.standard_normal((2, 4)).astype(np.float32), block_size=1)
+    isa_id = _dispatch.isa_id(fs.isa())
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, h * w)
+    band_rows = _kernels.dw_spmm_band_rows(0, 5, 1, h, w, h, w, 2, 2, 4)
+    steps_of = [
+        lambda s, a, b, c: s.add_spmm_dwconv2d(kisa, kern, W1._packed, a, b, c, b1, 0.0, 6.0,
+                                               isa_id, wd1, None, 3, 1, 1, 1, -6.0, 6.0, 2),
+        lambda s, a, b, c: _add_dw_1x1(s, True, W2, wd2, b2, b3, 5, band_rows, a, b, -1, c,
+                                       ACTS[1], h * w),
+        lambda s, a, b, c: s.add_spmm(kisa, kern, W3._packed, a, -1, c, None, -np.inf, np.inf,
+                                      ksplit=True)]
+    shapes = [(3, h, w), (6, h, w), (6, h, w), (6, h, w), (4, h, w), (4, h, w), (2, h, w)]
+    x = rng.standard_normal((1,) + shapes[0]).astype(np.float32)
+
+    def run(tensor_ids, steps_used, threads, x):
+        tensors = [np.full((1,) + shapes[t], np.nan, np.float32) for t in tensor_ids]
+        steps = _kernels.StepList(tensors, threads)
+        for k in steps_used:  # step k reads tensor 2k and writes 2k + 2 (through 2k + 1)
+            a = tensor_ids.index(2 * k)
+            steps_of[k](steps, a, a + 1, a + 2 if k < 2 else a + 1)
+        y = np.empty((1,) + shapes[tensor_ids[-1]], np.float32)
+        steps.run(np.where(np.isnan(x), 0, np.inf).astype(np.float32), y)  # poison
+        steps.run(x, y)
+        return steps, tensors, y
+
+    for threads in (1, 2):
+        steps, tensors, y = run([0, 1, 2, 3, 4, 6], (0, 1, 2), threads, x)
+        assert steps.kinds() == [5, 7, 6]
+        _, _, y0 = run([0, 1, 2], (0,), threads, x)
+        _, _, y1 = run([2, 3, 4], (1,), threads, np.ascontiguousarray(tensors[2]))
+        _, _, y2 = run([4, 6], (2,), threads, np.ascontiguousarray(tensors[4]))
+        assert y0.tobytes() == tensors[2].tobytes()
+        assert y1.tobytes() == tensors[4].tobytes()
+        assert y2.tobytes() == y.tobytes()
+
+
 def test_row_groups_split_on_block_starts():
     W = fs.SparseMatrix.from_dense(np.ones((10, 3), np.float32), block_size=4)._packed
     assert W.row_groups(8).tolist() == [0, 2, 4]     # blocks: rows 0-3, 4-7, then 8 and 9

@@ -144,6 +144,8 @@ cdef extern from "csrc/fs_steps.h" nogil:
         size_t items
         float* scratch
         size_t scratch_floats
+        float* work
+        size_t work_floats
         fs_spmm_args spmm
         fs_dwconv2d_args dw
         fs_conv2d_args conv
@@ -889,7 +891,8 @@ cdef class StepList:
     cdef Py_ssize_t _count, _cap, _ntensors
     cdef float** _table
     cdef list _tensors, _keep, _pieces
-    cdef bint _busy
+    cdef bint _busy, _work_ok
+    cdef object _work
     cdef readonly int num_threads
     cdef size_t* _spans  # byte ranges [lo, hi) of the tensors between input and output,
     cdef Py_ssize_t _nspans  # sorted by lo
@@ -1024,6 +1027,36 @@ cdef class StepList:
         self._steps[self._count] = st[0]
         self._count += 1
         self._keep.append(keep)
+        self._work_ok = False
+        return 0
+
+    cdef int _ensure_work(self) except -1:
+        """Points every step's work planes (and K-split partial sums) into one buffer sized
+        for the step that needs most: steps run one after another, and none leaves data there
+        for another (MobileNet v2: 1.5 MB of per-step scratch and partial sums -> 0.27 MB,
+        lines a call would otherwise touch, and after another engine's call fetch, each)."""
+        if self._work_ok:
+            return 0
+        cdef Py_ssize_t i, need = 0
+        cdef fs_step* st
+        for i in range(self._count):
+            st = &self._steps[i]
+            need = max(need, <Py_ssize_t>st.work_floats *
+                       (1 if st.kind == FS_STEP_SPMM_KSPLIT else self.num_threads))
+        cdef float[::1] buf
+        cdef float* base = NULL
+        if need:
+            self._work = line_aligned_empty(need)
+            self._work[...] = 0.0
+            buf = self._work
+            base = &buf[0]
+        for i in range(self._count):
+            st = &self._steps[i]
+            if st.kind == FS_STEP_SPMM_KSPLIT:
+                st.spmm.partial = base
+            else:
+                st.work = base
+        self._work_ok = True
         return 0
 
     cdef float* _scratch(self, fs_step* st):
@@ -1057,22 +1090,18 @@ cdef class StepList:
             _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias,
                        self._tensor(res, True) if res >= 0 else None, self._tensor(dst, True),
                        lo, hi, self.num_threads)
-        partial = None
-        cdef float[::1] pv
         cdef Py_ssize_t n, hw
         if ksplit and st.items != 0 and st.spmm.nparts >= 2:
             n = p if p else self._tensors[src].shape[0]  # the images the step runs
             hw = st.spmm.hw
             st.kind = FS_STEP_SPMM_KSPLIT
             st.spmm.plane = _ceil_div(hw, 16) * 16
-            partial = line_aligned_empty(n * st.spmm.cout * st.spmm.plane)
-            pv = partial
-            st.spmm.partial = &pv[0]
+            st.work_floats = n * st.spmm.cout * st.spmm.plane  # `partial`, in the shared work
             st.spmm.rchunk = _ceil_div(_ceil_div(hw, self.num_threads), 16) * 16
             st.spmm.rpieces = _ceil_div(hw, st.spmm.rchunk)
             st.spmm.vadd = _chw_ops(isa).vadd
             st.items = 2 * n
-        self._append(&st, src, res, dst, (w, bias, partial))
+        self._append(&st, src, res, dst, (w, bias))
 
     def add_dwconv2d(self, int isa, int src, int dst, w, bias, Py_ssize_t k, Py_ssize_t stride,
                      Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi):
@@ -1162,7 +1191,8 @@ cdef class StepList:
         st.items = (x.shape[0] * st.dw.nbands * st.spmm.groups
                     if st.items != 0 and dw.items != 0 else 0)
         st.dw.scratch_floats = _ceil_div(dw.dw.scratch_floats, 16) * 16
-        st.scratch_floats = st.dw.scratch_floats + int(rows.max()) * _ceil_div(st.spmm.hw, 16) * 16
+        st.scratch_floats = st.dw.scratch_floats
+        st.work_floats = int(rows.max()) * _ceil_div(st.spmm.hw, 16) * 16
         st.scratch = self._scratch(&st)
         self._append(&st, src, -1, dst, (w, bias, dw_w, dw_bias, bounds, band_table))
 
@@ -1224,7 +1254,8 @@ cdef class StepList:
             st.dw.scratch_floats = _ceil_div(fs_dwconv2d_scratch_floats(
                 k, 1, ih // p, iw, ih // p, iw, pad_top, pad_left), 16) * 16
         st.dw.gap = _ceil_div(piece - band, 16) * 16
-        st.scratch_floats = st.dw.scratch_floats + st.dw.gap + dw.dw.c * ps
+        st.scratch_floats = st.dw.scratch_floats
+        st.work_floats = st.dw.gap + dw.dw.c * ps
         st.items = n * st.dw.nbands if st.items != 0 and dw.items != 0 else 0
         st.scratch = self._scratch(&st)
         self._append(&st, src, res, dst, (w, bias, dw_w, dw_bias, bounds, band_table, parts))
@@ -1256,6 +1287,7 @@ cdef class StepList:
             raise ValueError(f"times must have {end - begin + 1} entries (or 2)")
         if self._busy:
             raise RuntimeError("StepList.run is not reentrant")
+        self._ensure_work()
         cdef double* tptr = &times[0] if times is not None else NULL
         cdef int each = times is not None and times.shape[0] == end - begin + 1
         # Same shape and strides as the C-contiguous templates: flat views, no copies.
@@ -1331,6 +1363,7 @@ def run_images(list lists, x, y, double[::1] times=None):
                                  f"{(1,) + a.shape[1:]}")
         if sl._busy:
             raise RuntimeError("a step list given to run_images is running")
+        sl._ensure_work()
         for j in range(i):
             other = lists[j]
             if other is sl or _spans_overlap(sl, other):

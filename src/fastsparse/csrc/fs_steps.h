@@ -90,8 +90,7 @@ typedef struct fs_dwconv2d_args {
   /* FS_STEP_SPMM_DWCONV2D: bands of output rows, 4 values each: the output positions
    * [out_begin, out_end) and the input positions [in_begin, in_end) (whole rows) that the
    * band's taps use, which the band's 1x1 computes. FS_STEP_DWCONV2D_SPMM: the same, each band
-   * inside one row piece of the input; its planes in scratch start `gap` floats after the
-   * kernel's scratch. */
+   * inside one row piece of the input; its planes start `gap` floats into the thread's work. */
   size_t nbands, gap;
   const int64_t* bands;
 } fs_dwconv2d_args;
@@ -146,6 +145,11 @@ typedef struct fs_step {
   size_t items;
   float* scratch;     /* per thread `scratch_floats` apart, zero-filled by the builder */
   size_t scratch_floats;
+  /* Planes a step writes before it reads them, in the one buffer all steps of a list share
+   * (a call then touches its lines once, not once per step): per thread `work_floats` apart
+   * for the fused steps; FS_STEP_SPMM_KSPLIT's `partial` points there too. */
+  float* work;
+  size_t work_floats;
   fs_spmm_args spmm;
   fs_dwconv2d_args dw;
   fs_conv2d_args conv;
@@ -275,7 +279,7 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const int64_t* band = st->dw.bands + 4 * (rest % st->dw.nbands);
       const int64_t b0 = a->bounds[g], b1 = a->bounds[g + 1];
       if (b1 <= b0) return;
-      float* planes = scratch + st->dw.scratch_floats;
+      float* planes = st->work + (size_t)thread * st->work_floats;
       /* An input in row pieces: the band's rows from each piece they fall in (a halo row
        * from the piece before or after). */
       for (size_t m = (size_t)band[2]; m < (size_t)band[3];) {
@@ -296,11 +300,11 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
     }
     case FS_STEP_DWCONV2D_SPMM: {
       /* One band of output rows of the depthwise conv, every channel, into this thread's
-       * scratch, where the 1x1 then reads them at once: the depthwise output never makes the
-       * round trip through L3 or memory. The kernel reads the input plane (or row piece, with
-       * its neighbours' halo rows) in place and writes positions [b0, b1) of an output plane
-       * whose origin lies b0 floats before the band's scratch plane, inside the `gap` left
-       * for it. */
+       * work planes, where the 1x1 then reads them at once: the depthwise output never makes
+       * the round trip through L3 or memory. The kernel reads the input plane (or row piece,
+       * with its neighbours' halo rows) in place and writes positions [b0, b1) of an output
+       * plane whose origin lies b0 floats before the band's plane, inside the `gap` left for
+       * it. */
       const fs_dwconv2d_args* d = &st->dw;
       const fs_spmm_args* a = &st->spmm;
       const size_t img = t / d->nbands, w = d->iw, h = d->taps == 9 ? 1 : 2;
@@ -314,7 +318,7 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
                                  : NULL;
       const float* below =
           (q + 1) * piece < n ? image + fs_piece_shift(xs, (q + 1) * piece) + (q + 1) * piece : NULL;
-      float* planes = scratch + d->scratch_floats + d->gap;
+      float* planes = st->work + (size_t)thread * st->work_floats + d->gap;
       for (size_t ch = 0; ch < d->c; ch++) {
         const size_t at = ch * xs.channel;
         d->fn(piece / w, w, piece / w, w, d->pad_top, d->pad_left, plane + at, w * sizeof(float),
