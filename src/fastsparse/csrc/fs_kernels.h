@@ -74,7 +74,8 @@ typedef void (*fs_spmm_fn)(
   X(8, 4, 1, , sse2)         \
   X(4, 8, 1, , sse2)
 
-/* MR = 1: the one-position variant (a gather per FS_VLEN non-zeros), for batch-1 classifiers. */
+/* MR = 1: the one-position variant (scalar FMA chains along each row), for batch-1
+ * classifiers. */
 #define FS_SPMM_AVX2_LIST(X)   \
   X(1, 1, 1, , avx2)           \
   X(8, 1, 2, , avx2)           \

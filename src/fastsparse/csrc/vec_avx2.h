@@ -71,16 +71,7 @@ static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
   return _mm256_maskload_ps(p, m);
 }
 
-/* Used by the one-position spmm variant (spmm_impl.h): lanes of floats at byte offsets from
- * base; the tail form reads only off[0, n) and their floats, zeros elsewhere. */
-#define FS_HAVE_VGATHER 1
-static inline fs_vec fs_vgather(const float* base, const int32_t* off) {
-  return _mm256_i32gather_ps(base, _mm256_loadu_si256((const __m256i*)off), 1);
-}
-static inline fs_vec fs_vgather_tail(const float* base, const int32_t* off, fs_tail m) {
-  return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base,
-                                  _mm256_maskload_epi32((const int*)off, m), _mm256_castsi256_ps(m),
-                                  1);
-}
+/* FMA in scalar code too: the one-position spmm variant (spmm_impl.h). */
+#define FS_HAVE_SPMM_DOT 1
 
 #endif /* FS_VEC_AVX2_H */

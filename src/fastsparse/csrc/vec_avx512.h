@@ -85,15 +85,7 @@ static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
 #define fs_valign_lanes(hi, lo, n) \
   _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), (n)))
 
-/* Used by the one-position spmm variant (spmm_impl.h): lanes of floats at byte offsets from
- * base; the tail form reads only off[0, n) and their floats, zeros elsewhere. */
-#define FS_HAVE_VGATHER 1
-static inline fs_vec fs_vgather(const float* base, const int32_t* off) {
-  return _mm512_i32gather_ps(_mm512_loadu_si512(off), base, 1);
-}
-static inline fs_vec fs_vgather_tail(const float* base, const int32_t* off, fs_tail m) {
-  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_maskz_loadu_epi32(m, off), base,
-                                  1);
-}
+/* FMA in scalar code too: the one-position spmm variant (spmm_impl.h). */
+#define FS_HAVE_SPMM_DOT 1
 
 #endif /* FS_VEC_AVX512_H */
