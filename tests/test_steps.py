@@ -572,6 +572,11 @@ def test_fused_depthwise_1x1_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="overlap"):
         s.add_dwconv2d_spmm(isa, wd, b2, 3, 1, 1, 0.0, 6.0, kisa, kern, W._packed, 0, 1, -1, 1,
                             b1, 0.0, 6.0, 8)
+    for res in (1, 4):  # the never-written depthwise output; a residual of another shape
+        t = _kernels.StepList([one(), one(), one(), one(), one(c=2, h=80, w=96)], 1)
+        with pytest.raises(ValueError, match="the residual"):
+            t.add_dwconv2d_spmm(isa, wd, b2, 3, 1, 1, 0.0, 6.0, kisa, kern, W._packed, 0, 1,
+                                res, 2, b1, 0.0, 6.0, 8)
     s = _kernels.StepList([one(), _pieced(4, 80, 48, 2), one(h=80), _pieced(4, 80, 48, 2),
                            one(h=80)], 2, [0, 2, 0, 2, 0])
     with pytest.raises(ValueError, match="never written"):

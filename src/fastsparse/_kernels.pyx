@@ -744,8 +744,8 @@ def dw_spmm_band_rows(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssi
                       Py_ssize_t pad_left, Py_ssize_t rows):
     """The rows of each band of a fused depthwise + 1x1 step (add_dwconv2d_spmm) on an input
     in `pieces` row pieces (0: one image): the largest divisor of a piece's rows up to `rows`
-    whose positions are whole 16-float vectors, at least 4 rows (the depthwise rows path's
-    block); or 0 if there is none, or if the depthwise conv is not a stride-1 'same' one on
+    whose positions are whole 16-float vectors, at least 4 rows (the largest block of rows
+    the depthwise rows path takes on any ISA, FS_DW_ROW_BLOCK); or 0 if there is none, or if the depthwise conv is not a stride-1 'same' one on
     planes at least DW_ROWS_MIN_W wide (or, in row pieces, pieces taller than
     DW_FLAT_STAGE_ROWS), whose kernel reads bands of rows in place."""
     cdef Py_ssize_t p = max(pieces, 1)
@@ -1151,7 +1151,8 @@ cdef class StepList:
                           Py_ssize_t bands=1):
         """dst = depthwise(clamp(W @ src + bias)), by groups of about `group_rows` channels
         and `bands` bands of output rows per image: each (band, group)'s 1x1 output rows go
-        to per-thread scratch planes and the depthwise conv reads them there. `mid` is the
+        to per-thread planes in the list's work buffer (_ensure_work) and the depthwise conv
+        reads them there. `mid` is the
         tensor the 1x1 would write: it fixes the shapes the two halves are checked against,
         and is never touched. Same arithmetic as the two steps, whatever the bands."""
         self._check_roles(src, -1, mid)
@@ -1185,7 +1186,7 @@ cdef class StepList:
         band_table = _row_bands(bands, k, stride, ih, iw, oh, ow, pad_top, pad_left)
         cdef const int64_t[::1] bt = band_table
         st.kind = FS_STEP_SPMM_DWCONV2D
-        st.dw, st.dst_s = dw.dw, dw.dst_s  # the 1x1 writes scratch, the depthwise conv dst
+        st.dw, st.dst_s = dw.dw, dw.dst_s  # the 1x1 writes work planes, the depthwise conv dst
         st.dw.nbands, st.dw.bands = bt.shape[0] // 4, &bt[0]
         st.spmm.bounds, st.spmm.groups, st.spmm.chunk = &b[0], b.shape[0] - 1, st.spmm.hw
         st.items = (x.shape[0] * st.dw.nbands * st.spmm.groups
@@ -1218,6 +1219,9 @@ cdef class StepList:
         _dwconv2d_step(&dw, dw_isa, x, dw_w, dw_bias, m, k, 1, pad_top, pad_left, dw_lo, dw_hi,
                        1)
         y = self._whole(dst)
+        if res >= 0 and (res == mid or self._whole(res).shape != y.shape):
+            raise ValueError(f"the residual (tensor {res}) must have the output's shape "
+                             f"{y.shape} and not be tensor {mid}")
         r = self._whole(res).reshape(y.shape[0], y.shape[1], -1) if res >= 0 else None
         _spmm_step(&st, isa, kernel, w, m.reshape(m.shape[0], m.shape[1], -1), bias, r,
                    y.reshape(y.shape[0], y.shape[1], -1), lo, hi, 1)
@@ -1235,7 +1239,7 @@ cdef class StepList:
         st.dst_s = self._piece_strides(dst, st.dst_s)
         if res >= 0:
             st.res_s = self._piece_strides(res, st.res_s)
-        # The packed offsets step from plane to plane of the scratch.
+        # The packed offsets step from plane to plane of the work planes.
         cdef _Parts parts = w.part_table(st.spmm.nparts, ps)
         st.spmm.parts = parts.table
         bounds = w.groups(1)

@@ -353,7 +353,7 @@ def top_layers(net, x, k=10, repeat=30):
     for i, (layer, ms) in enumerate(zip(net.layers, per)):
         src, dst = shapes[layer.src], shapes[layer.dst]
         io = f"{'x'.join(map(str, src[1:]))} -> {'x'.join(map(str, dst[1:]))}"
-        sp, blk, kern, _ = layer.describe(src, i in fused)
+        sp, blk, kern, _ = net._describe(i, shapes, fused)
         op = layer.op + ("+res" if layer.res is not None else "")
         rows.append((i, op, io, f"{kern} sp={sp}" if sp else kern, ms))
     rows.sort(key=lambda r: -r[4])

@@ -45,8 +45,8 @@ FUSE_GROUP_BYTES = 256 * 1024
 
 # A stride-1 depthwise conv whose only reader is a 1x1 (not itself fused with a depthwise conv)
 # runs fused with it on images of at least FUSE_MIN_HW positions, by bands of rows whose
-# depthwise output (every channel, about DW_FUSE_BAND_BYTES) goes to scratch, where the 1x1
-# reads it: MobileNet v2's 32 x 112 x 112 depthwise output (1.6 MB) then never goes through
+# depthwise output (every channel, about DW_FUSE_BAND_BYTES) goes to per-thread work planes,
+# where the 1x1 reads it: MobileNet v2's 32 x 112 x 112 depthwise output (1.6 MB) then never goes through
 # L3 or memory. Only where the kernel reads bands in place (_kernels.dw_spmm_band_rows).
 DW_FUSE_BAND_BYTES = 128 * 1024
 
@@ -182,8 +182,7 @@ class _Depthwise(_Layer):
         # The step streams its input and its output through L2: where the two exceed it, the
         # 1x1 takes the variant that prefetches its output lines (v2's first block, after a
         # 64 MB sweep: 173-248 -> 157-232 us).
-        shape = shapes[pw.src]
-        W, kisa, index = pw._kernel(isa, shape, streamed=4 * _plane(shape) * shape[1])
+        W, kisa, index = pw._kernel(isa, shapes[pw.src], streamed=_streamed(shapes[pw.src]))
         steps.add_dwconv2d_spmm(_dispatch.isa_id(isa), self.w2, self.b, self.w.shape[2],
                                 self.padding[0], self.padding[1], *self.act, kisa, index,
                                 W._packed, self.src, self.dst, -1 if pw.res is None else pw.res,
@@ -274,9 +273,9 @@ class _Pointwise(_Layer):
         nnz = W.nnz if self.sparse else int(np.count_nonzero(W))
         return nnz / (W.shape[0] * W.shape[1])
 
-    def describe(self, shape, fused=False):
+    def describe(self, shape, fused=False, streamed=0):
         sparsity = f"{1 - self.density():.2f}"
-        W, isa, index = self._kernel(_dispatch.isa(), shape, fused)
+        W, isa, index = self._kernel(_dispatch.isa(), shape, fused, streamed)
         name = _kernels.spmm_kernels(isa)[index][0].replace("fs_f32_spmm_minmax_", "")
         if not self.sparse:
             return (sparsity, str(W.block_size), name,
@@ -355,6 +354,13 @@ def _pieced_view(buffer, shape, pieces):
 
 def _arena_floats(spans):
     return max((a + n for a, n in spans.values()), default=0)
+
+
+def _streamed(shape):
+    """Bytes a fused depthwise + 1x1 step streams besides its output: its input, of the 1x1
+    input's `shape` (the input exceeding L2 with the output, the 1x1 prefetches its output
+    lines)."""
+    return 4 * _plane(shape) * shape[1]
 
 
 def _plane(shape):
@@ -646,8 +652,8 @@ class Network:
     def profile(self, images, layout="NCHW", repeat=20):
         """Median wall time of each layer over `repeat` calls, in milliseconds, and the median
         time of whole calls: (per-layer list, total). Layers are timed by stamps taken after
-        each step's barrier, without leaving C; a 1x1 fused with the depthwise conv after it
-        gets the pair's time, and the depthwise layer 0. A batch is profiled image after
+        each step's barrier, without leaving C; the first layer of a fused pair gets the
+        pair's time, the second 0. A batch is profiled image after
         image through the batch-1 plan on all threads (the layer times summed)."""
         per = np.zeros((repeat, len(self.layers)))
         total = np.zeros(repeat)
@@ -721,6 +727,14 @@ class Network:
 
     # -- reporting ----------------------------------------------------------------------------
 
+    def _describe(self, i, shapes, fused):
+        """Layer i's (sparsity, block, kernel, path) as its step runs it: the 1x1 of a fused
+        depthwise + 1x1 pair takes the variant for what that step streams."""
+        layer, src = self.layers[i], shapes[self.layers[i].src]
+        if i - 1 in fused and type(self.layers[i - 1]) is _Depthwise:
+            return layer.describe(src, streamed=_streamed(src))
+        return layer.describe(src, i in fused)
+
     def summary(self, input_size=(224, 224), batch=1):
         """Per layer: op, shapes, weight sparsity, block, kernel, MFLOPs (dense vs executed,
         2 per multiply-add) and whether the sparse path runs, and why not."""
@@ -733,7 +747,7 @@ class Network:
             src = shapes[layer.src]
             d, r = layer.macs(src)
             tot_d, tot_r = tot_d + d, tot_r + r
-            sp, blk, kern, why = layer.describe(src, i in fused)
+            sp, blk, kern, why = self._describe(i, shapes, fused)
             if i in fused:
                 why += f", fused with {i + 1}"
             io = f"{'x'.join(map(str, src[1:]))} -> {'x'.join(map(str, shapes[layer.dst][1:]))}"

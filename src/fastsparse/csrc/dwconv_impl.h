@@ -487,8 +487,7 @@ FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
 
 /* Flat output positions [begin, end) of a stride-1 plane (begin a multiple of FS_VLEN), the
  * halo rows `above` and `below` (or NULL) around it (whole planes, or whole rows of a plane
- * taller than a staged copy); `zero`: a row of at
- * least iw zeros. */
+ * taller than a staged copy); `zero`: a row of at least iw zeros. */
 FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* input,
                                 const float* above, const float* below, const float* zero,
                                 const fs_vec* wv, fs_vec vbias, float* stage, float* output,

@@ -234,7 +234,7 @@ static inline ptrdiff_t fs_piece_shift(fs_strides s, size_t m) {
   return (ptrdiff_t)(q * s.image) - (ptrdiff_t)(q * s.piece);
 }
 
-/* Floats between the planes a fused step keeps in scratch: whole 64-byte lines. */
+/* Floats between the planes a fused step keeps in its work buffer: whole 64-byte lines. */
 static inline size_t fs_plane_floats(size_t hw) { return (hw + 15) / 16 * 16; }
 
 static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread) {
@@ -269,8 +269,8 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
     }
     case FS_STEP_SPMM_DWCONV2D: {
       /* One group of the 1x1's output channels, for the input rows one band of output rows
-       * uses, into this thread's scratch (after the depthwise kernel's own), where the
-       * depthwise conv reads them at once: the expanded tensor never makes the round trip
+       * uses, into this thread's planes in the shared work buffer, where the depthwise conv
+       * reads them at once: the expanded tensor never makes the round trip
        * through L3 or memory. Bands split an image between threads at the rows where the
        * steps before and after split it, so each thread reads the input it wrote itself. */
       const fs_spmm_args* a = &st->spmm;
