@@ -745,9 +745,10 @@ def dw_spmm_band_rows(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssi
     """The rows of each band of a fused depthwise + 1x1 step (add_dwconv2d_spmm) on an input
     in `pieces` row pieces (0: one image): the largest divisor of a piece's rows up to `rows`
     whose positions are whole 16-float vectors, at least 4 rows (the largest block of rows
-    the depthwise rows path takes on any ISA, FS_DW_ROW_BLOCK); or 0 if there is none, or if the depthwise conv is not a stride-1 'same' one on
-    planes at least DW_ROWS_MIN_W wide (or, in row pieces, pieces taller than
-    DW_FLAT_STAGE_ROWS), whose kernel reads bands of rows in place."""
+    the depthwise rows path takes on any ISA, FS_DW_ROW_BLOCK); or 0 if there is none, or if
+    the depthwise conv is not a stride-1 'same' one on planes at least DW_ROWS_MIN_W wide
+    (or, in row pieces, pieces taller than DW_FLAT_STAGE_ROWS), whose kernel reads bands of
+    rows in place."""
     cdef Py_ssize_t p = max(pieces, 1)
     if (stride != 1 or ih % p or oh != ih or ow != iw
             or fs_dw_flat_kind(k, stride, ih // p, iw, ih // p, iw, pad_top, pad_left) != 1
@@ -1219,10 +1220,12 @@ cdef class StepList:
         _dwconv2d_step(&dw, dw_isa, x, dw_w, dw_bias, m, k, 1, pad_top, pad_left, dw_lo, dw_hi,
                        1)
         y = self._whole(dst)
-        if res >= 0 and (res == mid or self._whole(res).shape != y.shape):
+        r = self._whole(res) if res >= 0 else None
+        if r is not None and (res == mid or r.shape != y.shape):
             raise ValueError(f"the residual (tensor {res}) must have the output's shape "
                              f"{y.shape} and not be tensor {mid}")
-        r = self._whole(res).reshape(y.shape[0], y.shape[1], -1) if res >= 0 else None
+        if r is not None:
+            r = r.reshape(y.shape[0], y.shape[1], -1)
         _spmm_step(&st, isa, kernel, w, m.reshape(m.shape[0], m.shape[1], -1), bias, r,
                    y.reshape(y.shape[0], y.shape[1], -1), lo, hi, 1)
         cdef Py_ssize_t p = self._pieces[src], ih = dw.dw.ih, iw = dw.dw.iw
@@ -1246,17 +1249,16 @@ cdef class StepList:
         cdef const int64_t[::1] b = bounds
         st.spmm.bounds, st.spmm.groups = &b[0], 1
         h = k // 2
-        band_table = np.array([[m0, m0 + band, max(0, m0 - h * iw), min(ih * iw, m0 + band + h * iw)]
+        band_table = np.array([[m0, m0 + band, max(0, m0 - h * iw),
+                                min(ih * iw, m0 + band + h * iw)]
                                for m0 in range(0, ih * iw, band)], dtype=np.int64).reshape(-1)
         cdef const int64_t[::1] bt = band_table
         st.kind = FS_STEP_DWCONV2D_SPMM
         st.dw = dw.dw
-        st.dw.nbands, st.dw.bands = bt.shape[0] // 4, &bt[0]
-        st.dw.scratch_floats = _ceil_div(dw.dw.scratch_floats, 16) * 16
-        # (the kernel's scratch is sized for the plane or piece it is called on)
-        if p:
-            st.dw.scratch_floats = _ceil_div(fs_dwconv2d_scratch_floats(
-                k, 1, ih // p, iw, ih // p, iw, pad_top, pad_left), 16) * 16
+        st.dw.nbands, st.dw.bands, st.dw.halo_rows = bt.shape[0] // 4, &bt[0], h
+        # The kernel's scratch, for the plane or row piece it is called on.
+        st.dw.scratch_floats = _ceil_div(fs_dwconv2d_scratch_floats(
+            k, 1, piece // iw, iw, piece // iw, iw, pad_top, pad_left), 16) * 16
         st.dw.gap = _ceil_div(piece - band, 16) * 16
         st.scratch_floats = st.dw.scratch_floats
         st.work_floats = st.dw.gap + dw.dw.c * ps

@@ -46,8 +46,9 @@ FUSE_GROUP_BYTES = 256 * 1024
 # A stride-1 depthwise conv whose only reader is a 1x1 (not itself fused with a depthwise conv)
 # runs fused with it on images of at least FUSE_MIN_HW positions, by bands of rows whose
 # depthwise output (every channel, about DW_FUSE_BAND_BYTES) goes to per-thread work planes,
-# where the 1x1 reads it: MobileNet v2's 32 x 112 x 112 depthwise output (1.6 MB) then never goes through
-# L3 or memory. Only where the kernel reads bands in place (_kernels.dw_spmm_band_rows).
+# where the 1x1 reads it: MobileNet v2's 32 x 112 x 112 depthwise output (1.6 MB) then never
+# goes through L3 or memory. Only where the kernel reads bands in place
+# (_kernels.dw_spmm_band_rows).
 DW_FUSE_BAND_BYTES = 128 * 1024
 
 # A sparse 1x1 packed in blocks of rows runs its blocks as single rows (the same non-zeros,
@@ -173,9 +174,10 @@ class _Depthwise(_Layer):
         cannot run fused."""
         _, c, h, w = shape
         _, _, oh, ow = self.out_shape(shape)
+        want = max(1, DW_FUSE_BAND_BYTES // (4 * c * w))
         return _kernels.dw_spmm_band_rows(pieces if pieces > 1 else 0, self.w.shape[2],
                                           self.stride, h, w, oh, ow, self.padding[0],
-                                          self.padding[1], max(1, DW_FUSE_BAND_BYTES // (4 * c * w)))
+                                          self.padding[1], want)
 
     def add_fused_step(self, steps, isa, shapes, pw, pieces):
         """This depthwise conv and the 1x1 `pw` reading its output, as one step."""
@@ -467,7 +469,7 @@ class Network:
             roles = {layer.src, layer.dst} | ({layer.res} if layer.res is not None else set())
             if i in fused and type(layer) is _Depthwise:  # a depthwise conv + 1x1 pair
                 ok.discard(layer.dst)  # the depthwise output the pair never writes
-            elif i - 1 in fused and type(layer) is _Depthwise:  # the depthwise half of a 1x1 + depthwise pair
+            elif i - 1 in fused and type(layer) is _Depthwise:  # 1x1 + depthwise: its 2nd half
                 (_, _, h, w), (_, _, oh, ow) = shapes[layer.src], shapes[layer.dst]
                 if not _kernels.fused_writes_pieces(t, layer.w.shape[2], layer.stride, h, w, oh,
                                                     ow, layer.padding[0], layer.padding[1]):

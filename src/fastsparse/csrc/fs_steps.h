@@ -307,17 +307,17 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
        * it. */
       const fs_dwconv2d_args* d = &st->dw;
       const fs_spmm_args* a = &st->spmm;
-      const size_t img = t / d->nbands, w = d->iw, h = d->taps == 9 ? 1 : 2;
+      const size_t img = t / d->nbands, w = d->iw, h = d->halo_rows;
       const int64_t* band = d->bands + 4 * (t % d->nbands);
       const size_t m0 = (size_t)band[0], m1 = (size_t)band[1], n = d->ih * w;
       const size_t piece = xs.piece != 0 ? xs.piece : n, q = m0 / piece;
       const size_t b0 = m0 - q * piece, b1 = m1 - q * piece, ps = fs_plane_floats(m1 - m0);
       const float* image = x + img * xs.image;
       const float* plane = image + fs_piece_shift(xs, m0) + q * piece;
-      const float* above = q > 0 ? image + fs_piece_shift(xs, q * piece - h * w) + q * piece - h * w
-                                 : NULL;
-      const float* below =
-          (q + 1) * piece < n ? image + fs_piece_shift(xs, (q + 1) * piece) + (q + 1) * piece : NULL;
+      const size_t prev = q * piece - h * w; /* (used only when q > 0) */
+      const float* above = q > 0 ? image + fs_piece_shift(xs, prev) + prev : NULL;
+      const size_t next = (q + 1) * piece;
+      const float* below = next < n ? image + fs_piece_shift(xs, next) + next : NULL;
       float* planes = st->work + (size_t)thread * st->work_floats + d->gap;
       for (size_t ch = 0; ch < d->c; ch++) {
         const size_t at = ch * xs.channel;
