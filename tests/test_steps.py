@@ -76,6 +76,43 @@ def test_step_list_runs_ranges_and_stamps_times():
     assert 0 < bounds[0] <= bounds[1]
 
 
+def test_run_pinned_gives_run_bytes_in_a_new_array_or_refuses():
+    """run_pinned: the bytes of run() into a fresh array, the input untouched; None, running
+    nothing, for what its O(1) checks cannot take, before pin() and after the settings change."""
+    steps, tensors, ref = _small_list()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 8, 5, 6)).astype(np.float32)
+    x_before = x.copy()
+    y = np.empty((1, 16), np.float32)
+    steps.run(x, y)
+    assert steps.run_pinned(x) is None and not steps.pinned  # not pinned yet
+    steps.pin()
+    assert steps.pinned
+    inside = np.zeros(1)
+    y1 = steps.run_pinned(x, inside)
+    y2 = steps.run_pinned(x)
+    assert type(y1) is np.ndarray and y1.shape == (1, 16) and y1.dtype == np.float32
+    assert y1.tobytes() == y2.tobytes() == y.tobytes() and y1 is not y2
+    assert not np.shares_memory(y1, y2) and 0 < inside[0]
+    assert x.tobytes() == x_before.tobytes() and _rel_err(y1, ref(x)) < RTOL
+    # A read-only input, and one whose length-1 axis has an odd stride, are still C order.
+    ro = x.copy()
+    ro.flags.writeable = False
+    odd = np.lib.stride_tricks.as_strided(x, x.shape, (12345 * 4,) + x.strides[1:])
+    for a in (ro, odd):
+        assert steps.run_pinned(a).tobytes() == y.tobytes()
+    raw = np.zeros(x.nbytes + 4, np.uint8)
+    misaligned = np.frombuffer(raw.data, np.float32, x.size, offset=1).reshape(x.shape)
+    refused = [x.astype(np.float64), x.astype(">f4"), x.tolist(), x[..., ::-1],
+               np.asfortranarray(x.reshape(8, 30)).reshape(1, 8, 5, 6, order="F"),
+               x.reshape(1, 8, 30), np.zeros((1, 8, 6, 5), np.float32), misaligned,
+               x.view(type("Sub", (np.ndarray,), {})), np.zeros((2, 8, 5, 6), np.float32)]
+    for a in refused:
+        assert steps.run_pinned(a) is None
+    _kernels.config_changed()
+    assert not steps.pinned and steps.run_pinned(x) is None
+
+
 def test_run_images_runs_each_image_through_its_own_list():
     """run_images: list l takes images [l * per, (l + 1) * per) side by side; each image's
     output is the bytes of a batch-1 run, also when the OpenMP team is smaller than the
@@ -222,6 +259,38 @@ def test_network_calls_reuse_buffers_and_match_reference(isa, v2_net):
     assert _rel_err(net(xs[1]), reference.mobilenet_v2(sd, xs[1])) < RTOL
     assert net(xs[0]).tobytes() == first.tobytes()
     assert _rel_err(first, reference.mobilenet_v2(sd, xs[0])) < RTOL
+
+
+def test_network_batch_1_calls_take_the_kept_workspace_under_current_settings(v2_net):
+    """After a checked batch-1 call the network keeps its workspace for O(1)-checked calls;
+    a change of ISA or thread count sends the next call through a workspace built for it."""
+    sd, _ = v2_net
+    net = fs.MobileNetV2.from_dense(sd)
+    rng = np.random.default_rng(9)
+    x, other = (rng.uniform(-1, 1, (1, 3, 33, 31)).astype(np.float32) for _ in range(2))
+    first = net(x)
+    key, ws = net._fast
+    assert key[0] == ((1, 3, 33, 31), "NCHW") and ws[1].pinned
+    assert net(x).tobytes() == first.tobytes() and net._fast[1] is ws
+    assert _rel_err(net(other), reference.mobilenet_v2(sd, other)) < RTOL
+    # Another shape and layout run checked, in the pool, and leave the kept one alone.
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    assert net(nhwc, layout="NHWC").tobytes() == first.tobytes() and net._fast[1] is ws
+    assert _rel_err(net(x[:, :, :20]), reference.mobilenet_v2(sd, x[:, :, :20])) < RTOL
+    assert net._fast[1] is ws
+    previous = fs.isa()
+    for name in fs.available_isas():
+        fs.set_isa(name)
+        try:
+            alone = fs.MobileNetV2.from_dense(sd)(x).tobytes()
+            assert net(x).tobytes() == alone and net(x).tobytes() == alone
+            assert net._fast[0][2] == name and net._fast[1][1].pinned
+        finally:
+            fs.set_isa(previous)
+    if _kernels.OPENMP:
+        net.num_threads = 2
+        assert net._fast is None and net(x).tobytes() == first.tobytes()
+        assert net._fast[0][1] == 2 and net._fast[1][1].num_threads == 2
 
 
 def test_network_is_bit_identical_for_every_thread_count(v2_net):

@@ -38,6 +38,7 @@ def set_isa(name):
     """Use `name`'s kernels from now on (one of available_isas()); returns the previous one."""
     global _active
     previous, _active = _active, _check_isa(name, "isa")
+    _kernels.config_changed()
     return previous
 
 
@@ -77,6 +78,7 @@ def set_num_threads(n):
     """Default thread count for all calls; OMP_NUM_THREADS sets it at import."""
     global _num_threads
     _num_threads = min(count(n, "n"), MAX_THREADS) if _kernels.OPENMP else 1
+    _kernels.config_changed()
 
 
 def resolve_threads(num_threads):

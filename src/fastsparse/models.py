@@ -412,10 +412,23 @@ class Network:
     def __init__(self, arch, layers, num_threads=None):
         self.arch = arch
         self.layers = layers
-        self.num_threads = num_threads
         self._plans = {}
         self._free = {}
         self._lock = threading.Lock()
+        # (workspace key, workspace) kept out of the pool for batch-1 calls, which run its
+        # pinned StepList without the checked path's Python (_run, _keep_fast).
+        self._fast = None
+        self.num_threads = num_threads
+
+    @property
+    def num_threads(self):
+        """Threads of this network's calls; None: the default (set_num_threads)."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value):
+        self._num_threads = value
+        self._fast = None  # its list has the old count; dropped, never back to the pool
 
     @property
     def num_classes(self):
@@ -646,6 +659,21 @@ class Network:
         with self._lock:
             self._free[key].append(ws)
 
+    def _keep_fast(self, key, ws):
+        """After a checked batch-1 call on workspace `ws`: keeps it for the fast path if there is
+        none, or none that the current settings can run, else returns it to the pool. A fast
+        workspace never goes back to the pool: a call may be about to run it (run_pinned
+        refuses then, but a pooled run() would raise), so one replaced is just dropped."""
+        with self._lock:
+            fast = self._fast
+            if fast is None or (not fast[1][1].pinned and fast[0] != key):
+                ws[1].pin()
+                self._fast = (key, ws)
+                return
+            if fast[0] == key and not fast[1][1].pinned:
+                fast[1][1].pin()  # the settings changed and changed back
+        self._release(key, ws)
+
     # -- running ----------------------------------------------------------------------------
 
     def __call__(self, images, layout="NCHW"):
@@ -675,7 +703,15 @@ class Network:
         by side, one per thread through its own one-thread plan, where its activations stay
         in that core's L2 from layer to layer (a batch run layer by layer went through L3 and
         paid for every read of a tensor the other core wrote); the n % T images left over
-        run one after another on all threads, as do batches that are profiled."""
+        run one after another on all threads, as do batches that are profiled.
+
+        A batch-1 call whose images fit the workspace kept by the last checked one
+        (_keep_fast) runs there through one O(1)-checked C call."""
+        fast = self._fast
+        if fast is not None and times is None and layout == fast[0][0][1]:
+            logits = fast[1][1].run_pinned(images, inside)
+            if logits is not None:
+                return logits
         if layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
         x = float32_array(images, "images", ndim=4)
@@ -725,7 +761,10 @@ class Network:
                     inside[0] += stamps[-1] - stamps[0]
             return logits
         finally:
-            self._release(ws_key, ws)
+            if n == 1 and times is None:
+                self._keep_fast(ws_key, ws)
+            else:
+                self._release(ws_key, ws)
 
     # -- reporting ----------------------------------------------------------------------------
 
