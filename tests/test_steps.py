@@ -564,6 +564,69 @@ def test_fused_depthwise_1x1_equals_the_two_steps(isa, h, w, k, block, c, cout, 
     assert _rel_err(np.frombuffer(outs[1], np.float32).reshape(ref.shape), ref) < RTOL
 
 
+@given(h=st.integers(33, 72), w=st.sampled_from([48, 64]), stride=st.sampled_from([1, 2]),
+       pad=st.sampled_from([0, 1]), nhwc=st.booleans(), k=st.sampled_from([3, 5]),
+       block=st.sampled_from([1, 2, 4, 8]), c=st.integers(1, 9), cout=st.integers(1, 19),
+       want=st.integers(1, 44), res=st.booleans(), act=st.integers(0, 2),
+       n=st.integers(1, 2), threads=st.integers(1, 3), zero=st.booleans())
+def test_fused_conv_depthwise_1x1_equals_the_three_steps(isa, h, w, stride, pad, nhwc, k,
+                                                         block, c, cout, want, res, act, n,
+                                                         threads, zero):
+    """The first conv, a stride-1 depthwise conv and the 1x1 after it as one step, band by
+    band with only the conv rows each band reads in the work buffer: the bytes of the three
+    steps on any thread count, batch, band height, layout and padding, for every block
+    size, empty rows and all-zero weights, with and without a residual and clamps, after a
+    run on infinities; neither middle tensor written; the reference's values."""
+    band_rows = _kernels.dw_spmm_band_rows(0, k, 1, h, w, h, w, k // 2, k // 2, want)
+    assume(band_rows)
+    rng = np.random.default_rng(h * 1000 + w * 10 + k + block + c * 7 + cout + stride)
+    W, wd, b2, b1 = _dw_1x1_case(rng, c, cout, block, k)
+    if zero:
+        W = fs.SparseMatrix.from_dense(np.zeros((cout, c), np.float32), block_size=block)
+    wc = rng.standard_normal((c, 3, 3, 3)).astype(np.float32)
+    bc = rng.standard_normal(c).astype(np.float32)
+    # Input rows and columns that give an h x w output (with pad 0 and stride 2 the conv's
+    # last row and column read one padded row and column).
+    ih, iw = (h + 2 - 2 * pad, w + 2 - 2 * pad) if stride == 1 else (2 * h, 2 * w)
+    x = rng.uniform(-1, 1, (n, 3, ih, iw)).astype(np.float32)
+    xin = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x
+    r = rng.standard_normal((n, cout, h, w)).astype(np.float32)
+    poison = np.where(rng.random(xin.shape) < 0.5, np.inf, -np.inf).astype(np.float32)
+    (clo, chi), ((dlo, dhi), (lo, hi)) = ((0.0, 6.0), ACTS[act])
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), W.block_size, h * w)
+    isa_id = _dispatch.isa_id(fs.isa())
+    outs = []
+    for fused, t in ((False, 1), (True, 1), (True, threads)):
+        tensors = [xin, np.full((n, c, h, w), np.nan, np.float32),
+                   np.full((n, c, h, w), np.nan, np.float32), r,
+                   np.empty((n, cout, h, w), np.float32)]
+        steps = _kernels.StepList(tensors, t)
+        if fused:
+            steps.add_conv2d_dwconv2d_spmm(isa_id, nhwc, wc.reshape(c, -1), bc, stride, pad, pad,
+                                           clo, chi, isa_id, wd, b2, k, k // 2, k // 2, dlo, dhi,
+                                           kisa, kern, W._packed, 0, 1, 2, 3 if res else -1, 4,
+                                           b1, lo, hi, band_rows)
+        else:
+            steps.add_conv2d(isa_id, 0, nhwc, 1, wc.reshape(c, -1), bc, stride, pad, pad, clo, chi)
+            steps.add_dwconv2d(isa_id, 1, 2, wd, b2, k, 1, k // 2, k // 2, dlo, dhi)
+            steps.add_spmm(kisa, kern, W._packed, 2, 3 if res else -1, 4, b1, lo, hi)
+        y = np.full((n, cout, h, w), np.nan, np.float32)
+        steps.run(poison, y)
+        steps.run(xin, y)
+        if fused:
+            assert len(steps) == 1 and np.isnan(tensors[1]).all() and np.isnan(tensors[2]).all()
+        outs.append(y.tobytes())
+    assert outs[1] == outs[0] and outs[2] == outs[0]
+    pads = (pad, pad, 1 - pad, 1 - pad) if stride == 2 else pad
+    ref = reference.sparse_conv1x1(
+        reference.depthwise_conv2d(
+            reference.conv2d(x, wc, bias=bc, stride=stride, padding=pads,
+                             activation=("clamp", clo, chi)),
+            wd.reshape(c, 1, k, k), bias=b2, padding=k // 2, activation=("clamp", dlo, dhi)),
+        W, bias=b1, residual=r if res else None, activation=("clamp", lo, hi))
+    assert _rel_err(np.frombuffer(outs[1], np.float32).reshape(ref.shape), ref) < RTOL
+
+
 @pytest.mark.parametrize("p,h,w,k,want,pieced", [
     (2, 70, 48, 3, 8, {1, 3}),   # pieces of 35 rows, bands of 7, input and output in pieces
     (2, 70, 48, 3, 35, {1}),     # one band per piece, the output whole
@@ -610,6 +673,41 @@ def test_fused_depthwise_1x1_reads_row_pieces(isa, p, h, w, k, want, pieced):
     r = reference.sparse_conv1x1(r, W, bias=b1, residual=r1, activation="relu6")
     r = reference.sparse_conv1x1(r, W3)
     assert _rel_err(np.frombuffer(want_bytes[0], np.float32).reshape(r.shape), r) < RTOL
+
+
+def test_fused_conv_depthwise_1x1_refuses_what_it_cannot_run():
+    rng = np.random.default_rng(3)
+    W, wd, b2, b1 = _dw_1x1_case(rng, 4, 4, 1, 3)
+    wc, bc = rng.standard_normal((4, 27)).astype(np.float32), np.zeros(4, np.float32)
+    isa = _dispatch.isa_id(fs.isa())
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, 64)
+    img = lambda h, w: np.empty((1, 3, h, w), np.float32)  # noqa: E731
+    one = lambda c=4, h=40, w=48: np.empty((1, c, h, w), np.float32)  # noqa: E731
+
+    def add(s, rows=8, res=-1, dst=3, mid=2):
+        s.add_conv2d_dwconv2d_spmm(isa, False, wc, bc, 1, 1, 1, 0.0, 6.0, isa, wd, b2, 3, 1, 1,
+                                   0.0, 6.0, kisa, kern, W._packed, 0, 1, mid, res, dst, b1,
+                                   0.0, 6.0, rows)
+
+    s = _kernels.StepList([img(40, 48), one(), one(), one(), one(c=2)], 1)
+    for rows in (3, 6, 0):  # 40 / 6 does not divide, 3 is below a block
+        with pytest.raises(ValueError, match="must come from dw_spmm_band_rows"):
+            add(s, rows)
+    for res in (2, 1, 4):  # never written (the depthwise or conv output); another shape
+        with pytest.raises(ValueError, match="the residual"):
+            add(s, res=res)
+    with pytest.raises(ValueError, match="overlap"):
+        add(s, dst=2)
+    # Planes not read in place: 32 rows (a staged copy), rows not whole 16-float vectors.
+    for h, w in ((32, 48), (40, 56)):
+        t = _kernels.StepList([img(h, w), one(h=h, w=w), one(h=h, w=w), one(h=h, w=w)], 1)
+        with pytest.raises(ValueError, match="must come from dw_spmm_band_rows"):
+            add(t)
+    p = _kernels.StepList([img(80, 48), one(h=80), one(h=80), _pieced(4, 80, 48, 2), one()],
+                          2, [0, 0, 0, 2, 0])
+    with pytest.raises(ValueError, match="row pieces"):
+        add(p)
+    assert len(s) == 0 and len(p) == 0
 
 
 def test_fused_depthwise_1x1_refuses_what_it_cannot_run():
@@ -731,8 +829,9 @@ def test_network_with_fusion_forced_matches_unfused(isa, v2_net, block, monkeypa
 @pytest.mark.parametrize("threads", [1, 2])
 def test_network_fuses_the_first_depthwise_conv_with_its_1x1(isa, v2_net, threads, monkeypatch):
     """MobileNet v2's first block (depthwise 3x3 -> 1x1, no expansion) runs as one fused step
-    where its planes are at least 48 wide, on 2 threads with the input in row pieces: the
-    bytes of the unfused network, the reference's values, the depthwise output unplanned."""
+    where its planes are at least 48 wide, on 2 threads with the input in row pieces, and on
+    one thread with the first conv in the step too (both layouts): the bytes of the unfused
+    network, the reference's values, the depthwise (and conv) output unplanned."""
     sd, _ = v2_net
     x = np.random.default_rng(9).uniform(-1, 1, (1, 3, 136, 128)).astype(np.float32)
     monkeypatch.setattr(fs.models, "FUSE_MIN_HW", 1)
@@ -750,7 +849,13 @@ def test_network_fuses_the_first_depthwise_conv_with_its_1x1(isa, v2_net, thread
     if threads == 2:
         assert pieced.get(net.layers[1].src) == 2  # 68 rows: pieces of 34, bands of 17
     _, steps, _ = net._workspace((key, threads, fs.isa()), net._plan(key, threads > 1, threads))
-    assert steps.kinds()[1] == 7  # FS_STEP_DWCONV2D_SPMM
+    if threads == 1:
+        assert 0 in fused and net.layers[0].dst not in buffer_of
+        assert steps.kinds()[0] == 8  # FS_STEP_CONV2D_DWCONV2D_SPMM
+        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        assert net(nhwc, layout="NHWC").tobytes() == expect.tobytes()
+    else:
+        assert 0 not in fused and steps.kinds()[1] == 7  # FS_STEP_DWCONV2D_SPMM
     assert out.tobytes() == expect.tobytes()
     assert _rel_err(out, reference.mobilenet_v2(sd, x)) < RTOL
 

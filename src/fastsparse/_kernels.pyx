@@ -98,6 +98,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         FS_STEP_SPMM_DWCONV2D
         FS_STEP_SPMM_KSPLIT
         FS_STEP_DWCONV2D_SPMM
+        FS_STEP_CONV2D_DWCONV2D_SPMM
     ctypedef struct fs_spmm_part:
         const float* values
         const uint32_t* nnzmap
@@ -122,7 +123,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         const float* bias
         float lo, hi
         size_t scratch_floats
-        size_t nbands, gap
+        size_t nbands, gap, runs
         const int64_t* bands
     ctypedef struct fs_conv2d_args:
         fs_conv2d_fn fn
@@ -1291,6 +1292,89 @@ cdef class StepList:
         st.items = n * st.dw.nbands if st.items != 0 and dw.items != 0 else 0
         st.scratch = self._scratch(&st)
         self._append(&st, src, res, dst, (w, bias, dw_w, dw_bias, bounds, band_table, parts))
+
+    def add_conv2d_dwconv2d_spmm(self, int conv_isa, bint nhwc, conv_w, conv_bias,
+                                 Py_ssize_t stride, Py_ssize_t conv_pad_top,
+                                 Py_ssize_t conv_pad_left, float conv_lo, float conv_hi,
+                                 int dw_isa, dw_w, dw_bias, Py_ssize_t k, Py_ssize_t pad_top,
+                                 Py_ssize_t pad_left, float dw_lo, float dw_hi, int isa,
+                                 Py_ssize_t kernel, SpmmWeights w, int src, int conv_dst,
+                                 int mid, int res, int dst, bias, float lo, float hi,
+                                 Py_ssize_t band_rows):
+        """dst = clamp(W @ depthwise(conv2d(src)) + bias + res): add_dwconv2d_spmm on the
+        output of the first conv (add_conv2d's arguments), which the step computes band by
+        band into its work, only the rows each band's taps read, a row two bands read once.
+        `conv_dst` and `mid`, the tensors the conv and the depthwise conv would write, fix the
+        shapes the three parts are checked against and are never touched. Only on planes
+        read in place (taller than a staged copy, rows of whole 16-float vectors) and whole
+        images: no tensor in row pieces. Same arithmetic as the three steps, whatever the
+        bands or the threads."""
+        self._check_roles(src, -1, conv_dst)  # (conv_dst and mid, never touched, may overlap)
+        self._check_roles(mid, res, dst)
+        self._check_roles(src, res, dst)
+        for t in (src, conv_dst, mid, res, dst):
+            if t >= 0 and self._pieces[t]:
+                raise ValueError(f"tensor {t} must not be in row pieces")
+        if res == mid or res == conv_dst:
+            raise ValueError(f"the residual (tensor {res}) must not be a tensor the step never "
+                             "writes")
+        cdef fs_step st, cv, dw
+        memset(&st, 0, sizeof(st))
+        memset(&cv, 0, sizeof(cv))
+        memset(&dw, 0, sizeof(dw))
+        c, m, y = self._tensor(conv_dst, False), self._tensor(mid, False), self._tensor(dst, False)
+        _conv2d_step(&cv, conv_isa, self._tensor(src, False), nhwc, conv_w, conv_bias, c, stride,
+                     conv_pad_top, conv_pad_left, conv_lo, conv_hi, 1)
+        _dwconv2d_step(&dw, dw_isa, c, dw_w, dw_bias, m, k, 1, pad_top, pad_left, dw_lo, dw_hi,
+                       1)
+        r = self._tensor(res, False) if res >= 0 else None
+        if r is not None and r.shape != y.shape:
+            raise ValueError(f"the residual (tensor {res}) must have the output's shape {y.shape}")
+        if r is not None:
+            r = r.reshape(y.shape[0], y.shape[1], -1)
+        _spmm_step(&st, isa, kernel, w, m.reshape(m.shape[0], m.shape[1], -1), bias, r,
+                   y.reshape(y.shape[0], y.shape[1], -1), lo, hi, 1)
+        cdef Py_ssize_t ih = dw.dw.ih, iw = dw.dw.iw
+        if (band_rows < 4 or iw % 16 or ih <= <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS
+                or band_rows != dw_spmm_band_rows(0, k, 1, ih, iw, dw.dw.oh, dw.dw.ow, pad_top,
+                                                  pad_left, band_rows)):
+            raise ValueError(f"band_rows {band_rows} must come from dw_spmm_band_rows for this "
+                             f"shape ({ih}x{iw}), whose rows must be whole 16-float vectors, "
+                             f"more than {FS_DW_FLAT_STAGE_ROWS} of them")
+        cdef Py_ssize_t n = c.shape[0], h = k // 2, band = band_rows * iw
+        cdef Py_ssize_t ps = _ceil_div(band, 16) * 16, crows = band_rows + 2 * h
+        cdef Py_ssize_t nbands = ih // band_rows, runs = 1
+        if n < self.num_threads:  # the bands of an image in runs, one per thread
+            runs = min(self.num_threads, nbands)
+            while nbands % runs:
+                runs -= 1
+        st.src_s = cv.src_s
+        # The packed offsets step from plane to plane of the work planes.
+        cdef _Parts parts = w.part_table(st.spmm.nparts, ps)
+        st.spmm.parts = parts.table
+        bounds = w.groups(1)
+        cdef const int64_t[::1] b = bounds
+        st.spmm.bounds, st.spmm.groups = &b[0], 1
+        band_table = np.array([[m0, m0 + band, max(0, m0 - h * iw),
+                                min(ih * iw, m0 + band + h * iw)]
+                               for m0 in range(0, ih * iw, band)], dtype=np.int64).reshape(-1)
+        cdef const int64_t[::1] bt = band_table
+        st.kind = FS_STEP_CONV2D_DWCONV2D_SPMM
+        st.conv = cv.conv
+        st.conv.band = crows
+        st.dw = dw.dw
+        st.dw.nbands, st.dw.bands, st.dw.runs, st.dw.halo_rows = nbands, &bt[0], runs, h
+        st.dw.scratch_floats = _ceil_div(dw.scratch_floats, 16) * 16
+        st.scratch_floats = st.dw.scratch_floats + cv.scratch_floats
+        # Conv rows [na, nb) sit at the top of their planes, whose origin lies na rows before;
+        # a band's depthwise planes, whose origin lies m0 positions before: neither more than
+        # a plane of the image.
+        st.dw.gap = _ceil_div(ih * iw, 16) * 16
+        st.work_floats = st.dw.gap + cv.conv.cout * crows * iw + dw.dw.c * ps
+        st.items = n * runs if st.items != 0 and dw.items != 0 and cv.items != 0 else 0
+        st.scratch = self._scratch(&st)
+        self._append(&st, src, res, dst, (w, bias, conv_w, conv_bias, dw_w, dw_bias, bounds,
+                                          band_table, parts))
 
     def add_gavgpool(self, int isa, int src, int dst):
         cdef fs_step st

@@ -503,7 +503,10 @@ def _detail(out, arch, width, input_size, threads, seed):
     # Cross-check: on a 32x32 image (the smallest v1 takes) the kernels do 2 % of the work, so
     # what remains outside them is the per-call Python cost alone (without the cache misses
     # that large activations inflict on the interpreter between kernels).
-    ov8 = python_overhead(net, x[:, :, :32, :32].copy())
+    # A second network over the same layers: the first keeps its 224x224 workspace for its
+    # fast batch-1 path, and a call of another size would take the checked one.
+    ov8 = python_overhead(type(net)(net.arch, net.layers, net.num_threads),
+                          x[:, :, :32, :32].copy())
     wb = weight_bytes(net)
     top, layers_sum, total = top_layers(net, x)
     out(f"\n## {arch} at 90 % (block 1), batch 1, {threads} thread(s): where the time goes\n")

@@ -51,6 +51,12 @@ FUSE_GROUP_BYTES = 256 * 1024
 # (_kernels.dw_spmm_band_rows).
 DW_FUSE_BAND_BYTES = 128 * 1024
 
+# On one thread, the first conv whose only reader is such a fused depthwise conv joins the step:
+# each band computes the conv rows its taps read into the work buffer (a row two bands read,
+# once), so MobileNet v2's 32 x 112 x 112 conv output (1.6 MB) never exists either. Only where
+# the depthwise kernel reads those rows in place: planes of whole 16-float rows, taller than a
+# staged copy (_kernels.DW_FLAT_STAGE_ROWS).
+
 # A sparse 1x1 packed in blocks of rows runs its blocks as single rows (the same non-zeros,
 # repacked once) on images of at least ROWS_MIN_HW positions with at most ROWS_MAX_CIN input
 # channels: a block row there holds one to three stored blocks, too few to pay for its
@@ -141,6 +147,18 @@ class _Conv(_Layer):
         t, l, _, _ = self.pads(*shapes[self.src][2:])  # shapes are NCHW whatever the layout
         steps.add_conv2d(_dispatch.isa_id(isa), self.src, layout == "NHWC", self.dst, self.w2, self.b,
                          self.stride, t, l, *self.act)
+
+    def add_fused_step(self, steps, isa, shapes, dw, pw, layout):
+        """This conv, the depthwise conv `dw` reading its output and the 1x1 `pw` reading
+        dw's, as one step (_Depthwise.add_fused_step on rows this conv computes)."""
+        t, l, _, _ = self.pads(*shapes[self.src][2:])
+        W, kisa, index = pw._kernel(isa, shapes[pw.src], streamed=_streamed(shapes[pw.src]))
+        i = _dispatch.isa_id(isa)
+        steps.add_conv2d_dwconv2d_spmm(
+            i, layout == "NHWC", self.w2, self.b, self.stride, t, l, *self.act, i, dw.w2, dw.b,
+            dw.w.shape[2], dw.padding[0], dw.padding[1], *dw.act, kisa, index, W._packed,
+            self.src, self.dst, dw.dst, -1 if pw.res is None else pw.res, pw.dst, pw.b,
+            *pw.act, dw.band_rows(shapes[dw.src], 1))
 
     def describe(self, shape, fused=False):
         return "0.00", "", "dense", "first conv (dense by design)"
@@ -464,6 +482,13 @@ class Network:
                     and a.band_rows(shapes[a.src],
                                     pieces if pieceable(shapes[a.src], pieces) else 1)):
                 fused.add(i)
+        if pieces == 1:  # the first conv joins a fused depthwise conv + 1x1 (DW_FUSE_BAND_BYTES)
+            for i, (a, b) in enumerate(pairs):
+                _, _, h, w = shapes[a.dst] if type(a) is _Conv else (0, 0, 0, 0)
+                if (type(a) is _Conv and type(b) is _Depthwise and i + 1 in fused
+                        and b.src == a.dst and readers[a.dst] == 1 and w % 16 == 0
+                        and h > _kernels.DW_FLAT_STAGE_ROWS):
+                    fused.add(i)
         return fused
 
     def _row_pieces(self, shapes, fused, threads):
@@ -640,9 +665,15 @@ class Network:
         views[0] = np.empty((n, h, w, c) if layout == "NHWC" else in_shape, dtype=np.float32)
         views[-1] = np.empty(shapes[self.layers[-1].dst], dtype=np.float32)
         steps = _kernels.StepList(views, threads, [pieced.get(t, 0) for t in range(len(views))])
-        layer_of_step = []  # a fused pair is one step, of its first layer
+        layer_of_step = []  # a fused step is one step, of its first layer
         i = 0
         while i < len(self.layers):
+            if i in fused and type(self.layers[i]) is _Conv:
+                self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1],
+                                              self.layers[i + 2], layout)
+                layer_of_step.append(i)
+                i += 3
+                continue
             if i in fused and type(self.layers[i]) is _Depthwise:
                 self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1],
                                               pieced.get(self.layers[i].src, 0))
@@ -682,8 +713,8 @@ class Network:
     def profile(self, images, layout="NCHW", repeat=20):
         """Median wall time of each layer over `repeat` calls, in milliseconds, and the median
         time of whole calls: (per-layer list, total). Layers are timed by stamps taken after
-        each step's barrier, without leaving C; the first layer of a fused pair gets the
-        pair's time, the second 0. A batch is profiled image after
+        each step's barrier, without leaving C; the first layer of a fused step gets the
+        step's time, the others 0. A batch is profiled image after
         image through the batch-1 plan on all threads (the layer times summed)."""
         per = np.zeros((repeat, len(self.layers)))
         total = np.zeros(repeat)
