@@ -86,7 +86,7 @@ def test_run_pinned_gives_run_bytes_in_a_new_array_or_refuses():
     y = np.empty((1, 16), np.float32)
     steps.run(x, y)
     assert steps.run_pinned(x) is None and not steps.pinned  # not pinned yet
-    steps.pin()
+    steps.pin(_kernels.config_epoch())
     assert steps.pinned
     inside = np.zeros(1)
     y1 = steps.run_pinned(x, inside)
@@ -106,9 +106,16 @@ def test_run_pinned_gives_run_bytes_in_a_new_array_or_refuses():
     refused = [x.astype(np.float64), x.astype(">f4"), x.tolist(), x[..., ::-1],
                np.asfortranarray(x.reshape(8, 30)).reshape(1, 8, 5, 6, order="F"),
                x.reshape(1, 8, 30), np.zeros((1, 8, 6, 5), np.float32), misaligned,
-               x.view(type("Sub", (np.ndarray,), {})), np.zeros((2, 8, 5, 6), np.float32)]
+               x.view(type("Sub", (np.ndarray,), {})), np.zeros((2, 8, 5, 6), np.float32),
+               np.zeros((1, 8, 5, 6), "datetime64[s]")]  # (no buffer export at all)
     for a in refused:
         assert steps.run_pinned(a) is None
+    assert steps.run_pinned(x).tobytes() == y.tobytes()  # a refusal leaves the list free
+    # A list whose input template has padded planes never runs pinned: it would read the
+    # caller's C-contiguous array past its end.
+    other = _kernels.StepList([_padded(x.shape, 48)[1]] + tensors[1:], 1)
+    other.pin(_kernels.config_epoch())
+    assert other.run_pinned(x) is None
     _kernels.config_changed()
     assert not steps.pinned and steps.run_pinned(x) is None
 
@@ -268,10 +275,11 @@ def test_network_batch_1_calls_take_the_kept_workspace_under_current_settings(v2
     net = fs.MobileNetV2.from_dense(sd)
     rng = np.random.default_rng(9)
     x, other = (rng.uniform(-1, 1, (1, 3, 33, 31)).astype(np.float32) for _ in range(2))
-    first = net(x)
+    first = net(x[0][None])  # a new axis of stride 0 is C order too
     key, ws = net._fast
     assert key[0] == ((1, 3, 33, 31), "NCHW") and ws[1].pinned
     assert net(x).tobytes() == first.tobytes() and net._fast[1] is ws
+    assert not net._free.get(key)  # the second call built nothing: it ran the kept list
     assert _rel_err(net(other), reference.mobilenet_v2(sd, other)) < RTOL
     # Another shape and layout run checked, in the pool, and leave the kept one alone.
     nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))

@@ -764,6 +764,14 @@ def dw_spmm_band_rows(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssi
     return 0
 
 
+def _stride1_bands(Py_ssize_t ih, Py_ssize_t iw, Py_ssize_t band, Py_ssize_t h):
+    """Bands of `band` positions of a stride-1 'same' depthwise output of ih x iw, as the
+    fused steps' int64 quadruples: output positions [begin, end) and the input positions its
+    taps read, h rows either side."""
+    return np.array([[m0, m0 + band, max(0, m0 - h * iw), min(ih * iw, m0 + band + h * iw)]
+                     for m0 in range(0, ih * iw, band)], dtype=np.int64).reshape(-1)
+
+
 def _row_bands(Py_ssize_t bands, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
                Py_ssize_t iw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t pad_top,
                Py_ssize_t pad_left):
@@ -891,6 +899,10 @@ def config_changed():
     _config_epoch += 1
 
 
+def config_epoch():
+    return _config_epoch
+
+
 cdef class StepList:
     """The kernel calls of a network over numbered tensors, run in one parallel region.
 
@@ -961,11 +973,15 @@ cdef class StepList:
             self._spans[2 * i], self._spans[2 * i + 1] = lo, hi
         self._nspans = len(spans)
         self._tensors = list(tensors)
-        self._in_4d = tensors[0] is not None and tensors[0].ndim == 4
+        # run_pinned() takes C-contiguous input and output only: templates of another layout
+        # (padded planes) leave it off.
+        self._in_4d = (tensors[0] is not None and tensors[0].ndim == 4
+                       and tensors[0].flags.c_contiguous)
         if self._in_4d:
             for i in range(4):
                 self._in_dims[i] = tensors[0].shape[i]
-        if tensors[self._ntensors - 1] is not None:
+        if (tensors[self._ntensors - 1] is not None
+                and tensors[self._ntensors - 1].flags.c_contiguous):
             self._out_shape = tuple(tensors[self._ntensors - 1].shape)
         self._keep = []
         self.num_threads = max(1, num_threads)
@@ -1276,9 +1292,7 @@ cdef class StepList:
         cdef const int64_t[::1] b = bounds
         st.spmm.bounds, st.spmm.groups = &b[0], 1
         h = k // 2
-        band_table = np.array([[m0, m0 + band, max(0, m0 - h * iw),
-                                min(ih * iw, m0 + band + h * iw)]
-                               for m0 in range(0, ih * iw, band)], dtype=np.int64).reshape(-1)
+        band_table = _stride1_bands(ih, iw, band, h)
         cdef const int64_t[::1] bt = band_table
         st.kind = FS_STEP_DWCONV2D_SPMM
         st.dw = dw.dw
@@ -1355,9 +1369,7 @@ cdef class StepList:
         bounds = w.groups(1)
         cdef const int64_t[::1] b = bounds
         st.spmm.bounds, st.spmm.groups = &b[0], 1
-        band_table = np.array([[m0, m0 + band, max(0, m0 - h * iw),
-                                min(ih * iw, m0 + band + h * iw)]
-                               for m0 in range(0, ih * iw, band)], dtype=np.int64).reshape(-1)
+        band_table = _stride1_bands(ih, iw, band, h)
         cdef const int64_t[::1] bt = band_table
         st.kind = FS_STEP_CONV2D_DWCONV2D_SPMM
         st.conv = cv.conv
@@ -1396,7 +1408,9 @@ cdef class StepList:
         last = self._ntensors - 1
         for a, i in ((x, 0), (y, last)):
             t = self._tensors[i]
-            if not isinstance(a, np.ndarray) or a.shape != t.shape or a.strides != t.strides:
+            if not isinstance(a, np.ndarray) or a.shape != t.shape or (
+                    a.strides != t.strides
+                    and not (a.flags.c_contiguous and t.flags.c_contiguous)):
                 raise ValueError(f"tensor {i} must be an array of shape {t.shape} "
                                  f"and strides {t.strides}")
         if times is not None and times.shape[0] not in (2, end - begin + 1):
@@ -1422,10 +1436,10 @@ cdef class StepList:
             self._busy = False
             self._table[0] = self._table[last] = NULL
 
-    def pin(self):
-        """Lets run_pinned() run the list until the ISA or the default thread count changes
-        (config_changed())."""
-        self._epoch = _config_epoch
+    def pin(self, Py_ssize_t epoch):
+        """Lets run_pinned() run the list while config_epoch() is `epoch`: the value read
+        before the settings the list was built for (a change since then leaves it unpinned)."""
+        self._epoch = epoch
 
     @property
     def pinned(self):
@@ -1449,7 +1463,9 @@ cdef class StepList:
         cdef Py_ssize_t i, step = sizeof(float)
         cdef bint have_y = False
         cdef double stamps[2]
-        if PyObject_GetBuffer(x, &xb, PyBUF_FORMAT | PyBUF_STRIDES) < 0:
+        try:
+            PyObject_GetBuffer(x, &xb, PyBUF_FORMAT | PyBUF_STRIDES)
+        except Exception:  # e.g. a dtype numpy cannot export: the checked path says why
             self._busy = False
             return None
         try:

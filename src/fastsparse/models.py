@@ -434,8 +434,10 @@ class Network:
         self._free = {}
         self._lock = threading.Lock()
         # (workspace key, workspace) kept out of the pool for batch-1 calls, which run its
-        # pinned StepList without the checked path's Python (_run, _keep_fast).
+        # pinned StepList without the checked path's Python (_run, _keep_fast); _generation
+        # counts num_threads changes, after which no call may pin what it built before.
         self._fast = None
+        self._generation = 0
         self.num_threads = num_threads
 
     @property
@@ -445,8 +447,10 @@ class Network:
 
     @num_threads.setter
     def num_threads(self, value):
-        self._num_threads = value
-        self._fast = None  # its list has the old count; dropped, never back to the pool
+        with self._lock:
+            self._num_threads = value
+            self._generation += 1
+            self._fast = None  # its list has the old count; dropped, never back to the pool
 
     @property
     def num_classes(self):
@@ -690,19 +694,21 @@ class Network:
         with self._lock:
             self._free[key].append(ws)
 
-    def _keep_fast(self, key, ws):
-        """After a checked batch-1 call on workspace `ws`: keeps it for the fast path if there is
-        none, or none that the current settings can run, else returns it to the pool. A fast
-        workspace never goes back to the pool: a call may be about to run it (run_pinned
+    def _keep_fast(self, key, ws, epoch, generation):
+        """After a checked batch-1 call on workspace `ws`, built under the settings of `epoch`
+        and `generation` (read before they were resolved): keeps it for the fast path if there
+        is none, or none that the current settings can run, else returns it to the pool. A
+        fast workspace never goes back to the pool: a call may be about to run it (run_pinned
         refuses then, but a pooled run() would raise), so one replaced is just dropped."""
         with self._lock:
             fast = self._fast
-            if fast is None or (not fast[1][1].pinned and fast[0] != key):
-                ws[1].pin()
-                self._fast = (key, ws)
-                return
-            if fast[0] == key and not fast[1][1].pinned:
-                fast[1][1].pin()  # the settings changed and changed back
+            if generation == self._generation:
+                if fast is None or (not fast[1][1].pinned and fast[0] != key):
+                    ws[1].pin(epoch)
+                    self._fast = (key, ws)
+                    return
+                if fast[0] == key and not fast[1][1].pinned:
+                    fast[1][1].pin(epoch)  # the settings changed and changed back
         self._release(key, ws)
 
     # -- running ----------------------------------------------------------------------------
@@ -743,6 +749,8 @@ class Network:
             logits = fast[1][1].run_pinned(images, inside)
             if logits is not None:
                 return logits
+        # Read before the settings: a change during the call then leaves nothing pinned.
+        epoch, generation = _kernels.config_epoch(), self._generation
         if layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
         x = float32_array(images, "images", ndim=4)
@@ -783,6 +791,7 @@ class Network:
             stamps = np.empty(len(steps) + 1)
         elif inside is not None:
             stamps = np.empty(2)
+        ran = False
         try:
             for i in range(side, n):
                 steps.run(x[i:i + 1], logits[i:i + 1], 0, -1, stamps)
@@ -790,10 +799,11 @@ class Network:
                     np.add.at(times, layer_of_step, np.diff(stamps))
                 if inside is not None:
                     inside[0] += stamps[-1] - stamps[0]
+            ran = True
             return logits
         finally:
-            if n == 1 and times is None:
-                self._keep_fast(ws_key, ws)
+            if ran and n == 1 and times is None:
+                self._keep_fast(ws_key, ws, epoch, generation)
             else:
                 self._release(ws_key, ws)
 
