@@ -228,8 +228,7 @@ def _plan_inputs(net, key):
     for i, layer in enumerate(net.layers):
         for t in (layer.src, layer.res):
             if t in born:
-                life[t] = (born[t], max(life.get(t, (0, born[t]))[1],
-                                        fs.models._step_end(i, fused)))
+                life[t] = (born[t], max(life.get(t, (0, born[t]))[1], i + (1 if i in fused else 0)))
     for t in born:
         life.setdefault(t, (born[t], born[t]))
     size = {t: -(-fs.models._padded_size(shapes[t]) // 16) * 16 for t in born}
@@ -237,12 +236,11 @@ def _plan_inputs(net, key):
 
 
 def test_fused_pairs_give_their_1x1_output_no_buffer():
-    """A fused pair (1x1 + depthwise, or the first block's depthwise + 1x1) keeps its first
-    layer's output in per-thread work planes, and on one thread steps of three layers (the
-    first conv before that pair, block 3's expansion, depthwise and projection) keep both
-    middle outputs there: the plan gives those tensors no buffer (MobileNet v2 at 224x224:
-    7.9 -> 3.8 MB of activations for the pairs), and the one array that stands for all such
-    tensors is never written by a call."""
+    """A fused pair (1x1 + depthwise, or the first block's depthwise + 1x1, which the first
+    conv joins on one thread) keeps its first layers' outputs in per-thread work planes: the
+    plan gives those tensors no buffer (MobileNet v2 at 224x224: 7.9 -> 3.8 MB of
+    activations), and the one array that stands for all such tensors is never written by a
+    call."""
     from fastsparse import _dispatch
     sd = _pruned_v2(0.5, 0.9, None)
     net = fs.MobileNetV2.from_dense(sd, num_threads=1)
@@ -250,12 +248,9 @@ def test_fused_pairs_give_their_1x1_output_no_buffer():
     plan = net._plan(key)
     shapes, slots, buffer_of, fused, _ = plan
     mids = [net.layers[i].dst for i in fused]
-    assert len(mids) == 6 and not set(mids) & set(buffer_of)
+    assert len(mids) == 5 and not set(mids) & set(buffer_of)
     assert type(net.layers[min(fused)]) is fs.models._Conv
-    threes = [i for i in fused if i + 1 in fused]
-    assert [type(net.layers[i]).__name__ for i in threes] == ["_Conv", "_Pointwise"]
     views, steps, _ = net._workspace((key, 1, _dispatch.isa()), plan)
-    assert steps.kinds()[:4] == [8, 5, 0, 9]  # conv + pair, pair, 1x1, block
     for m in mids:
         views[m][...] = 7.0
     x = _images(np.random.default_rng(0), 1, 224, 224)
@@ -264,8 +259,6 @@ def test_fused_pairs_give_their_1x1_output_no_buffer():
     assert _rel_err(logits, fs.reference.mobilenet_v2(sd, x)) < RTOL
     for m in mids:
         assert np.all(views[m] == 7.0), m
-    if fs._kernels.OPENMP:  # two threads run the pairs alone: the same bytes
-        assert fs.MobileNetV2.from_dense(sd, num_threads=2)(x).tobytes() == logits.tobytes()
 
 
 def test_hugepage_arrays_are_aligned_writable_and_separate():

@@ -99,7 +99,6 @@ cdef extern from "csrc/fs_steps.h" nogil:
         FS_STEP_SPMM_KSPLIT
         FS_STEP_DWCONV2D_SPMM
         FS_STEP_CONV2D_DWCONV2D_SPMM
-        FS_STEP_SPMM_DWCONV2D_SPMM
     ctypedef struct fs_spmm_part:
         const float* values
         const uint32_t* nnzmap
@@ -150,8 +149,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         size_t scratch_floats
         float* work
         size_t work_floats
-        fs_spmm_args spmm, spmm_in
-        size_t band_rows
+        fs_spmm_args spmm
         fs_dwconv2d_args dw
         fs_conv2d_args conv
         fs_gavgpool_args pool
@@ -1309,86 +1307,6 @@ cdef class StepList:
         st.scratch = self._scratch(&st)
         self._append(&st, src, res, dst, (w, bias, dw_w, dw_bias, bounds, band_table, parts))
 
-    cdef int _add_banded(self, fs_step* st, fs_step* dw, Py_ssize_t k, Py_ssize_t pad_top,
-                         Py_ssize_t pad_left, SpmmWeights w, Py_ssize_t band_rows,
-                         Py_ssize_t producer_scratch, bint empty, int src, int res, int dst,
-                         tuple keep) except -1:
-        """The part the fused steps on a produced input share (fs_banded_dw_spmm): `st` holds
-        the 1x1 after the depthwise conv `dw` (and the producer), to run by bands of
-        `band_rows` rows from dw_spmm_band_rows, only on planes the depthwise kernel reads in
-        place (taller than a staged copy)."""
-        cdef Py_ssize_t ih = dw.dw.ih, iw = dw.dw.iw
-        if (band_rows < 4 or ih <= <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS
-                or band_rows != dw_spmm_band_rows(0, k, 1, ih, iw, dw.dw.oh, dw.dw.ow, pad_top,
-                                                  pad_left, band_rows)):
-            raise ValueError(f"band_rows {band_rows} must come from dw_spmm_band_rows for this "
-                             f"shape ({ih}x{iw}), more than {FS_DW_FLAT_STAGE_ROWS} rows")
-        cdef Py_ssize_t n = self._tensor(dst, False).shape[0], h = k // 2, band = band_rows * iw
-        cdef Py_ssize_t ps = _ceil_div(band, 16) * 16, crows = band_rows + 2 * h
-        cdef Py_ssize_t nbands = ih // band_rows, runs = 1
-        if n < self.num_threads:  # the bands of an image in runs, one per thread
-            runs = min(self.num_threads, nbands)
-            while nbands % runs:
-                runs -= 1
-        # The packed offsets step from plane to plane of the work planes.
-        cdef _Parts parts = w.part_table(st.spmm.nparts, ps)
-        st.spmm.parts = parts.table
-        bounds = w.groups(1)
-        cdef const int64_t[::1] b = bounds
-        st.spmm.bounds, st.spmm.groups = &b[0], 1
-        band_table = _stride1_bands(ih, iw, band, h)
-        cdef const int64_t[::1] bt = band_table
-        st.dw = dw.dw
-        st.dw.nbands, st.dw.bands, st.dw.runs, st.dw.halo_rows = nbands, &bt[0], runs, h
-        st.dw.scratch_floats = _ceil_div(dw.scratch_floats, 16) * 16
-        st.scratch_floats = st.dw.scratch_floats + producer_scratch
-        st.band_rows = crows
-        # The producer's rows [na, nb) sit at the top of their planes, whose origin lies na
-        # rows before; a band's depthwise planes, whose origin lies m0 positions before:
-        # neither more than a plane of the image.
-        st.dw.gap = _ceil_div(ih * iw, 16) * 16
-        st.work_floats = st.dw.gap + dw.dw.c * (crows * iw + ps)
-        st.items = 0 if empty or st.items == 0 or dw.items == 0 else n * runs
-        st.scratch = self._scratch(st)
-        self._append(st, src, res, dst, keep + (bounds, band_table, parts))
-        return 0
-
-    cdef tuple _begin_three(self, fs_step* st, fs_step* first_st, fs_step* dw, int src,
-                            int first, int mid, int res, int dst):
-        """Checks the tensors of a step of three layers, whose first two outputs (`first`,
-        `mid`) are never touched (and so may overlap): whole images, the output over no
-        input. Zeroes the three halves; returns the arrays of first, mid and dst."""
-        self._check_roles(src, -1, first)
-        self._check_roles(mid, res, dst)
-        self._check_roles(src, res, dst)
-        for t in (src, first, mid, res, dst):
-            if t >= 0 and self._pieces[t]:
-                raise ValueError(f"tensor {t} must not be in row pieces")
-        memset(st, 0, sizeof(fs_step))
-        memset(first_st, 0, sizeof(fs_step))
-        memset(dw, 0, sizeof(fs_step))
-        return self._tensor(first, False), self._tensor(mid, False), self._tensor(dst, False)
-
-    cdef int _dw_and_projection(self, fs_step* st, fs_step* dw, int dw_isa, produced, dw_w,
-                                dw_bias, Py_ssize_t k, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                                float dw_lo, float dw_hi, int isa, Py_ssize_t kernel,
-                                SpmmWeights w, m, bias, float lo, float hi, int res,
-                                tuple never, y) except -1:
-        """`dw`: the stride-1 depthwise conv `produced` -> m; `st`: the 1x1 m (+ res) -> y,
-        whose residual must be of y's shape and none of the tensors `never` written."""
-        _dwconv2d_step(dw, dw_isa, produced, dw_w, dw_bias, m, k, 1, pad_top, pad_left, dw_lo,
-                       dw_hi, 1)
-        r = None
-        if res >= 0:
-            r = self._tensor(res, False)
-            if res in never or r.shape != y.shape:
-                raise ValueError(f"the residual (tensor {res}) must have the output's shape "
-                                 f"{y.shape} and not be a tensor the step never writes")
-            r = r.reshape(y.shape[0], y.shape[1], -1)
-        _spmm_step(st, isa, kernel, w, m.reshape(m.shape[0], m.shape[1], -1), bias, r,
-                   y.reshape(y.shape[0], y.shape[1], -1), lo, hi, 1)
-        return 0
-
     def add_conv2d_dwconv2d_spmm(self, int conv_isa, bint nhwc, conv_w, conv_bias,
                                  Py_ssize_t stride, Py_ssize_t conv_pad_top,
                                  Py_ssize_t conv_pad_left, float conv_lo, float conv_hi,
@@ -1401,50 +1319,74 @@ cdef class StepList:
         output of the first conv (add_conv2d's arguments), which the step computes band by
         band into its work, only the rows each band's taps read, a row two bands read once.
         `conv_dst` and `mid`, the tensors the conv and the depthwise conv would write, fix the
-        shapes the three parts are checked against and are never touched. Whole images only
-        (no tensor in row pieces). Same arithmetic as the three steps, whatever the bands or
-        the threads."""
+        shapes the three parts are checked against and are never touched. Only on planes
+        read in place (taller than a staged copy, rows of whole 16-float vectors) and whole
+        images: no tensor in row pieces. Same arithmetic as the three steps, whatever the
+        bands or the threads."""
+        self._check_roles(src, -1, conv_dst)  # (conv_dst and mid, never touched, may overlap)
+        self._check_roles(mid, res, dst)
+        self._check_roles(src, res, dst)
+        for t in (src, conv_dst, mid, res, dst):
+            if t >= 0 and self._pieces[t]:
+                raise ValueError(f"tensor {t} must not be in row pieces")
+        if res == mid or res == conv_dst:
+            raise ValueError(f"the residual (tensor {res}) must not be a tensor the step never "
+                             "writes")
         cdef fs_step st, cv, dw
-        c, m, y = self._begin_three(&st, &cv, &dw, src, conv_dst, mid, res, dst)
+        memset(&st, 0, sizeof(st))
+        memset(&cv, 0, sizeof(cv))
+        memset(&dw, 0, sizeof(dw))
+        c, m, y = self._tensor(conv_dst, False), self._tensor(mid, False), self._tensor(dst, False)
         _conv2d_step(&cv, conv_isa, self._tensor(src, False), nhwc, conv_w, conv_bias, c, stride,
                      conv_pad_top, conv_pad_left, conv_lo, conv_hi, 1)
-        self._dw_and_projection(&st, &dw, dw_isa, c, dw_w, dw_bias, k, pad_top, pad_left, dw_lo,
-                                dw_hi, isa, kernel, w, m, bias, lo, hi, res, (mid, conv_dst), y)
-        st.kind = FS_STEP_CONV2D_DWCONV2D_SPMM
+        _dwconv2d_step(&dw, dw_isa, c, dw_w, dw_bias, m, k, 1, pad_top, pad_left, dw_lo, dw_hi,
+                       1)
+        r = self._tensor(res, False) if res >= 0 else None
+        if r is not None and r.shape != y.shape:
+            raise ValueError(f"the residual (tensor {res}) must have the output's shape {y.shape}")
+        if r is not None:
+            r = r.reshape(y.shape[0], y.shape[1], -1)
+        _spmm_step(&st, isa, kernel, w, m.reshape(m.shape[0], m.shape[1], -1), bias, r,
+                   y.reshape(y.shape[0], y.shape[1], -1), lo, hi, 1)
+        cdef Py_ssize_t ih = dw.dw.ih, iw = dw.dw.iw
+        if (band_rows < 4 or iw % 16 or ih <= <Py_ssize_t>FS_DW_FLAT_STAGE_ROWS
+                or band_rows != dw_spmm_band_rows(0, k, 1, ih, iw, dw.dw.oh, dw.dw.ow, pad_top,
+                                                  pad_left, band_rows)):
+            raise ValueError(f"band_rows {band_rows} must come from dw_spmm_band_rows for this "
+                             f"shape ({ih}x{iw}), whose rows must be whole 16-float vectors, "
+                             f"more than {FS_DW_FLAT_STAGE_ROWS} of them")
+        cdef Py_ssize_t n = c.shape[0], h = k // 2, band = band_rows * iw
+        cdef Py_ssize_t ps = _ceil_div(band, 16) * 16, crows = band_rows + 2 * h
+        cdef Py_ssize_t nbands = ih // band_rows, runs = 1
+        if n < self.num_threads:  # the bands of an image in runs, one per thread
+            runs = min(self.num_threads, nbands)
+            while nbands % runs:
+                runs -= 1
         st.src_s = cv.src_s
+        # The packed offsets step from plane to plane of the work planes.
+        cdef _Parts parts = w.part_table(st.spmm.nparts, ps)
+        st.spmm.parts = parts.table
+        bounds = w.groups(1)
+        cdef const int64_t[::1] b = bounds
+        st.spmm.bounds, st.spmm.groups = &b[0], 1
+        band_table = _stride1_bands(ih, iw, band, h)
+        cdef const int64_t[::1] bt = band_table
+        st.kind = FS_STEP_CONV2D_DWCONV2D_SPMM
         st.conv = cv.conv
-        self._add_banded(&st, &dw, k, pad_top, pad_left, w, band_rows, cv.scratch_floats,
-                         cv.items == 0, src, res, dst, (w, bias, conv_w, conv_bias, dw_w, dw_bias))
-
-    def add_spmm_dwconv2d_spmm(self, int in_isa, Py_ssize_t in_kernel, SpmmWeights w_in, in_bias,
-                               float in_lo, float in_hi, int dw_isa, dw_w, dw_bias,
-                               Py_ssize_t k, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                               float dw_lo, float dw_hi, int isa, Py_ssize_t kernel,
-                               SpmmWeights w, int src, int in_dst, int mid, int res, int dst,
-                               bias, float lo, float hi, Py_ssize_t band_rows):
-        """dst = clamp(W @ depthwise(clamp(W_in @ src + in_bias)) + bias + res): an inverted
-        residual block (expansion 1x1, stride-1 depthwise conv, projection 1x1) as one step,
-        add_dwconv2d_spmm on the expansion's output, which the step computes band by band
-        into its work like add_conv2d_dwconv2d_spmm. `in_dst` and `mid` are never touched.
-        Whole images only. Same arithmetic as the three steps, whatever the bands or the
-        threads."""
-        cdef fs_step st, ex, dw
-        e, m, y = self._begin_three(&st, &ex, &dw, src, in_dst, mid, res, dst)
-        x = self._tensor(src, False)
-        _spmm_step(&ex, in_isa, in_kernel, w_in, x.reshape(x.shape[0], x.shape[1], -1), in_bias,
-                   None, e.reshape(e.shape[0], e.shape[1], -1), in_lo, in_hi, 1)
-        if x.ndim != 4 or e.ndim != 4 or x.shape[2:] != e.shape[2:]:
-            raise ValueError(f"tensors {src} and {in_dst} must be images of the same size")
-        self._dw_and_projection(&st, &dw, dw_isa, e, dw_w, dw_bias, k, pad_top, pad_left, dw_lo,
-                                dw_hi, isa, kernel, w, m, bias, lo, hi, res, (mid, in_dst), y)
-        st.kind = FS_STEP_SPMM_DWCONV2D_SPMM
-        st.src_s = ex.src_s
-        st.spmm_in = ex.spmm
-        in_bounds = w_in.groups(1)
-        cdef const int64_t[::1] ib = in_bounds
-        st.spmm_in.bounds, st.spmm_in.groups = &ib[0], 1
-        self._add_banded(&st, &dw, k, pad_top, pad_left, w, band_rows, 0, ex.items == 0, src,
-                         res, dst, (w, bias, w_in, in_bias, dw_w, dw_bias, in_bounds))
+        st.conv.band = crows
+        st.dw = dw.dw
+        st.dw.nbands, st.dw.bands, st.dw.runs, st.dw.halo_rows = nbands, &bt[0], runs, h
+        st.dw.scratch_floats = _ceil_div(dw.scratch_floats, 16) * 16
+        st.scratch_floats = st.dw.scratch_floats + cv.scratch_floats
+        # Conv rows [na, nb) sit at the top of their planes, whose origin lies na rows before;
+        # a band's depthwise planes, whose origin lies m0 positions before: neither more than
+        # a plane of the image.
+        st.dw.gap = _ceil_div(ih * iw, 16) * 16
+        st.work_floats = st.dw.gap + cv.conv.cout * crows * iw + dw.dw.c * ps
+        st.items = n * runs if st.items != 0 and dw.items != 0 and cv.items != 0 else 0
+        st.scratch = self._scratch(&st)
+        self._append(&st, src, res, dst, (w, bias, conv_w, conv_bias, dw_w, dw_bias, bounds,
+                                          band_table, parts))
 
     def add_gavgpool(self, int isa, int src, int dst):
         cdef fs_step st

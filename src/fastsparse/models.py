@@ -51,12 +51,11 @@ FUSE_GROUP_BYTES = 256 * 1024
 # (_kernels.dw_spmm_band_rows).
 DW_FUSE_BAND_BYTES = 128 * 1024
 
-# On one thread, what produces such a depthwise conv's input joins the step, where it is the
-# first conv or a 1x1 fused with that depthwise conv: each band computes the rows its taps read
-# into the work buffer (a row two bands read, once), so MobileNet v2's 32 x 112 x 112 conv
-# output (1.6 MB) and its block 3's 144 x 56 x 56 tensors (1.8 MB each) never exist. Only where
-# the depthwise kernel reads those rows in place: planes taller than a staged copy
-# (_kernels.DW_FLAT_STAGE_ROWS).
+# On one thread, the first conv whose only reader is such a fused depthwise conv joins the step:
+# each band computes the conv rows its taps read into the work buffer (a row two bands read,
+# once), so MobileNet v2's 32 x 112 x 112 conv output (1.6 MB) never exists either. Only where
+# the depthwise kernel reads those rows in place: planes of whole 16-float rows, taller than a
+# staged copy (_kernels.DW_FLAT_STAGE_ROWS).
 
 # A sparse 1x1 packed in blocks of rows runs its blocks as single rows (the same non-zeros,
 # repacked once) on images of at least ROWS_MIN_HW positions with at most ROWS_MAX_CIN input
@@ -149,7 +148,7 @@ class _Conv(_Layer):
         steps.add_conv2d(_dispatch.isa_id(isa), self.src, layout == "NHWC", self.dst, self.w2, self.b,
                          self.stride, t, l, *self.act)
 
-    def add_fused3_step(self, steps, isa, shapes, dw, pw, layout):
+    def add_fused_step(self, steps, isa, shapes, dw, pw, layout):
         """This conv, the depthwise conv `dw` reading its output and the 1x1 `pw` reading
         dw's, as one step (_Depthwise.add_fused_step on rows this conv computes)."""
         t, l, _, _ = self.pads(*shapes[self.src][2:])
@@ -273,18 +272,6 @@ class _Pointwise(_Layer):
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act,
                        ksplit=ksplit)
 
-    def add_fused3_step(self, steps, isa, shapes, dw, pw, layout):
-        """This 1x1 (an expansion), the stride-1 depthwise conv `dw` reading its output and
-        the 1x1 `pw` (a projection) reading dw's, as one step (_Depthwise.add_fused_step on
-        rows this 1x1 computes): MobileNet v2's 144 x 56 x 56 tensors never exist."""
-        W, kisa, index = self._kernel(isa, shapes[self.src], fused=True)
-        P, pisa, pindex = pw._kernel(isa, shapes[pw.src], streamed=_streamed(shapes[pw.src]))
-        steps.add_spmm_dwconv2d_spmm(
-            kisa, index, W._packed, self.b, *self.act, _dispatch.isa_id(isa), dw.w2, dw.b,
-            dw.w.shape[2], dw.padding[0], dw.padding[1], *dw.act, pisa, pindex, P._packed,
-            self.src, self.dst, dw.dst, -1 if pw.res is None else pw.res, pw.dst, pw.b,
-            *pw.act, dw.band_rows(shapes[dw.src], 1))
-
     def add_fused_step(self, steps, isa, shapes, dw):
         """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
         as one step."""
@@ -385,13 +372,6 @@ def _pieced_view(buffer, shape, pieces):
         strides=(4 * stride, 4 * plane, 4 * w, 4), writeable=True)
 
 
-def _step_end(i, fused):
-    """The last layer of the step that layer i runs in: fused layers run with the next."""
-    while i in fused:
-        i += 1
-    return i
-
-
 def _arena_floats(spans):
     return max((a + n for a, n in spans.values()), default=0)
 
@@ -489,9 +469,7 @@ class Network:
         output, on images of at least FUSE_MIN_HW positions: sparse 1x1s with the depthwise
         conv after them, and then stride-1 depthwise convs with the 1x1 after them where that
         1x1 is in no pair and whose bands fit the row pieces their input would be held in on
-        a batch-1 call on `pieces` threads (_Depthwise.band_rows). On one thread, i and i + 1
-        both in the set make a step of three layers: the first conv before a depthwise conv +
-        1x1, or a 1x1 + depthwise conv with the 1x1 after them (an inverted residual block)."""
+        a batch-1 call on `pieces` threads (_Depthwise.band_rows)."""
         readers = {}
         for layer in self.layers:
             for t in (layer.src, layer.res):
@@ -508,19 +486,13 @@ class Network:
                     and a.band_rows(shapes[a.src],
                                     pieces if pieceable(shapes[a.src], pieces) else 1)):
                 fused.add(i)
-        if pieces == 1:  # three layers in one step (DW_FUSE_BAND_BYTES)
-            tall = lambda t: shapes[t][2] > _kernels.DW_FLAT_STAGE_ROWS  # noqa: E731
+        if pieces == 1:  # the first conv joins a fused depthwise conv + 1x1 (DW_FUSE_BAND_BYTES)
             for i, (a, b) in enumerate(pairs):
-                # The first conv, with a fused depthwise conv + 1x1 after it.
+                _, _, h, w = shapes[a.dst] if type(a) is _Conv else (0, 0, 0, 0)
                 if (type(a) is _Conv and type(b) is _Depthwise and i + 1 in fused
-                        and b.src == a.dst and readers[a.dst] == 1 and tall(a.dst)):
+                        and b.src == a.dst and readers[a.dst] == 1 and w % 16 == 0
+                        and h > _kernels.DW_FLAT_STAGE_ROWS):
                     fused.add(i)
-                # A fused 1x1 + depthwise conv, with the 1x1 that alone reads its output.
-                c = self.layers[i + 2] if i + 2 < len(self.layers) else None
-                if (type(a) is _Pointwise and i in fused and type(c) is _Pointwise
-                        and c.src == b.dst and readers[b.dst] == 1 and tall(b.src)
-                        and b.band_rows(shapes[b.src], 1)):
-                    fused.add(i + 1)
         return fused
 
     def _row_pieces(self, shapes, fused, threads):
@@ -597,7 +569,7 @@ class Network:
             pieced = self._row_pieces(shapes, fused, pieces)
             last_use = {}
             for i, layer in enumerate(self.layers):
-                last_use[layer.src] = _step_end(i, fused)
+                last_use[layer.src] = i + 1 if i in fused else i
                 if layer.res is not None:
                     last_use[layer.res] = i
             # Planned tensors (not the input, not the logits, not a fused pair's first output):
@@ -700,9 +672,9 @@ class Network:
         layer_of_step = []  # a fused step is one step, of its first layer
         i = 0
         while i < len(self.layers):
-            if i in fused and i + 1 in fused:  # the first conv, or a block's expansion
-                self.layers[i].add_fused3_step(steps, isa, shapes, self.layers[i + 1],
-                                               self.layers[i + 2], layout)
+            if i in fused and type(self.layers[i]) is _Conv:
+                self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1],
+                                              self.layers[i + 2], layout)
                 layer_of_step.append(i)
                 i += 3
                 continue

@@ -37,8 +37,7 @@ enum fs_step_kind {
   FS_STEP_SPMM_DWCONV2D = 5, /* a sparse 1x1 fused with the depthwise conv that reads it */
   FS_STEP_SPMM_KSPLIT = 6,   /* a 1x1 summed in two halves of its input channels, then added */
   FS_STEP_DWCONV2D_SPMM = 7, /* a stride-1 depthwise conv fused with the sparse 1x1 reading it */
-  FS_STEP_CONV2D_DWCONV2D_SPMM = 8, /* the first conv, then FS_STEP_DWCONV2D_SPMM on its output */
-  FS_STEP_SPMM_DWCONV2D_SPMM = 9    /* a sparse 1x1, then FS_STEP_DWCONV2D_SPMM on its output */
+  FS_STEP_CONV2D_DWCONV2D_SPMM = 8 /* the first conv, then FS_STEP_DWCONV2D_SPMM on its output */
 };
 
 /* The non-zeros of a packed sparse matrix in one range of input channels (a "part"; the
@@ -94,14 +93,14 @@ typedef struct fs_dwconv2d_args {
    * [out_begin, out_end) and the input positions [in_begin, in_end) (whole rows) that the
    * band's taps use, which the band's 1x1 computes. FS_STEP_DWCONV2D_SPMM: the same, each band
    * inside one row piece of the input; its planes start `gap` floats into the thread's work.
-   * FS_STEP_CONV2D_DWCONV2D_SPMM, FS_STEP_SPMM_DWCONV2D_SPMM: item t = (image, run t % runs
-   * of nbands / runs bands). */
+   * FS_STEP_CONV2D_DWCONV2D_SPMM: item t = (image, run t % runs of nbands / runs bands). */
   size_t nbands, gap, runs;
   const int64_t* bands;
 } fs_dwconv2d_args;
 
 /* Dense 3x3: item t = (image, band of `band` output rows); an output in row pieces has one
- * band per piece. Strides in bytes. */
+ * band per piece. Strides in bytes. In FS_STEP_CONV2D_DWCONV2D_SPMM, `band` is the rows each
+ * output plane holds in the work buffer. */
 typedef struct fs_conv2d_args {
   fs_conv2d_fn fn;
   size_t cin, ih, iw, oh, ow, pad_top, pad_left, cout, band, pieces;
@@ -156,9 +155,6 @@ typedef struct fs_step {
   float* work;
   size_t work_floats;
   fs_spmm_args spmm;
-  fs_spmm_args spmm_in; /* FS_STEP_SPMM_DWCONV2D_SPMM: the 1x1 whose output the depthwise reads */
-  size_t band_rows;     /* FS_STEP_{CONV2D,SPMM}_DWCONV2D_SPMM: rows per plane of that output in
-                         * the work buffer */
   fs_dwconv2d_args dw;
   fs_conv2d_args conv;
   fs_gavgpool_args pool;
@@ -244,62 +240,6 @@ static inline ptrdiff_t fs_piece_shift(fs_strides s, size_t m) {
 
 /* Floats between the planes a fused step keeps in its work buffer: whole 64-byte lines. */
 static inline size_t fs_plane_floats(size_t hw) { return (hw + 15) / 16 * 16; }
-
-/* FS_STEP_DWCONV2D_SPMM, band after band of one run (item t), on an input that a producer (the
- * first conv, or a 1x1) writes into this thread's work first: only the rows each band's taps
- * read (the rows the band before also read are kept, moved to the top of each plane). The
- * producer's output and the depthwise conv's never make the round trip through L3 or memory.
- * The producer and the depthwise kernel address their planes by absolute rows, from origins
- * up to `gap` floats before the work's planes (never touched). Scratch: the depthwise
- * kernel's, then the conv's. */
-static void fs_banded_dw_spmm(const fs_step* st, size_t t, const float* x, const float* r,
-                              float* y, float* scratch, int thread) {
-  const fs_conv2d_args* c = &st->conv;
-  const fs_spmm_args* e = &st->spmm_in;
-  const fs_dwconv2d_args* d = &st->dw;
-  const fs_spmm_args* a = &st->spmm;
-  const fs_strides xs = st->src_s, rs = st->res_s, ys = st->dst_s;
-  const size_t img = t / d->runs, run = t % d->runs, per = d->nbands / d->runs;
-  const size_t w = d->iw, h = d->halo_rows, cs = st->band_rows * w;
-  const size_t ps = fs_plane_floats((size_t)(d->bands[1] - d->bands[0]));
-  float* rows = st->work + (size_t)thread * st->work_floats + d->gap;
-  float* planes = rows + d->c * cs;
-  const float* image = x + img * xs.image;
-  size_t ra = 0, rb = 0; /* the producer's rows held: [ra, rb) */
-  for (size_t j = run * per; j < (run + 1) * per; j++) {
-    const size_t m0 = (size_t)d->bands[4 * j], m1 = (size_t)d->bands[4 * j + 1];
-    const size_t na = m0 / w > h ? m0 / w - h : 0, nb = m1 / w + h < d->ih ? m1 / w + h : d->ih;
-    size_t from = na;
-    if (ra <= na && na < rb) {
-      if (na > ra) {
-        for (size_t ch = 0; ch < d->c; ch++) {
-          memmove(rows + ch * cs, rows + ch * cs + (na - ra) * w, (rb - na) * w * sizeof(float));
-        }
-      }
-      from = rb;
-    }
-    if (from < nb && st->kind == FS_STEP_CONV2D_DWCONV2D_SPMM) {
-      c->fn(c->cin, c->ih, c->iw, c->oh, c->ow, c->pad_top, c->pad_left, from, nb, image,
-            c->channel_stride, c->row_stride, c->pixel_stride, c->cout, c->weights, c->bias,
-            scratch + d->scratch_floats, rows - na * w, cs * sizeof(float), w * sizeof(float),
-            c->lo, c->hi);
-    } else if (from < nb) {
-      fs_spmm_rows(e, e->bounds[0], e->bounds[e->groups], from * w, (nb - from) * w, image,
-                   NULL, 0, rows + (from - na) * w, cs * sizeof(float));
-    }
-    ra = na;
-    rb = nb;
-    for (size_t ch = 0; ch < d->c; ch++) {
-      d->fn(d->ih, w, d->oh, w, d->pad_top, d->pad_left, rows + ch * cs - na * w,
-            w * sizeof(float), NULL, NULL, d->weights + ch * d->taps,
-            d->bias != NULL ? d->bias[ch] : 0.0f, scratch, planes + ch * ps - m0, w * sizeof(float),
-            m0, m1, d->lo, d->hi);
-    }
-    fs_spmm_rows(a, a->bounds[0], a->bounds[a->groups], 0, m1 - m0, planes,
-                 r != NULL ? r + img * rs.image + m0 : NULL, rs.channel * sizeof(float),
-                 y + img * ys.image + m0, ys.channel * sizeof(float));
-  }
-}
 
 static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread) {
   const float* x = tensors[st->src];
@@ -396,10 +336,56 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
                    ys.channel * sizeof(float));
       return;
     }
-    case FS_STEP_CONV2D_DWCONV2D_SPMM:
-    case FS_STEP_SPMM_DWCONV2D_SPMM:
-      fs_banded_dw_spmm(st, t, x, r, y, scratch, thread);
+    case FS_STEP_CONV2D_DWCONV2D_SPMM: {
+      /* FS_STEP_DWCONV2D_SPMM, band after band of a run, on the conv's output rows that each
+       * band's taps read, which the conv first writes into this thread's work (the rows the
+       * band before also read are kept: moved to the top of each plane). Neither the conv's
+       * output nor the depthwise conv's makes the round trip through L3 or memory. The conv
+       * and the depthwise kernel address their planes by absolute rows, from origins up to
+       * `gap` floats before the work's planes (never touched). Scratch: the depthwise
+       * kernel's, then the conv's. */
+      const fs_conv2d_args* c = &st->conv;
+      const fs_dwconv2d_args* d = &st->dw;
+      const fs_spmm_args* a = &st->spmm;
+      const size_t img = t / d->runs, run = t % d->runs, per = d->nbands / d->runs, w = d->iw;
+      const size_t cs = c->band * w, ps = fs_plane_floats((size_t)(d->bands[1] - d->bands[0]));
+      float* rows = st->work + (size_t)thread * st->work_floats + d->gap;
+      float* planes = rows + c->cout * cs;
+      float* conv_scratch = scratch + d->scratch_floats;
+      const float* image = x + img * xs.image;
+      size_t ra = 0, rb = 0; /* the conv rows held: [ra, rb) */
+      for (size_t j = run * per; j < (run + 1) * per; j++) {
+        const int64_t* band = d->bands + 4 * j;
+        const size_t m0 = (size_t)band[0], m1 = (size_t)band[1];
+        const size_t na = (size_t)band[2] / w, nb = (size_t)band[3] / w;
+        size_t from = na;
+        if (ra <= na && na < rb) {
+          if (na > ra) {
+            for (size_t ch = 0; ch < c->cout; ch++) {
+              memmove(rows + ch * cs, rows + ch * cs + (na - ra) * w, (rb - na) * w * sizeof(float));
+            }
+          }
+          from = rb;
+        }
+        if (from < nb) {
+          c->fn(c->cin, c->ih, c->iw, c->oh, c->ow, c->pad_top, c->pad_left, from, nb, image,
+                c->channel_stride, c->row_stride, c->pixel_stride, c->cout, c->weights, c->bias,
+                conv_scratch, rows - na * w, cs * sizeof(float), w * sizeof(float), c->lo, c->hi);
+        }
+        ra = na;
+        rb = nb;
+        for (size_t ch = 0; ch < d->c; ch++) {
+          d->fn(d->ih, w, d->oh, w, d->pad_top, d->pad_left, rows + ch * cs - na * w,
+                w * sizeof(float), NULL, NULL, d->weights + ch * d->taps,
+                d->bias != NULL ? d->bias[ch] : 0.0f, scratch, planes + ch * ps - m0,
+                w * sizeof(float), m0, m1, d->lo, d->hi);
+        }
+        fs_spmm_rows(a, a->bounds[0], a->bounds[a->groups], 0, m1 - m0, planes,
+                     r != NULL ? r + img * rs.image + m0 : NULL, rs.channel * sizeof(float),
+                     y + img * ys.image + m0, ys.channel * sizeof(float));
+      }
       return;
+    }
     case FS_STEP_DWCONV2D: {
       const fs_dwconv2d_args* a = &st->dw;
       const size_t n = a->oh * a->ow;
