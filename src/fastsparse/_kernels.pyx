@@ -764,14 +764,6 @@ def dw_spmm_band_rows(Py_ssize_t pieces, Py_ssize_t k, Py_ssize_t stride, Py_ssi
     return 0
 
 
-def _stride1_bands(Py_ssize_t ih, Py_ssize_t iw, Py_ssize_t band, Py_ssize_t h):
-    """Bands of `band` positions of a stride-1 'same' depthwise output of ih x iw, as the
-    fused steps' int64 quadruples: output positions [begin, end) and the input positions its
-    taps read, h rows either side."""
-    return np.array([[m0, m0 + band, max(0, m0 - h * iw), min(ih * iw, m0 + band + h * iw)]
-                     for m0 in range(0, ih * iw, band)], dtype=np.int64).reshape(-1)
-
-
 def _row_bands(Py_ssize_t bands, Py_ssize_t k, Py_ssize_t stride, Py_ssize_t ih,
                Py_ssize_t iw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t pad_top,
                Py_ssize_t pad_left):
@@ -1263,12 +1255,7 @@ cdef class StepList:
         _dwconv2d_step(&dw, dw_isa, x, dw_w, dw_bias, m, k, 1, pad_top, pad_left, dw_lo, dw_hi,
                        1)
         y = self._whole(dst)
-        r = self._whole(res) if res >= 0 else None
-        if r is not None and (res == mid or r.shape != y.shape):
-            raise ValueError(f"the residual (tensor {res}) must have the output's shape "
-                             f"{y.shape} and not be tensor {mid}")
-        if r is not None:
-            r = r.reshape(y.shape[0], y.shape[1], -1)
+        r = self._fused_residual(res, (mid,), y)
         _spmm_step(&st, isa, kernel, w, m.reshape(m.shape[0], m.shape[1], -1), bias, r,
                    y.reshape(y.shape[0], y.shape[1], -1), lo, hi, 1)
         cdef Py_ssize_t p = self._pieces[src], ih = dw.dw.ih, iw = dw.dw.iw
@@ -1285,18 +1272,9 @@ cdef class StepList:
         st.dst_s = self._piece_strides(dst, st.dst_s)
         if res >= 0:
             st.res_s = self._piece_strides(res, st.res_s)
-        # The packed offsets step from plane to plane of the work planes.
-        cdef _Parts parts = w.part_table(st.spmm.nparts, ps)
-        st.spmm.parts = parts.table
-        bounds = w.groups(1)
-        cdef const int64_t[::1] b = bounds
-        st.spmm.bounds, st.spmm.groups = &b[0], 1
-        h = k // 2
-        band_table = _stride1_bands(ih, iw, band, h)
-        cdef const int64_t[::1] bt = band_table
         st.kind = FS_STEP_DWCONV2D_SPMM
         st.dw = dw.dw
-        st.dw.nbands, st.dw.bands, st.dw.halo_rows = bt.shape[0] // 4, &bt[0], h
+        keep = self._bands_of(&st, w, ih, iw, band, k // 2)
         # The kernel's scratch, for the plane or row piece it is called on.
         st.dw.scratch_floats = _ceil_div(fs_dwconv2d_scratch_floats(
             k, 1, piece // iw, iw, piece // iw, iw, pad_top, pad_left), 16) * 16
@@ -1305,7 +1283,38 @@ cdef class StepList:
         st.work_floats = st.dw.gap + dw.dw.c * ps
         st.items = n * st.dw.nbands if st.items != 0 and dw.items != 0 else 0
         st.scratch = self._scratch(&st)
-        self._append(&st, src, res, dst, (w, bias, dw_w, dw_bias, bounds, band_table, parts))
+        self._append(&st, src, res, dst, (w, bias, dw_w, dw_bias) + keep)
+
+    cdef object _fused_residual(self, int res, tuple never, y):
+        """Tensor `res` (or None for -1) as (N, C, -1) for a fused step's 1x1 writing y: of
+        y's shape, and none of the tensors `never` that the step never writes."""
+        if res < 0:
+            return None
+        r = self._whole(res)
+        if res in never or r.shape != y.shape:
+            raise ValueError(f"the residual (tensor {res}) must have the output's shape "
+                             f"{y.shape} and not be a tensor the step never writes")
+        return r.reshape(y.shape[0], y.shape[1], -1)
+
+    cdef tuple _bands_of(self, fs_step* st, SpmmWeights w, Py_ssize_t ih, Py_ssize_t iw,
+                         Py_ssize_t band, Py_ssize_t h):
+        """A fused step's bands of `band` positions of a stride-1 'same' depthwise output of
+        ih x iw (h halo rows), and its 1x1 (st.spmm, all blocks in one group) on their work
+        planes, whose packed offsets step from plane to plane of those planes. Returns the
+        arrays the step points into."""
+        cdef Py_ssize_t ps = _ceil_div(band, 16) * 16
+        cdef _Parts parts = w.part_table(st.spmm.nparts, ps)
+        st.spmm.parts = parts.table
+        bounds = w.groups(1)
+        cdef const int64_t[::1] b = bounds
+        st.spmm.bounds, st.spmm.groups = &b[0], 1
+        # Per band: output positions [begin, end), and the input positions its taps read.
+        band_table = np.array([[m0, m0 + band, max(0, m0 - h * iw),
+                                min(ih * iw, m0 + band + h * iw)]
+                               for m0 in range(0, ih * iw, band)], dtype=np.int64).reshape(-1)
+        cdef const int64_t[::1] bt = band_table
+        st.dw.nbands, st.dw.bands, st.dw.halo_rows = bt.shape[0] // 4, &bt[0], h
+        return bounds, band_table, parts
 
     def add_conv2d_dwconv2d_spmm(self, int conv_isa, bint nhwc, conv_w, conv_bias,
                                  Py_ssize_t stride, Py_ssize_t conv_pad_top,
@@ -1329,9 +1338,6 @@ cdef class StepList:
         for t in (src, conv_dst, mid, res, dst):
             if t >= 0 and self._pieces[t]:
                 raise ValueError(f"tensor {t} must not be in row pieces")
-        if res == mid or res == conv_dst:
-            raise ValueError(f"the residual (tensor {res}) must not be a tensor the step never "
-                             "writes")
         cdef fs_step st, cv, dw
         memset(&st, 0, sizeof(st))
         memset(&cv, 0, sizeof(cv))
@@ -1341,11 +1347,7 @@ cdef class StepList:
                      conv_pad_top, conv_pad_left, conv_lo, conv_hi, 1)
         _dwconv2d_step(&dw, dw_isa, c, dw_w, dw_bias, m, k, 1, pad_top, pad_left, dw_lo, dw_hi,
                        1)
-        r = self._tensor(res, False) if res >= 0 else None
-        if r is not None and r.shape != y.shape:
-            raise ValueError(f"the residual (tensor {res}) must have the output's shape {y.shape}")
-        if r is not None:
-            r = r.reshape(y.shape[0], y.shape[1], -1)
+        r = self._fused_residual(res, (mid, conv_dst), y)
         _spmm_step(&st, isa, kernel, w, m.reshape(m.shape[0], m.shape[1], -1), bias, r,
                    y.reshape(y.shape[0], y.shape[1], -1), lo, hi, 1)
         cdef Py_ssize_t ih = dw.dw.ih, iw = dw.dw.iw
@@ -1363,19 +1365,12 @@ cdef class StepList:
             while nbands % runs:
                 runs -= 1
         st.src_s = cv.src_s
-        # The packed offsets step from plane to plane of the work planes.
-        cdef _Parts parts = w.part_table(st.spmm.nparts, ps)
-        st.spmm.parts = parts.table
-        bounds = w.groups(1)
-        cdef const int64_t[::1] b = bounds
-        st.spmm.bounds, st.spmm.groups = &b[0], 1
-        band_table = _stride1_bands(ih, iw, band, h)
-        cdef const int64_t[::1] bt = band_table
         st.kind = FS_STEP_CONV2D_DWCONV2D_SPMM
         st.conv = cv.conv
         st.conv.band = crows
         st.dw = dw.dw
-        st.dw.nbands, st.dw.bands, st.dw.runs, st.dw.halo_rows = nbands, &bt[0], runs, h
+        keep = self._bands_of(&st, w, ih, iw, band, h)
+        st.dw.runs = runs
         st.dw.scratch_floats = _ceil_div(dw.scratch_floats, 16) * 16
         st.scratch_floats = st.dw.scratch_floats + cv.scratch_floats
         # Conv rows [na, nb) sit at the top of their planes, whose origin lies na rows before;
@@ -1385,8 +1380,7 @@ cdef class StepList:
         st.work_floats = st.dw.gap + cv.conv.cout * crows * iw + dw.dw.c * ps
         st.items = n * runs if st.items != 0 and dw.items != 0 and cv.items != 0 else 0
         st.scratch = self._scratch(&st)
-        self._append(&st, src, res, dst, (w, bias, conv_w, conv_bias, dw_w, dw_bias, bounds,
-                                          band_table, parts))
+        self._append(&st, src, res, dst, (w, bias, conv_w, conv_bias, dw_w, dw_bias) + keep)
 
     def add_gavgpool(self, int isa, int src, int dst):
         cdef fs_step st

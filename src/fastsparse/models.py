@@ -488,11 +488,11 @@ class Network:
                 fused.add(i)
         if pieces == 1:  # the first conv joins a fused depthwise conv + 1x1 (DW_FUSE_BAND_BYTES)
             for i, (a, b) in enumerate(pairs):
-                _, _, h, w = shapes[a.dst] if type(a) is _Conv else (0, 0, 0, 0)
                 if (type(a) is _Conv and type(b) is _Depthwise and i + 1 in fused
-                        and b.src == a.dst and readers[a.dst] == 1 and w % 16 == 0
-                        and h > _kernels.DW_FLAT_STAGE_ROWS):
-                    fused.add(i)
+                        and b.src == a.dst and readers[a.dst] == 1):
+                    _, _, h, w = shapes[a.dst]
+                    if w % 16 == 0 and h > _kernels.DW_FLAT_STAGE_ROWS:
+                        fused.add(i)
         return fused
 
     def _row_pieces(self, shapes, fused, threads):

@@ -241,6 +241,28 @@ static inline ptrdiff_t fs_piece_shift(fs_strides s, size_t m) {
 /* Floats between the planes a fused step keeps in its work buffer: whole 64-byte lines. */
 static inline size_t fs_plane_floats(size_t hw) { return (hw + 15) / 16 * 16; }
 
+/* The fused steps' depthwise conv of output positions [b0, b1) of every channel, from input
+ * planes of ih rows (channel ch at in + ch * in_channel, with the halo rows above + and
+ * below + ch * in_channel, or NULL) into this thread's work planes (ps floats apart, position
+ * b0 first), then the 1x1 from them into `out` (+ `res`), rows out_stride and res_stride
+ * bytes apart. */
+static inline void fs_dw_band_spmm(const fs_dwconv2d_args* d, const fs_spmm_args* a, size_t ih,
+                                   const float* in, size_t in_channel, const float* above,
+                                   const float* below, float* scratch, float* planes, size_t ps,
+                                   size_t b0, size_t b1, const float* res, size_t res_stride,
+                                   float* out, size_t out_stride) {
+  const size_t w = d->iw;
+  for (size_t ch = 0; ch < d->c; ch++) {
+    const size_t at = ch * in_channel;
+    d->fn(ih, w, ih, w, d->pad_top, d->pad_left, in + at, w * sizeof(float),
+          above != NULL ? above + at : NULL, below != NULL ? below + at : NULL,
+          d->weights + ch * d->taps, d->bias != NULL ? d->bias[ch] : 0.0f, scratch,
+          planes + ch * ps - b0, w * sizeof(float), b0, b1, d->lo, d->hi);
+  }
+  fs_spmm_rows(a, a->bounds[0], a->bounds[a->groups], 0, b1 - b0, planes, res, res_stride, out,
+               out_stride);
+}
+
 static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread) {
   const float* x = tensors[st->src];
   float* y = tensors[st->dst];
@@ -322,18 +344,11 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       const float* above = q > 0 ? image + fs_piece_shift(xs, prev) + prev : NULL;
       const size_t next = (q + 1) * piece;
       const float* below = next < n ? image + fs_piece_shift(xs, next) + next : NULL;
-      float* planes = st->work + (size_t)thread * st->work_floats + d->gap;
-      for (size_t ch = 0; ch < d->c; ch++) {
-        const size_t at = ch * xs.channel;
-        d->fn(piece / w, w, piece / w, w, d->pad_top, d->pad_left, plane + at, w * sizeof(float),
-              above != NULL ? above + at : NULL, below != NULL ? below + at : NULL,
-              d->weights + ch * d->taps, d->bias != NULL ? d->bias[ch] : 0.0f, scratch,
-              planes + ch * ps - b0, w * sizeof(float), b0, b1, d->lo, d->hi);
-      }
-      fs_spmm_rows(a, a->bounds[0], a->bounds[a->groups], 0, m1 - m0, planes,
-                   r != NULL ? r + img * rs.image + fs_piece_shift(rs, m0) + m0 : NULL,
-                   rs.channel * sizeof(float), y + img * ys.image + fs_piece_shift(ys, m0) + m0,
-                   ys.channel * sizeof(float));
+      fs_dw_band_spmm(d, a, piece / w, plane, xs.channel, above, below, scratch,
+                      st->work + (size_t)thread * st->work_floats + d->gap, ps, b0, b1,
+                      r != NULL ? r + img * rs.image + fs_piece_shift(rs, m0) + m0 : NULL,
+                      rs.channel * sizeof(float), y + img * ys.image + fs_piece_shift(ys, m0) + m0,
+                      ys.channel * sizeof(float));
       return;
     }
     case FS_STEP_CONV2D_DWCONV2D_SPMM: {
@@ -362,7 +377,8 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
         if (ra <= na && na < rb) {
           if (na > ra) {
             for (size_t ch = 0; ch < c->cout; ch++) {
-              memmove(rows + ch * cs, rows + ch * cs + (na - ra) * w, (rb - na) * w * sizeof(float));
+              memmove(rows + ch * cs, rows + ch * cs + (na - ra) * w,
+                      (rb - na) * w * sizeof(float));
             }
           }
           from = rb;
@@ -374,15 +390,9 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
         }
         ra = na;
         rb = nb;
-        for (size_t ch = 0; ch < d->c; ch++) {
-          d->fn(d->ih, w, d->oh, w, d->pad_top, d->pad_left, rows + ch * cs - na * w,
-                w * sizeof(float), NULL, NULL, d->weights + ch * d->taps,
-                d->bias != NULL ? d->bias[ch] : 0.0f, scratch, planes + ch * ps - m0,
-                w * sizeof(float), m0, m1, d->lo, d->hi);
-        }
-        fs_spmm_rows(a, a->bounds[0], a->bounds[a->groups], 0, m1 - m0, planes,
-                     r != NULL ? r + img * rs.image + m0 : NULL, rs.channel * sizeof(float),
-                     y + img * ys.image + m0, ys.channel * sizeof(float));
+        fs_dw_band_spmm(d, a, d->ih, rows - na * w, cs, NULL, NULL, scratch, planes, ps, m0, m1,
+                        r != NULL ? r + img * rs.image + m0 : NULL, rs.channel * sizeof(float),
+                        y + img * ys.image + m0, ys.channel * sizeof(float));
       }
       return;
     }
