@@ -237,7 +237,7 @@ def _plan_inputs(net, key):
 
 def test_fused_pairs_give_their_1x1_output_no_buffer():
     """A fused pair (1x1 + depthwise, or the first block's depthwise + 1x1, which the first
-    conv joins on one thread) keeps its first layers' outputs in per-thread work planes: the
+    conv joins) keeps its first layers' outputs in per-thread work planes: the
     plan gives those tensors no buffer (MobileNet v2 at 224x224: 7.9 -> 3.8 MB of
     activations), and the one array that stands for all such tensors is never written by a
     call."""
@@ -402,6 +402,20 @@ def test_tall_row_pieces_in_networks(arch):
     bytes of one thread. (Left out under emulation: the step tests cover these pieces.)"""
     net_of = _pruned_net_of(arch)
     _check_row_pieces(net_of, ((136, "NCHW", {2: {(68, 68), (34, 34)}}),))
+
+
+def test_first_conv_step_on_several_threads_keeps_the_bytes():
+    """At 224x224 v2's first conv, depthwise conv and 1x1 run as one step on any thread count
+    (each thread one run of bands), the step's output held whole, not in row pieces: 2 and 3
+    threads give the bytes of one."""
+    net_of = _pruned_net_of("v2")
+    for threads in (2, 3):
+        net = net_of(threads)
+        _, _, _, fused, pieced = net._plan(((1, 3, 224, 224), "NCHW"), True, threads)
+        conv = net.layers[0]
+        assert type(conv) is fs.models._Conv and {0, 1} <= fused
+        assert not {conv.dst, net.layers[2].dst} & set(pieced)
+    _check_row_pieces(net_of, ((224, "NCHW", {2: {(56, 56), (28, 28)}, 3: set()}),))
 
 
 def _pruned_net_of(arch):

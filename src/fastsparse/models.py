@@ -51,11 +51,13 @@ FUSE_GROUP_BYTES = 256 * 1024
 # (_kernels.dw_spmm_band_rows).
 DW_FUSE_BAND_BYTES = 128 * 1024
 
-# On one thread, the first conv whose only reader is such a fused depthwise conv joins the step:
-# each band computes the conv rows its taps read into the work buffer (a row two bands read,
-# once), so MobileNet v2's 32 x 112 x 112 conv output (1.6 MB) never exists either. Only where
-# the depthwise kernel reads those rows in place: planes of whole 16-float rows, taller than a
-# staged copy (_kernels.DW_FLAT_STAGE_ROWS).
+# The first conv whose only reader is such a fused depthwise conv joins the step: each band
+# computes the conv rows its taps read into the work buffer (a row two bands read, once), so
+# MobileNet v2's 32 x 112 x 112 conv output (1.6 MB) never exists either. Only where the
+# depthwise kernel reads those rows in place: planes of whole 16-float rows, taller than a
+# staged copy (_kernels.DW_FLAT_STAGE_ROWS). On T threads at batch 1 each thread runs one run
+# of bands and the step's output is held whole, not in row pieces (v2 at 90 %, 2 threads:
+# -25..40 us warm, -50..64 us after ONNX Runtime, BENCHMARKS.md session 13).
 
 # A sparse 1x1 packed in blocks of rows runs its blocks as single rows (the same non-zeros,
 # repacked once) on images of at least ROWS_MIN_HW positions with at most ROWS_MAX_CIN input
@@ -469,7 +471,8 @@ class Network:
         output, on images of at least FUSE_MIN_HW positions: sparse 1x1s with the depthwise
         conv after them, and then stride-1 depthwise convs with the 1x1 after them where that
         1x1 is in no pair and whose bands fit the row pieces their input would be held in on
-        a batch-1 call on `pieces` threads (_Depthwise.band_rows)."""
+        a batch-1 call on `pieces` threads (_Depthwise.band_rows); and the first conv where
+        the pair after it reads its output (the three run as one step)."""
         readers = {}
         for layer in self.layers:
             for t in (layer.src, layer.res):
@@ -486,13 +489,12 @@ class Network:
                     and a.band_rows(shapes[a.src],
                                     pieces if pieceable(shapes[a.src], pieces) else 1)):
                 fused.add(i)
-        if pieces == 1:  # the first conv joins a fused depthwise conv + 1x1 (DW_FUSE_BAND_BYTES)
-            for i, (a, b) in enumerate(pairs):
-                if (type(a) is _Conv and type(b) is _Depthwise and i + 1 in fused
-                        and b.src == a.dst and readers[a.dst] == 1):
-                    _, _, h, w = shapes[a.dst]
-                    if w % 16 == 0 and h > _kernels.DW_FLAT_STAGE_ROWS:
-                        fused.add(i)
+        for i, (a, b) in enumerate(pairs):  # the first conv joins a depthwise conv + 1x1
+            if (type(a) is _Conv and type(b) is _Depthwise and i + 1 in fused
+                    and b.src == a.dst and readers[a.dst] == 1):
+                _, _, h, w = shapes[a.dst]
+                if w % 16 == 0 and h > _kernels.DW_FLAT_STAGE_ROWS:
+                    fused.add(i)
         return fused
 
     def _row_pieces(self, shapes, fused, threads):
@@ -509,7 +511,9 @@ class Network:
         ok = {d for d, sh in shapes.items() if 0 < d != last and pieceable(sh, t)}
         for i, layer in enumerate(self.layers):
             roles = {layer.src, layer.dst} | ({layer.res} if layer.res is not None else set())
-            if i in fused and type(layer) is _Depthwise:  # a depthwise conv + 1x1 pair
+            if i in fused and type(layer) is _Conv:  # conv + depthwise + 1x1: output held whole
+                ok -= {layer.dst, self.layers[i + 2].dst}
+            elif i in fused and type(layer) is _Depthwise:  # a depthwise conv + 1x1 pair
                 ok.discard(layer.dst)  # the depthwise output the pair never writes
             elif i - 1 in fused and type(layer) is _Depthwise:  # 1x1 + depthwise: its 2nd half
                 (_, _, h, w), (_, _, oh, ow) = shapes[layer.src], shapes[layer.dst]
