@@ -146,6 +146,35 @@ def test_flat_path_rows_and_ranges_give_the_same_bits(isa, k):
     assert cut >= 100  # (shape, threads) pairs whose planes the threads cut
 
 
+def test_fma_isas_give_the_same_stride1_bits():
+    """The stride-1 "same" paths run the same FMAs in the same order on every FMA ISA: AVX2
+    with unaligned tap loads, AVX-512 on planes 7, 14 and 28 wide with lane shifts of aligned
+    loads (fs_vload_shifted) instead. Their bytes must agree, on widths around those (one
+    path or the other) and heights around the 32 staged rows, thread cuts included."""
+    fma = [i for i in ("avx2", "avx512") if i in fs.available_isas()]
+    if len(fma) < 2:
+        pytest.skip("needs AVX2 and AVX-512 on this CPU")
+    rng = np.random.default_rng(11)
+    previous = fs.isa()
+    try:
+        for k in (3, 5):
+            for h in (1, 2, 7, 14, 28, 32, 33):
+                for w in (6, 7, 8, 13, 14, 15, 27, 28, 29):
+                    x = rng.standard_normal((1, 4, h, w)).astype(np.float32)
+                    wt = rng.standard_normal((4, 1, k, k)).astype(np.float32)
+                    bias = rng.standard_normal(4).astype(np.float32)
+                    outs = set()
+                    for name in fma:
+                        fs.set_isa(name)
+                        for t in (1, 3):
+                            outs.add(fs.depthwise_conv2d(x, wt, bias, padding=k // 2,
+                                                         activation="relu6",
+                                                         num_threads=t).tobytes())
+                    assert len(outs) == 1, (k, h, w)
+    finally:
+        fs.set_isa(previous)
+
+
 def test_flat_path_writes_only_its_output(isa):
     """Direct kernel calls of the flat path into outputs with guard values on both sides, the
     plane sizes around multiples of 16 floats."""

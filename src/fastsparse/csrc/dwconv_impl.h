@@ -193,7 +193,39 @@ FS_INLINE fs_vec fs_vload_inside(const float* p, ptrdiff_t at, size_t n) {
   return fs_vload_range(p + at, l.lo, l.hi);
 }
 
-FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge,
+#ifdef fs_valign_lanes
+/* The vector at p + off (off a constant) from the aligned vectors around it: one lane shift
+ * of two aligned loads instead of a load across cache lines (p aligned). Unaligned 512-bit
+ * loads ran about one per cycle here, and one that straddles two recent stores (a staged
+ * copy) waits for both to retire; the shift runs beside the FMAs. */
+FS_INLINE fs_vec fs_vload_shifted(const float* p, ptrdiff_t off) {
+  const ptrdiff_t q = off >= 0 ? off / FS_VLEN : -((-off + FS_VLEN - 1) / FS_VLEN);
+  const float* b = p + q * FS_VLEN;
+  const fs_vec lo = fs_vload(b);
+  switch (off - q * FS_VLEN) { /* the immediate must be a literal */
+    case 0: return lo;
+    case 1: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 1);
+    case 2: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 2);
+    case 3: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 3);
+    case 4: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 4);
+    case 5: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 5);
+    case 6: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 6);
+    case 7: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 7);
+    case 8: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 8);
+    case 9: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 9);
+    case 10: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 10);
+    case 11: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 11);
+    case 12: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 12);
+    case 13: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 13);
+    case 14: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 14);
+    default: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 15);
+  }
+}
+#endif
+
+/* One output vector of the flat paths. `wc` != 0 (stride 1, not `edge`, src[0] aligned, w ==
+ * wc a constant): the taps are fs_vload_shifted. */
+FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge, size_t wc,
                                    const float* const* src, size_t n, size_t i, size_t w,
                                    const fs_vec* wv, fs_vec vbias, const fs_vmask* m) {
   const ptrdiff_t p = (ptrdiff_t)pad, c = (ptrdiff_t)(k / 2); /* tap column c has dx = 0 */
@@ -209,6 +241,11 @@ FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge,
       const float* plane = s == 1 ? src[0] : src[(ry & 1) * 2 + (rx & 1)];
       const ptrdiff_t at = (ptrdiff_t)i + dy * (ptrdiff_t)w + dx;
       fs_vec x;
+#ifdef fs_valign_lanes
+      if (wc != 0) {
+        x = fs_vload_shifted(plane + i, dy * (ptrdiff_t)wc + dx);
+      } else
+#endif
       if (!edge) {
         x = fs_vload(plane + at);
       } else {
@@ -302,7 +339,7 @@ FS_INLINE const unsigned char* fs_dw_mask_table(size_t k, size_t s, size_t pad, 
 /* Output vectors from flat index i (a multiple of FS_VLEN) up to `end` (a multiple of
  * FS_VLEN, or n), their lane masks loaded from `table` (fs_dw_mask_table) or, if it is NULL,
  * computed from their columns. */
-FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
+FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge, size_t wc,
                                const float* const* src, size_t n, size_t w, size_t i,
                                size_t end, const unsigned char* table, size_t period,
                                const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,
@@ -317,7 +354,7 @@ FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
 #pragma GCC unroll 5
       for (size_t kx = 0; kx < k; kx++) m[kx] = fs_vmask_load(table + (t * k + kx) * FS_DW_MASK_BYTES);
       fs_dw_flat_store(output, n, i,
-                       fs_vclamp(fs_dw_flat_vector(k, s, pad, edge, src, n, i, w, wv, vbias, m),
+                       fs_vclamp(fs_dw_flat_vector(k, s, pad, edge, wc, src, n, i, w, wv, vbias, m),
                                  vlo, vhi));
       t = t + 1 == period ? 0 : t + 1;
     }
@@ -331,7 +368,7 @@ FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge,
   for (; i < end; i += FS_VLEN) {
     fs_dw_flat_masks(k, s, pad, w, col, m);
     fs_dw_flat_store(output, n, i,
-                     fs_vclamp(fs_dw_flat_vector(k, s, pad, edge, src, n, i, w, wv, vbias, m),
+                     fs_vclamp(fs_dw_flat_vector(k, s, pad, edge, wc, src, n, i, w, wv, vbias, m),
                                vlo, vhi));
     col = fs_dw_flat_next(col, vstep, vlast, vw);
   }
@@ -470,7 +507,7 @@ FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
   assert((above == NULL && below == NULL) || (begin % w == 0 && end % w == 0));
   if (begin < y0 * w) {
     const size_t to = (y0 * w + FS_VLEN - 1) / FS_VLEN * FS_VLEN;
-    fs_dw_flat_span(k, 1, k / 2, edge, src, n, w, begin, to, table, period, wv, vbias, output,
+    fs_dw_flat_span(k, 1, k / 2, edge, 0, src, n, w, begin, to, table, period, wv, vbias, output,
                     vlo, vhi);
   }
   for (size_t y = y0; y < y1; y += R) {
@@ -479,7 +516,7 @@ FS_INLINE int fs_dw_rows_s1(size_t k, size_t ih, size_t w, const float* input,
                      output, vlo, vhi);
   }
   if (y1 * w < end) {
-    fs_dw_flat_span(k, 1, k / 2, edge, src, n, w, y1 * w / FS_VLEN * FS_VLEN, end, table,
+    fs_dw_flat_span(k, 1, k / 2, edge, 0, src, n, w, y1 * w / FS_VLEN * FS_VLEN, end, table,
                     period, wv, vbias, output, vlo, vhi);
   }
   return 1;
@@ -526,7 +563,28 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
       return;
     }
     const float* src[1] = {copy};
-    fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, begin, end, table, period, wv, vbias, output,
+#ifdef fs_valign_lanes
+    /* The widths of MobileNets' small planes, as constants: aligned loads and lane shifts. */
+    if (table != NULL && (uintptr_t)copy % (FS_VLEN * sizeof(float)) == 0 && k == 3) {
+      switch (iw) {
+        case 7:
+          fs_dw_flat_span(3, 1, 1, 0, 7, src, n, 7, begin, end, table, period, wv, vbias, output,
+                          vlo, vhi);
+          return;
+        case 14:
+          fs_dw_flat_span(3, 1, 1, 0, 14, src, n, 14, begin, end, table, period, wv, vbias,
+                          output, vlo, vhi);
+          return;
+        case 28:
+          fs_dw_flat_span(3, 1, 1, 0, 28, src, n, 28, begin, end, table, period, wv, vbias,
+                          output, vlo, vhi);
+          return;
+        default:
+          break;
+      }
+    }
+#endif
+    fs_dw_flat_span(k, 1, k / 2, 0, 0, src, n, iw, begin, end, table, period, wv, vbias, output,
                     vlo, vhi);
     return;
   }
@@ -545,11 +603,11 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
   const size_t h0 = head < begin ? begin : (head > end ? end : head);
   const size_t t0 = tail < h0 ? h0 : (tail > end ? end : tail);
   const float* src[1] = {input};
-  fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, begin, h0, table, period, wv, vbias, output, vlo,
+  fs_dw_flat_span(k, 1, k / 2, 1, 0, src, n, iw, begin, h0, table, period, wv, vbias, output, vlo,
                   vhi);
-  fs_dw_flat_span(k, 1, k / 2, 0, src, n, iw, h0, t0, table, period, wv, vbias, output, vlo,
+  fs_dw_flat_span(k, 1, k / 2, 0, 0, src, n, iw, h0, t0, table, period, wv, vbias, output, vlo,
                   vhi);
-  fs_dw_flat_span(k, 1, k / 2, 1, src, n, iw, t0, end, table, period, wv, vbias, output, vlo,
+  fs_dw_flat_span(k, 1, k / 2, 1, 0, src, n, iw, t0, end, table, period, wv, vbias, output, vlo,
                   vhi);
 }
 
@@ -617,9 +675,9 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
     const size_t n = rows * ow;
     float* out = output + y0 * ow;
     if (pad == k / 2) {
-      fs_dw_flat_span(k, 2, k / 2, 0, src, n, ow, 0, n, table, period, wv, vbias, out, vlo, vhi);
+      fs_dw_flat_span(k, 2, k / 2, 0, 0, src, n, ow, 0, n, table, period, wv, vbias, out, vlo, vhi);
     } else {
-      fs_dw_flat_span(k, 2, k / 2 - 1, 0, src, n, ow, 0, n, table, period, wv, vbias, out, vlo,
+      fs_dw_flat_span(k, 2, k / 2 - 1, 0, 0, src, n, ow, 0, n, table, period, wv, vbias, out, vlo,
                       vhi);
     }
   }
