@@ -194,42 +194,54 @@ FS_INLINE fs_vec fs_vload_inside(const float* p, ptrdiff_t at, size_t n) {
 }
 
 #ifdef fs_valign_lanes
-/* The vector at p + off (off a constant) from the aligned vectors around it: one lane shift
- * of two aligned loads instead of a load across cache lines (p aligned). Unaligned 512-bit
- * loads ran about one per cycle here, and one that straddles two recent stores (a staged
- * copy) waits for both to retire; the shift runs beside the FMAs. */
-FS_INLINE fs_vec fs_vload_shifted(const float* p, ptrdiff_t off) {
-  const ptrdiff_t q = off >= 0 ? off / FS_VLEN : -((-off + FS_VLEN - 1) / FS_VLEN);
-  const float* b = p + q * FS_VLEN;
-  const fs_vec lo = fs_vload(b);
-  switch (off - q * FS_VLEN) { /* the immediate must be a literal */
+/* Lanes r.. of lo, then lanes ..r-1 of hi (0 <= r < FS_VLEN, a constant after inlining; the
+ * shift's immediate must be a literal). */
+FS_INLINE fs_vec fs_vshift(fs_vec hi, fs_vec lo, ptrdiff_t r) {
+  switch (r) {
     case 0: return lo;
-    case 1: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 1);
-    case 2: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 2);
-    case 3: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 3);
-    case 4: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 4);
-    case 5: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 5);
-    case 6: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 6);
-    case 7: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 7);
-    case 8: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 8);
-    case 9: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 9);
-    case 10: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 10);
-    case 11: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 11);
-    case 12: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 12);
-    case 13: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 13);
-    case 14: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 14);
-    default: return fs_valign_lanes(fs_vload(b + FS_VLEN), lo, 15);
+    case 1: return fs_valign_lanes(hi, lo, 1);
+    case 2: return fs_valign_lanes(hi, lo, 2);
+    case 3: return fs_valign_lanes(hi, lo, 3);
+    case 4: return fs_valign_lanes(hi, lo, 4);
+    case 5: return fs_valign_lanes(hi, lo, 5);
+    case 6: return fs_valign_lanes(hi, lo, 6);
+    case 7: return fs_valign_lanes(hi, lo, 7);
+    case 8: return fs_valign_lanes(hi, lo, 8);
+    case 9: return fs_valign_lanes(hi, lo, 9);
+    case 10: return fs_valign_lanes(hi, lo, 10);
+    case 11: return fs_valign_lanes(hi, lo, 11);
+    case 12: return fs_valign_lanes(hi, lo, 12);
+    case 13: return fs_valign_lanes(hi, lo, 13);
+    case 14: return fs_valign_lanes(hi, lo, 14);
+    default: return fs_valign_lanes(hi, lo, 15);
   }
 }
 #endif
 
-/* One output vector of the flat paths. `wc` != 0 (stride 1, not `edge`, src[0] aligned, w ==
- * wc a constant): the taps are fs_vload_shifted. */
+/* One output vector of the flat paths. `wc` != 0 (stride 1, not `edge`, src[0] aligned and
+ * zero-margined, w == wc < 48 a constant): each tap is a lane shift of two aligned vectors
+ * instead of a load across cache lines (unaligned 512-bit loads ran about one per cycle here,
+ * and those that straddle two recent stores of a staged copy wait for both to retire; the
+ * shifts run beside the FMAs). */
 FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge, size_t wc,
                                    const float* const* src, size_t n, size_t i, size_t w,
                                    const fs_vec* wv, fs_vec vbias, const fs_vmask* m) {
   const ptrdiff_t p = (ptrdiff_t)pad, c = (ptrdiff_t)(k / 2); /* tap column c has dx = 0 */
   fs_vec acc[5];
+#ifdef fs_valign_lanes
+  /* wc: the aligned vectors i + FS_VLEN q the taps read, q in [q0, q0 + nq) (every tap
+   * within k/2 rows and columns: nq <= 6 for wc < 48), each loaded once. */
+  const ptrdiff_t reach = (ptrdiff_t)(k / 2) * ((ptrdiff_t)wc + 1);
+  const ptrdiff_t q0 = -((reach + FS_VLEN - 1) / FS_VLEN), nq = reach / FS_VLEN + 2 - q0;
+  fs_vec v[8];
+  if (wc != 0) {
+#pragma GCC unroll 8
+    for (ptrdiff_t q = 0; q < nq; q++) {
+      const ptrdiff_t at = (ptrdiff_t)i + (q0 + q) * FS_VLEN;
+      v[q] = fs_vload(src[0] + at);
+    }
+  }
+#endif
 #pragma GCC unroll 5
   for (size_t kx = 0; kx < k; kx++) acc[kx] = (ptrdiff_t)kx == c ? vbias : fs_vzero();
 #pragma GCC unroll 5
@@ -243,7 +255,9 @@ FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge, siz
       fs_vec x;
 #ifdef fs_valign_lanes
       if (wc != 0) {
-        x = fs_vload_shifted(plane + i, dy * (ptrdiff_t)wc + dx);
+        const ptrdiff_t off = dy * (ptrdiff_t)wc + dx;
+        const ptrdiff_t q = (off >= 0 ? off / FS_VLEN : -((-off + FS_VLEN - 1) / FS_VLEN)) - q0;
+        x = fs_vshift(v[q + 1], v[q], off - (q + q0) * FS_VLEN);
       } else
 #endif
       if (!edge) {
