@@ -229,6 +229,7 @@ FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge, siz
                                    const fs_vec* wv, fs_vec vbias, const fs_vmask* m) {
   const ptrdiff_t p = (ptrdiff_t)pad, c = (ptrdiff_t)(k / 2); /* tap column c has dx = 0 */
   fs_vec acc[5];
+  (void)wc; /* read only where vec_<isa>.h has fs_valign_lanes */
 #pragma GCC unroll 5
   for (size_t kx = 0; kx < k; kx++) acc[kx] = (ptrdiff_t)kx == c ? vbias : fs_vzero();
 #pragma GCC unroll 5
