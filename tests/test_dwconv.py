@@ -177,22 +177,27 @@ def test_fma_isas_give_the_same_stride1_bits():
 
 def test_stride2_narrow_outputs_pair_rows(isa):
     """3x3 stride-2 outputs at most 8 wide from rows of at most 16 floats run two output rows
-    per vector on AVX-512 (fs_dw_s2_pairs), an odd last row alone: each output row must keep
-    its bytes however the rows pair up (the image with two zero rows below it pairs its rows
-    differently when oh is odd), and match the reference. Images in NaN guards."""
+    per vector on AVX-512 (fs_dw_s2_pairs), an odd last row alone, with PyTorch's padding and
+    TensorFlow's "same" (none on top and left): each output row must keep its bytes however
+    the rows pair up (the image with two zero rows below it pairs its rows differently when
+    oh is odd), and match the reference. Images in NaN guards."""
     rng = np.random.default_rng(12)
     wt = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
     bias = rng.standard_normal(3).astype(np.float32)
-    for h in range(1, 18):
-        for w in range(1, 18):
-            buf = np.full(3 * (h + 2) * w + 64, np.nan, dtype=np.float32)
-            x = buf[32:32 + 3 * h * w].reshape(1, 3, h, w)
-            x[...] = rng.standard_normal(x.shape)
-            out = check_dwconv(x, wt, bias, 2, 1, "relu6", 1, what="(guarded buffer)")
-            taller = np.zeros((1, 3, h + 2, w), np.float32)
-            taller[:, :, :h] = x
-            more = fs.depthwise_conv2d(taller, wt, bias, stride=2, padding=1, activation="relu6")
-            assert more[:, :, :out.shape[2]].tobytes() == out.tobytes(), (h, w)
+    for padding in (1, (0, 0, 1, 1)):
+        for h in range(1, 18):
+            for w in range(1, 18):
+                if not _fits(h, w, 3, padding):
+                    continue
+                buf = np.full(3 * (h + 2) * w + 64, np.nan, dtype=np.float32)
+                x = buf[32:32 + 3 * h * w].reshape(1, 3, h, w)
+                x[...] = rng.standard_normal(x.shape)
+                out = check_dwconv(x, wt, bias, 2, padding, "relu6", 1, what="(guarded buffer)")
+                taller = np.zeros((1, 3, h + 2, w), np.float32)
+                taller[:, :, :h] = x
+                more = fs.depthwise_conv2d(taller, wt, bias, stride=2, padding=padding,
+                                           activation="relu6")
+                assert more[:, :, :out.shape[2]].tobytes() == out.tobytes(), (padding, h, w)
 
 
 def test_flat_path_writes_only_its_output(isa):

@@ -828,11 +828,11 @@ FS_INLINE void fs_dw_s2_block(size_t R, size_t ih, size_t iw, size_t ow, size_t 
   }
 }
 
-/* Outputs at most 8 wide from rows of at most 16 floats, pad_left 1 (14x14 -> 7x7 in
- * MobileNets): two output rows per vector, lanes 0-7 and 8-15 (fs_vsplit_row_pair), where
- * fs_dw_s2_block gives each row a vector and leaves half of its lanes or more idle. The same
- * FMAs in the same order per output. An odd last row goes to fs_dw_s2_block. */
-FS_INLINE void fs_dw_s2_pairs(size_t ih, size_t iw, size_t ow, size_t pad_top,
+/* Outputs at most 8 wide from rows of at most 16 floats (14x14 -> 7x7 in MobileNets): two
+ * output rows per vector, lanes 0-7 and 8-15 (fs_vsplit_row_pair), where fs_dw_s2_block gives
+ * each row a vector and leaves half of its lanes or more idle. The same FMAs in the same
+ * order per output. An odd last row goes to fs_dw_s2_block. */
+FS_INLINE void fs_dw_s2_pairs(size_t pad_left, size_t ih, size_t iw, size_t ow, size_t pad_top,
                               const float* input, size_t input_stride, const float* above,
                               const float* below, size_t oy0, size_t oy1, const fs_vec* wv,
                               fs_vec vbias, float* output, size_t output_stride, fs_vec vlo,
@@ -850,19 +850,19 @@ FS_INLINE void fs_dw_s2_pairs(size_t ih, size_t iw, size_t ow, size_t pad_top,
       const float* rb = fs_dw_s2_in_row(iy + 2, ih, x, input_stride, above, below);
       const fs_vec a = ra != NULL ? fs_vload_tail(ra, in_lanes) : fs_vzero();
       const fs_vec b = rb != NULL ? fs_vload_tail(rb, in_lanes) : fs_vzero();
-      fs_vec t0, t1, t2;
-      fs_vsplit_row_pair(a, b, &t0, &t1, &t2);
-      acc0 = fs_vfma(wv[ky * 3], t0, acc0);
-      acc1 = fs_vfma(wv[ky * 3 + 1], t1, acc1);
-      acc2 = fs_vfma(wv[ky * 3 + 2], t2, acc2);
+      fs_vec t[3];
+      fs_vsplit_row_pair(a, b, pad_left, t);
+      acc0 = fs_vfma(wv[ky * 3], t[0], acc0);
+      acc1 = fs_vfma(wv[ky * 3 + 1], t[1], acc1);
+      acc2 = fs_vfma(wv[ky * 3 + 2], t[2], acc2);
     }
     const fs_vec v = fs_vclamp(fs_vadd(fs_vadd(acc1, acc0), acc2), vlo, vhi);
     fs_vstore_tail((float*)(y + oy * output_stride), v, out_lanes);
     fs_vstore_tail((float*)(y + (oy + 1) * output_stride), fs_valign_lanes(v, v, 8), out_lanes);
   }
   if (oy < oy1) {
-    fs_dw_s2_block(1, ih, iw, ow, pad_top, 1, x, input_stride, above, below, oy, wv, vbias, y,
-                   output_stride, vlo, vhi);
+    fs_dw_s2_block(1, ih, iw, ow, pad_top, pad_left, x, input_stride, above, below, oy, wv,
+                   vbias, y, output_stride, vlo, vhi);
   }
 }
 
@@ -895,9 +895,14 @@ FS_INLINE void fs_dw_s2_rows(size_t ih, size_t iw, size_t ow, size_t pad_top,
                              const float* above, const float* below, size_t oy0, size_t oy1,
                              const fs_vec* wv, fs_vec vbias, float* output,
                              size_t output_stride, fs_vec vlo, fs_vec vhi) {
-  if (pad_left == 1 && ow <= FS_VLEN / 2 && iw <= FS_VLEN) {
-    fs_dw_s2_pairs(ih, iw, ow, pad_top, input, input_stride, above, below, oy0, oy1, wv, vbias,
-                   output, output_stride, vlo, vhi);
+  if (ow <= FS_VLEN / 2 && iw <= FS_VLEN) {
+    if (pad_left == 1) {
+      fs_dw_s2_pairs(1, ih, iw, ow, pad_top, input, input_stride, above, below, oy0, oy1, wv,
+                     vbias, output, output_stride, vlo, vhi);
+    } else {
+      fs_dw_s2_pairs(0, ih, iw, ow, pad_top, input, input_stride, above, below, oy0, oy1, wv,
+                     vbias, output, output_stride, vlo, vhi);
+    }
   } else if (pad_left == 1) {
     fs_dw_s2_rows_pad(1, ih, iw, ow, pad_top, input, input_stride, above, below, oy0, oy1, wv,
                       vbias, output, output_stride, vlo, vhi);

@@ -80,17 +80,25 @@ static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
 /* The first conv's tile: 4 channels x 3 vectors (12 of the 32 registers) ran 224x224 -> 32
  * channels in 227-228 us against 236-239 for 4 x 2 (x 4: 231). */
 #define FS_CONV_NV 3
-/* Two input rows of at most 16 floats as the three stride-2 taps of two output rows of at
- * most 8 (dwconv_impl.h, fs_dw_s2_pairs): lanes l < 8 from a, lanes 8 + l from b, their
- * columns 2 l - 1 (zero at l = 0: the padding), 2 l and 2 l + 1. */
-static inline void fs_vsplit_row_pair(fs_vec a, fs_vec b, fs_vec* before, fs_vec* even,
-                                      fs_vec* odd) {
+/* Two input rows of at most 16 floats as the three stride-2 column taps t[kx] of two output
+ * rows of at most 8 (dwconv_impl.h, fs_dw_s2_pairs): lanes l < 8 from a, lanes 8 + l from b,
+ * columns 2 l + kx - pad_left (pad_left 0 or 1, a constant); columns -1 and 16 are zeros (the
+ * padding). */
+static inline void fs_vsplit_row_pair(fs_vec a, fs_vec b, size_t pad_left, fs_vec* t) {
   const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512i ib = _mm512_setr_epi32(0, 1, 3, 5, 7, 9, 11, 13, 0, 17, 19, 21, 23, 25, 27, 29);
-  *even = _mm512_permutex2var_ps(a, ie, b);
-  *odd = _mm512_permutex2var_ps(a, io, b);
-  *before = _mm512_maskz_permutex2var_ps((__mmask16)0xFEFE, a, ib, b);
+  const fs_vec even = _mm512_permutex2var_ps(a, ie, b), odd = _mm512_permutex2var_ps(a, io, b);
+  if (pad_left == 1) {
+    const __m512i ib = _mm512_setr_epi32(0, 1, 3, 5, 7, 9, 11, 13, 0, 17, 19, 21, 23, 25, 27, 29);
+    t[0] = _mm512_maskz_permutex2var_ps((__mmask16)0xFEFE, a, ib, b);
+    t[1] = even;
+    t[2] = odd;
+  } else {
+    const __m512i ia = _mm512_setr_epi32(2, 4, 6, 8, 10, 12, 14, 0, 18, 20, 22, 24, 26, 28, 30, 0);
+    t[0] = even;
+    t[1] = odd;
+    t[2] = _mm512_maskz_permutex2var_ps((__mmask16)0x7F7F, a, ia, b);
+  }
 }
 /* Lanes n.. of lo, then lanes ..n-1 of hi: (lo, hi) as 32 lanes, moved down n (0 <= n < 16,
  * a constant). */
