@@ -149,7 +149,7 @@ def test_flat_path_rows_and_ranges_give_the_same_bits(isa, k):
 def test_fma_isas_give_the_same_stride1_bits():
     """The stride-1 "same" paths run the same FMAs in the same order on every FMA ISA: AVX2
     with unaligned tap loads, AVX-512 on planes 7, 14 and 28 wide with lane shifts of aligned
-    loads (fs_vload_shifted) instead. Their bytes must agree, on widths around those (one
+    loads (fs_vshift) instead. Their bytes must agree, on widths around those (one
     path or the other) and heights around the 32 staged rows, thread cuts included."""
     fma = [i for i in ("avx2", "avx512") if i in fs.available_isas()]
     if len(fma) < 2:

@@ -1,8 +1,9 @@
 /* Depthwise KxK convolution of one CHW channel plane (K in {3, 5}, stride 1 or 2), written
  * once for every ISA over the vector vocabulary of vec_<isa>.h (see spmm_impl.h for the list;
  * this file also uses fs_vdeinterleave, and fs_vsub, fs_vlt, fs_vmaskz, fs_vmask_load for the
- * flat paths, fs_vload_range for the flat and rows paths, fs_vkeep if defined, and
- * fs_valign_lanes, fs_tail_range where FS_DW_S2_DIRECT is set).
+ * flat paths, fs_vload_range for the flat and rows paths, fs_vkeep if defined, fs_valign_lanes
+ * if defined (the flat path's taps on planes 7, 14 and 28 wide), and fs_tail_range,
+ * fs_vsplit_row_pair where FS_DW_S2_DIRECT is set).
  *
  * Scheme: output rows are produced top to bottom. The K input rows an output row needs are
  * copied, each exactly once, into a ring of K + 2 padded scratch rows (slot = input row mod (K + 2)):
@@ -21,7 +22,8 @@
  *
  * Where vec_<isa>.h sets FS_DW_S2_DIRECT (AVX-512), every 3x3 stride-2 shape with padding 0
  * or 1 skips the ring and the quarter planes: blocks of 4 output rows read their input rows
- * in place and split them by column parity in registers (fs_dw_s2_rows).
+ * in place and split them by column parity in registers (fs_dw_s2_rows); outputs at most 8
+ * wide put two output rows in one vector (fs_dw_s2_pairs).
  *
  * Out-of-bounds contract: the input plane is read only inside ih x iw (the last partial
  * vector of a row, or the plane's first and last vectors on the flat path, are masked loads),
