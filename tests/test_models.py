@@ -188,39 +188,50 @@ def test_planned_activations_start_on_cache_lines():
 
 
 def test_plans_place_tensors_alive_together_apart():
-    """Tensors alive at the same time never share a float, in either plan; the plan of a
-    multi-thread workspace keeps each buffer to tensors of one image size (threads then write
-    the same lines of it at every layer), while the one-thread plan packs tensors of any size
-    at offsets into an arena no larger than the buffers' (at 224x224: v2 3.06 -> 2.30 MiB)."""
+    """Tensors alive at the same time never share a float, on any thread count; on several
+    threads piece p of every tensor held in row pieces lies in region p of the arena, so each
+    thread writes only its own region's lines of them; and the arena stays small: the offsets
+    pack tighter than one buffer per tensor, and the regions cost a few percent on 2 threads
+    (at 224x224: v2 2.30 MiB on 1 thread, 2.49 on 2, where buffers by size took 6.98)."""
     net = fs.MobileNetV2.from_dense(_pruned_v2(0.5, 0.9, None), num_threads=2)
     for key in (((1, 3, 96, 80), "NCHW"), ((1, 3, 224, 224), "NCHW")):
         arenas = {}
-        for by_size in (False, True):
-            shapes, arena, spans, fused, _ = net._plan(key, by_size)
-            arenas[by_size] = arena
+        for threads in (1, 2, 3):
+            shapes, arena, spans, fused, pieced, stride = net._plan(key, threads)
+            arenas[threads] = arena
             alive = {}  # tensor -> (first layer writing it, last layer reading it)
             for i, layer in enumerate(net.layers):
                 alive.setdefault(layer.dst, [i, i])
                 for t in (layer.src, layer.res):
                     if t is not None and t in alive:
                         alive[t][1] = max(alive[t][1], i + (1 if i in fused else 0))
-            mixed = False
-            for a in spans:
-                assert spans[a][0] % 16 == 0 and spans[a][0] + spans[a][1] <= arena
-                assert spans[a][1] >= fs.models._padded_size(shapes[a])
-                for b in spans:
-                    (sa, na), (sb, nb) = spans[a], spans[b]
-                    if a < b and sa < sb + nb and sb < sa + na:  # they share floats
+            floats = {}  # tensor -> its [start, end) ranges: one per piece, or the whole span
+            for t, (a, n) in spans.items():
+                assert a % 16 == 0 and a + n <= arena
+                if t in pieced:
+                    p = pieced[t]
+                    assert p == threads and stride % 16 == 0
+                    piece = fs.models._pieced_size(shapes[t], p) // p
+                    assert a + piece <= stride and n == (p - 1) * stride + piece
+                    floats[t] = [(a + q * stride, a + q * stride + piece) for q in range(p)]
+                else:
+                    assert n >= fs.models._padded_size(shapes[t])
+                    floats[t] = [(a, a + n)]
+            for a in floats:
+                for b in floats:
+                    if a < b and any(sa < eb and sb < ea for sa, ea in floats[a]
+                                     for sb, eb in floats[b]):
                         assert alive[a][1] < alive[b][0] or alive[b][1] < alive[a][0], (a, b)
-                        mixed |= shapes[a][2:] != shapes[b][2:]
-            assert mixed != by_size
-        slots = fs.models._arena_floats(net._plan_buffers(*_plan_inputs(net, key), False))
-        assert arenas[False] < slots if key[0][2] == 224 else arenas[False] <= slots
+            if threads < 3:  # (on 3, whether the rows divide by 3 decides)
+                assert bool(pieced) == (threads == 2), (key, threads)
+        slots = fs.models._arena_floats(net._plan_buffers(*_plan_inputs(net, key)[1:]))
+        assert arenas[1] < slots if key[0][2] == 224 else arenas[1] <= slots
+        assert arenas[2] <= 1.1 * arenas[1]
 
 
 def _plan_inputs(net, key):
     """The (shapes, born, size, life) a one-thread plan of `key` places."""
-    shapes, _, spans, fused, _ = net._plan(key)
+    shapes, _, spans, fused, _, _ = net._plan(key)
     born, life = {}, {}
     for i, layer in enumerate(net.layers[:-1]):
         if i not in fused:
@@ -246,7 +257,7 @@ def test_fused_pairs_give_their_1x1_output_no_buffer():
     net = fs.MobileNetV2.from_dense(sd, num_threads=1)
     key = ((1, 3, 224, 224), "NCHW")
     plan = net._plan(key)
-    shapes, slots, buffer_of, fused, _ = plan
+    shapes, slots, buffer_of, fused, _, _ = plan
     mids = [net.layers[i].dst for i in fused]
     assert len(mids) == 5 and not set(mids) & set(buffer_of)
     assert type(net.layers[min(fused)]) is fs.models._Conv
@@ -411,7 +422,7 @@ def test_first_conv_step_on_several_threads_keeps_the_bytes():
     net_of = _pruned_net_of("v2")
     for threads in (2, 3):
         net = net_of(threads)
-        _, _, _, fused, pieced = net._plan(((1, 3, 224, 224), "NCHW"), True, threads)
+        _, _, _, fused, pieced, _ = net._plan(((1, 3, 224, 224), "NCHW"), threads)
         conv = net.layers[0]
         assert type(conv) is fs.models._Conv and {0, 1} <= fused
         assert not {conv.dst, net.layers[2].dst} & set(pieced)
@@ -438,7 +449,7 @@ def _check_row_pieces(net_of, cases):
         want = [one(x[i:i + 1], layout=layout).tobytes() for i in range(3)]
         for threads in want_sizes:
             net = net_of(threads)
-            shapes, _, _, fused, pieced = net._plan(((1, 3, size, size), layout), True, threads)
+            shapes, _, _, fused, pieced, _ = net._plan(((1, 3, size, size), layout), threads)
             assert {shapes[t][2:] for t in pieced} == want_sizes[threads], (size, threads)
             assert all(v == threads for v in pieced.values())
             for i in range(3):

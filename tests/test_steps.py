@@ -853,10 +853,10 @@ def test_network_fuses_the_first_depthwise_conv_with_its_1x1(isa, v2_net, thread
     monkeypatch.setattr(fs.models, "FUSE_MIN_HW", 1)
     net = fs.MobileNetV2.from_dense(sd, num_threads=threads)
     out = net(x)
-    shapes, _, buffer_of, fused, pieced = net._plan(key, by_size=threads > 1, pieces=threads)
+    shapes, _, buffer_of, fused, pieced, _ = net._plan(key, threads)
     assert {0, 1} <= fused and not {net.layers[0].dst, net.layers[1].dst} & set(buffer_of)
     assert net.layers[2].dst not in pieced
-    _, steps, _ = net._workspace((key, threads, fs.isa()), net._plan(key, threads > 1, threads))
+    _, steps, _ = net._workspace((key, threads, fs.isa()), net._plan(key, threads))
     assert steps.kinds()[0] == 8  # FS_STEP_CONV2D_DWCONV2D_SPMM
     assert out.tobytes() == expect.tobytes()
     nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
@@ -1105,6 +1105,33 @@ def test_row_pieces_under_a_ksplit_step(monkeypatch):
     assert outs[0] == outs[1]
     y = np.frombuffer(outs[1], np.float32).reshape(1, cout, h, w)
     assert _rel_err(y, reference.sparse_conv1x1(x, W)) < RTOL
+
+
+def test_row_pieces_of_two_tensors_may_lie_between_each_other():
+    """A network's plan for several threads puts piece p of every tensor in region p of its
+    arena, so one tensor's pieces lie between another's: a step over two such tensors runs
+    (the bytes of separate buffers), while pieces that do share floats are refused."""
+    from fastsparse.models import _pieced_size, _pieced_view
+    rng = np.random.default_rng(6)
+    W = fs.SparseMatrix.from_dense(rng.standard_normal((4, 4)).astype(np.float32), block_size=1)
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, 64)
+    shape, x = (1, 4, 8, 8), rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    piece = _pieced_size(shape, 2) // 2
+    arena = np.full(4 * piece, np.nan, np.float32)
+    between = [_pieced_view(arena[i * piece:], shape, 2, 2 * piece) for i in (0, 1)]
+    outs = []
+    for a, b in (between, (_pieced(4, 8, 8, 2), _pieced(4, 8, 8, 2))):
+        s = _kernels.StepList([x, a, b, np.empty(shape, np.float32)], 2, [0, 2, 2, 0])
+        for src in (0, 1, 2):
+            s.add_spmm(kisa, kern, W._packed, src, -1, src + 1, None, -np.inf, np.inf)
+        y = np.empty(shape, np.float32)
+        s.run(x, y)
+        outs.append(y.tobytes())
+    assert outs[0] == outs[1]
+    shifted = _pieced_view(arena[2 * piece:], shape, 2, piece)  # its piece 0 = a's piece 1
+    s = _kernels.StepList([x, between[0], shifted, np.empty(shape, np.float32)], 2, [0, 2, 2, 0])
+    with pytest.raises(ValueError, match="must not overlap"):
+        s.add_spmm(kisa, kern, W._packed, 1, -1, 2, None, -np.inf, np.inf)
 
 
 def test_row_pieces_refused_where_a_step_cannot_run_them():

@@ -1047,8 +1047,11 @@ cdef class StepList:
             self._tensor(t, False)  # raises for a tensor the list does not have
         if dst == 0:
             raise ValueError("tensor 0 is the input: no step may write it")
+        # Image by image (row piece by row piece): a network's plan for several threads lays
+        # the pieces of different tensors between one another (Network._plan_regions).
         for t in (src, res):
-            if t >= 0 and np.may_share_memory(self._tensors[t], self._tensors[dst]):
+            if t >= 0 and any(np.may_share_memory(a, b) for a in self._tensors[t]
+                              for b in self._tensors[dst]):
                 raise ValueError(f"tensor {dst} must not overlap tensor {t}")
         return 0
 

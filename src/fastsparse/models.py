@@ -361,13 +361,14 @@ def _pieced_size(shape, pieces):
     return pieces * c * (-(-(h // pieces) * w // 16) * 16)
 
 
-def _pieced_view(buffer, shape, pieces):
+def _pieced_view(buffer, shape, pieces, stride=0):
     """The (pieces, C, H / pieces, W) view of a tensor held in row pieces (fs_steps.h): piece
-    p, rows [p H / pieces, (p + 1) H / pieces) of every channel, at 1/pieces of the buffer."""
+    p, rows [p H / pieces, (p + 1) H / pieces) of every channel, `stride` floats after piece
+    p - 1 (0: at p / pieces of the buffer)."""
     n, c, h, w = shape
     rows = h // pieces
     plane = -(-rows * w // 16) * 16
-    stride = len(buffer) // pieces // 16 * 16
+    stride = stride or len(buffer) // pieces // 16 * 16
     assert stride >= c * plane
     return np.lib.stride_tricks.as_strided(
         buffer, shape=(pieces, c, rows, w),
@@ -544,24 +545,24 @@ class Network:
                     changed = True
         return {d: t for d in ok}
 
-    def _plan(self, key, by_size=False, pieces=1):
-        """Where each planned tensor lives in one arena: (start, floats) per tensor, tensors
-        alive at the same time never overlapping. A fused pair reads its first layer's input
-        until the second layer's output is written, so that input lives one layer longer.
+    def _plan(self, key, threads=1):
+        """Where each planned tensor lives in one arena for a batch-1 call on `threads`
+        threads: (start, floats) per tensor, tensors alive at the same time never sharing a
+        float, and the floats from one row piece to the next (0 if none is in pieces). A fused
+        pair reads its first layer's input until the second layer's output is written, so
+        that input lives one layer longer.
 
-        One thread (not `by_size`): tensors at offsets (each, largest first or in the order
-        they are written, at the lowest 64-byte offset where it overlaps no tensor alive with
-        it) or in whole buffers, whichever arena is smaller. A call touches fewer distinct
-        lines in a smaller arena: after another engine's call has evicted them, each is a
-        write-allocate read from memory (MobileNet v2 at 224x224: 3.06 MiB of buffers -> 2.30
-        MiB at offsets).
+        Tensors sit at offsets (each, largest first or in the order they are written, at the
+        lowest 64-byte offset where it overlaps no tensor alive with it). A call touches fewer
+        distinct lines in a smaller arena, and after another engine's call has evicted them
+        each is a write-allocate read from memory: MobileNet v2 at 224x224 takes 2.30 MiB
+        where one buffer per tensor size took 3.06 MiB on one thread and 6.98 MiB on two.
 
-        `by_size` (several threads): whole buffers, each only ever holding tensors of one image
-        size: each thread then writes the same lines of it at every layer and every call
-        (threads split a tensor by its positions or its channels, the same way for every
-        tensor of a size), instead of lines the other core last wrote for a tensor of another
-        size. With pieces = T > 1, the tensors _row_pieces picks are held in T row pieces."""
-        plan = self._plans.get((key, by_size, pieces))
+        On T > 1 threads, the tensors _row_pieces picks are held in T row pieces, and piece p
+        of each lies in region p of the arena (_plan_regions): each thread writes only its
+        region's lines of them, at every layer and every call, never lines the other core
+        last wrote for another tensor's piece."""
+        plan = self._plans.get((key, threads))
         if plan is None:
             shapes = self._shapes(key[0])
             for i, layer in enumerate(self.layers):
@@ -569,8 +570,8 @@ class Network:
                     raise ValueError(
                         f"images of {key[0][2]}x{key[0][3]} are too small for {self.arch}: layer "
                         f"{i} ({layer.op}) would produce an empty output {shapes[layer.dst]}")
-            fused = self._fused_pairs(shapes, pieces)
-            pieced = self._row_pieces(shapes, fused, pieces)
+            fused = self._fused_pairs(shapes, threads)
+            pieced = self._row_pieces(shapes, fused, threads)
             last_use = {}
             for i, layer in enumerate(self.layers):
                 last_use[layer.src] = i + 1 if i in fused else i
@@ -586,22 +587,37 @@ class Network:
                     size[t] = -(-(_pieced_size(shapes[t], pieced[t]) if t in pieced
                                   else _padded_size(shapes[t])) // 16) * 16
             life = {t: (born[t], last_use.get(t, born[t])) for t in born}
-            spans = self._plan_buffers(shapes, born, size, life, by_size)
-            if not by_size:  # the smallest of that and two offset plans
-                for order in ((lambda t: (-size[t], born[t])), (lambda t: born[t])):
-                    offsets = self._plan_offsets(sorted(born, key=order), size, life)
-                    if _arena_floats(offsets) < _arena_floats(spans):
-                        spans = offsets
-            arena = _arena_floats(spans)
-            plan = (shapes, arena, spans, fused, pieced)
-            self._plans[(key, by_size, pieces)] = plan
+            spans, stride = self._plan_regions(born, size, life, pieced, threads)
+            if not pieced:  # one buffer per tensor size, if that packs tighter
+                buffers = self._plan_buffers(born, size, life)
+                if _arena_floats(buffers) < _arena_floats(spans):
+                    spans = buffers
+            plan = (shapes, _arena_floats(spans), spans, fused, pieced, stride)
+            self._plans[(key, threads)] = plan
         return plan
 
     @staticmethod
-    def _plan_offsets(order, size, life):
+    def _plan_regions(born, size, life, pieced, pieces):
+        """Spans of the tensors in `born`, and the floats R from one row piece to the next:
+        piece p of every tensor in `pieced` lies in region [p R, (p + 1) R), at the same offset
+        in each region (the pieces at offsets among themselves), the other tensors at offsets
+        around them. A pieced tensor's span runs from its piece 0 to the end of its last."""
+        def smallest(names, floats, placed):
+            plans = [Network._plan_offsets(sorted(names, key=order), floats, life, placed)
+                     for order in ((lambda t: (-floats[t], born[t])), (lambda t: born[t]))]
+            return min(plans, key=_arena_floats)
+
+        piece = {t: size[t] // pieces for t in pieced}
+        offsets = smallest(piece, piece, {})
+        stride = _arena_floats(offsets) if pieced else 0
+        held = {t: (a, (pieces - 1) * stride + n) for t, (a, n) in offsets.items()}
+        return smallest([t for t in born if t not in pieced], size, held), stride
+
+    @staticmethod
+    def _plan_offsets(order, size, life, placed):
         """Spans placing the tensors in `order`, each at the lowest offset where it overlaps
-        no tensor placed before it that is alive with it."""
-        spans = {}
+        no tensor placed before it or in `placed` that is alive with it."""
+        spans = dict(placed)
         for t in order:
             start = 0
             for a, n in sorted(spans[u] for u in spans
@@ -613,27 +629,23 @@ class Network:
         return spans
 
     @staticmethod
-    def _plan_buffers(shapes, born, size, life, by_size):
-        """Spans of whole buffers: a tensor takes the smallest free buffer (of its image size,
-        if `by_size`) that fits, else grows the largest free one. A tensor's span is its whole
-        buffer, whose fixed fractions its row pieces start at (_pieced_view)."""
-        slots, free, buffer_of, slot_hw = [], [], {}, []
+    def _plan_buffers(born, size, life):
+        """Spans of whole buffers: a tensor takes the smallest free buffer that fits, else
+        grows the largest free one. A tensor's span is its whole buffer."""
+        slots, free, buffer_of = [], [], {}
         freed_after = {}  # layer index -> tensors whose buffers free after it
         for t, (_, end) in life.items():
             freed_after.setdefault(end, []).append(t)
         for t in sorted(born, key=lambda t: born[t]):
-            hw = shapes[t][2:]
-            usable = [b for b in free if not by_size or slot_hw[b] == hw]
-            fits = [b for b in usable if slots[b] >= size[t]]
+            fits = [b for b in free if slots[b] >= size[t]]
             if fits:
                 pick = min(fits, key=lambda b: slots[b])
-            elif usable:
-                pick = max(usable, key=lambda b: slots[b])
+            elif free:
+                pick = max(free, key=lambda b: slots[b])
                 slots[pick] = size[t]
             else:
                 pick = len(slots)
                 slots.append(size[t])
-                slot_hw.append(hw)
             if pick in free:
                 free.remove(pick)
             buffer_of[t] = pick
@@ -651,7 +663,7 @@ class Network:
             if stack:
                 return stack.pop()
         (in_shape, layout), threads, isa = key
-        shapes, arena_floats, spans, fused, pieced = plan
+        shapes, arena_floats, spans, fused, pieced, stride = plan
         # One arena on huge pages, each tensor starting on a 64-byte line.
         arena = hugepage_empty(arena_floats)
         # The first layers' outputs in fused pairs only give the steps their shapes: one buffer
@@ -666,7 +678,7 @@ class Network:
                 continue
             start, floats = spans[layer.dst]
             buffer, shape = arena[start:start + floats], shapes[layer.dst]
-            views[layer.dst] = (_pieced_view(buffer, shape, pieced[layer.dst])
+            views[layer.dst] = (_pieced_view(buffer, shape, pieced[layer.dst], stride)
                                 if layer.dst in pieced else _planned_view(buffer, shape))
         n, c, h, w = in_shape
         # The input and the logits are each call's own: these two only fix the shapes.
@@ -788,7 +800,7 @@ class Network:
         if side == n:
             return logits
         ws_key = (key, threads, isa)
-        ws = self._workspace(ws_key, self._plan(key, by_size=threads > 1, pieces=threads))
+        ws = self._workspace(ws_key, self._plan(key, threads))
         _, steps, layer_of_step = ws
         stamps = None
         if times is not None:
