@@ -108,8 +108,8 @@ def test_dense_layers_run_in_blocks_the_same_on_every_thread_count():
     big = _pointwise(rng.standard_normal((512, 512)).astype(np.float32), None, (0.0, 6.0),
                      None, None)
     assert not (small.sparse or big.sparse)
-    assert small.matrix(196).block_size == 4 and small.matrix(196).nnz == 96 * 16
-    assert big.matrix(196).block_size == 4 and big.matrix(196).stored == 512 * 512
+    assert small.matrix().block_size == 4 and small.matrix().nnz == 96 * 16
+    assert big.matrix().block_size == 4 and big.matrix().stored == 512 * 512
     assert "4x1 blocks" in big.describe((1, 512, 14, 14))[3]
     for sparsity in (0.0, 0.7):
         sd = _pruned_v2(1.0, sparsity, None)
@@ -120,37 +120,24 @@ def test_dense_layers_run_in_blocks_the_same_on_every_thread_count():
             assert _rel_err(outs[1], fs.reference.mobilenet_v2(sd, x)) < RTOL
 
 
-def test_blocks_run_as_rows_on_large_images_with_few_input_channels(isa, monkeypatch):
-    """A sparse 1x1 packed in 4x1 blocks runs them as single rows on images of at least
-    ROWS_MIN_HW positions with at most ROWS_MAX_CIN input channels (models.py): at 112x112
-    input, v2's 16- and 24-channel expansions (fused with their depthwise conv) and its first
-    32-channel 1x1s; summary() counts the rows' work. The logits match the reference and
-    those of a network whose layers all run in blocks (to rounding: a one-row tile may
-    alternate two accumulator sets where the block tile has one)."""
-    import fastsparse.models as M
+def test_network_sweeps_unfused_block_1x1s_that_stream_more_than_l2(isa, monkeypatch):
+    """In 4x1 blocks, a 1x1 step of its own whose input and output exceed L2 runs its output
+    in groups of rows (_dispatch.spmm_sweep_rows; summary() says so); fused 1x1s never do.
+    The logits are the bytes of the same network without sweeps, and match the reference."""
+    from fastsparse import _dispatch
     sd = _pruned_v2(1.0, 0.9, 4)
-    net = fs.MobileNetV2.from_dense(sd, block_size=4)
     x = _images(np.random.default_rng(3), 1, 112, 112)
-    shapes = net._shapes(x.shape)
-    as_rows = [i for i, layer in enumerate(net.layers) if isinstance(layer, M._Pointwise)
-               and layer.matrix(int(np.prod(shapes[layer.src][2:]))).block_size == 1]
-    cins = {net.layers[i].W.shape[1] for i in as_rows}
-    assert as_rows and cins <= {16, 24, 32}, (as_rows, cins)
-    for i in as_rows:
-        layer = net.layers[i]
-        assert layer.W.block_size == 4 and layer.W.shape[1] <= M.ROWS_MAX_CIN
-        assert "run as rows" in layer.describe(shapes[layer.src])[3]
-        assert layer.matrix(49) is layer.W  # small images keep the blocks
-        h, w = shapes[layer.src][2:]
-        assert layer.macs(shapes[layer.src])[1] == h * w * layer.matrix(h * w).stored
-        assert layer.matrix(h * w).stored <= layer.W.stored
+    monkeypatch.setattr(_dispatch, "_l2", 64 * 1024)
+    net = fs.MobileNetV2.from_dense(sd, block_size=4)
+    lines = net.summary(input_size=(112, 112)).splitlines()
+    swept = [l for l in lines if "in groups of 8 rows" in l]
+    assert swept and not any("fused with" in l for l in swept)
     out = net(x)
     assert _rel_err(out, fs.reference.mobilenet_v2(sd, x)) < RTOL
-    monkeypatch.setattr(M, "ROWS_MAX_CIN", 0)
-    blocks = fs.MobileNetV2.from_dense(sd, block_size=4)
-    assert not any(isinstance(layer, M._Pointwise) and layer.matrix(10**6).block_size == 1
-                   for layer in blocks.layers)
-    assert _rel_err(out, blocks(x)) < 1e-5
+    monkeypatch.setattr(_dispatch, "_l2", 1 << 40)
+    tiles = fs.MobileNetV2.from_dense(sd, block_size=4)
+    assert not any("in groups of" in l for l in tiles.summary(input_size=(112, 112)).splitlines())
+    assert tiles(x).tobytes() == out.tobytes()
 
 
 def test_a_batch_gives_each_image_its_batch_1_bytes():

@@ -132,6 +132,61 @@ def test_thread_count_does_not_change_results(isa, block_size, rows, cols):
             assert out.tobytes() == base.tobytes(), (shape, t)
 
 
+@pytest.mark.parametrize("block_size", [1, 2, 4, 8])
+@given(data=st.data())
+def test_sweeps_give_the_bytes_of_tiles(isa, block_size, data):
+    """A 1x1 swept in groups of rows, each over all positions (spmm_sweep_rows), sums every
+    output as tiles over all rows do: the same bytes on 1-3 threads, for groups that do not
+    divide the rows, rows left over as blocks of one, empty rows, positions at the tile
+    edges; and close to the reference."""
+    from fastsparse import _dispatch, _kernels
+    rows, cols = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 30))
+    hw = data.draw(st.sampled_from([1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200]))
+    n, threads = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    sweep = data.draw(st.sampled_from([1, 3, 4, 8, 13, 64]))
+    pattern = data.draw(st.sampled_from(["random", "empty_rows", "all_zero", "dense"]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    wd = make_weights(rng, rows, cols, pattern, 0.3, block=block_size)
+    W = fs.SparseMatrix.from_dense(wd, block_size=block_size)
+    x = rng.standard_normal((n, cols, hw)).astype(np.float32)
+    res = rng.standard_normal((n, rows, hw)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    kisa, k = _dispatch.spmm_kernel(fs.isa(), block_size, hw)
+    outs = []
+    for t, g in ((1, 0), (threads, sweep)):
+        y = np.full((n, rows, hw), np.nan, np.float32)
+        _kernels.spmm(kisa, k, W._packed, x, bias, res, y, -2.0, 2.0, t, g)
+        outs.append(y)
+    assert outs[0].tobytes() == outs[1].tobytes(), (rows, cols, hw, n, threads, sweep)
+    ref = fs.reference.sparse_conv1x1(x.reshape(n, cols, 1, hw), wd, bias=bias,
+                                      residual=res.reshape(n, rows, 1, hw),
+                                      activation=("clamp", -2.0, 2.0))
+    np.testing.assert_allclose(outs[1].reshape(ref.shape), ref, rtol=1e-5, atol=1e-5 * cols)
+
+
+def test_stand_alone_1x1_sweeps_blocks_that_stream_more_than_l2(monkeypatch):
+    """sparse_conv1x1 sweeps a matrix in blocks of at least 4 rows whose input and output
+    exceed L2 (with the plain variant), never single rows, 2x1 blocks or what fits in L2;
+    the bytes are those of tiles."""
+    from fastsparse import _dispatch
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 16, 24, 24)).astype(np.float32)
+    assert _dispatch.spmm_sweep_rows(4, 0) == 0
+    for block_size in (1, 2, 4, 8):
+        wd = make_weights(rng, 40, 16, "random", 0.3, block=block_size)
+        outs, sweeps = [], []
+        for l2 in (1 << 40, 4096):
+            monkeypatch.setattr(_dispatch, "_l2", l2)
+            W = fs.SparseMatrix.from_dense(wd, block_size=block_size)  # a fresh kernel cache
+            outs.append(fs.sparse_conv1x1(x, W, activation="relu6").tobytes())
+            (choice,) = W._kernel_cache.values()
+            sweeps.append(choice[2])
+            name = fs.spmm_kernels(_dispatch._NAMES[choice[0]])[choice[1]]
+            assert not (choice[2] and "_prefetch" in name), name
+        assert outs[0] == outs[1]
+        assert sweeps == [0, _dispatch.SPMM_SWEEP_ROWS if block_size >= 4 else 0], block_size
+
+
 def test_batch_matches_single_images(isa):
     rng = np.random.default_rng(5)
     W = fs.SparseMatrix.from_dense(make_weights(rng, 24, 16, "random", 0.3))

@@ -164,6 +164,28 @@ def l2_bytes():
     return _l2
 
 
+# Rows per group when a 1x1 in blocks sweeps its output group by group (spmm_sweep_rows).
+SPMM_SWEEP_ROWS = 8
+
+
+def spmm_sweep_rows(block_size, stream_bytes):
+    """Rows per group for a 1x1 step in blocks of `block_size` rows that reads and writes
+    `stream_bytes` per image (0: tiles of positions, every row in each, as usual).
+
+    Tile by tile, every output row takes a few lines per tile: with more rows than the
+    hardware prefetchers follow, each store waits for its line, and what the step streams
+    does not stay in L2. In groups of SPMM_SWEEP_ROWS rows, each over all positions, the
+    stores run down a few rows in order, and each group re-reads the input rows its blocks
+    use: few, as a block's rows share their columns (tools/spmm_microbench.c, 90 %, 4x1
+    blocks, AVX-512 64x4: 12544x96x16 122 -> 95 us, 3136x144x24 45 -> 40, 12544x64x32 98 ->
+    80, 12544x16x32 22 -> 19, 3136x24x144 25 -> 23; AVX2 24x4: 191 -> 113, 60 -> 46, 141
+    -> 93; 8x1 blocks 152 -> 108, 51 -> 42; 784x256x256 and 3136x128x128 the same). Single
+    rows read scattered columns in every group (block 1: 12544x96x16 128 -> 151 us), 2x1
+    blocks lost on 3136x128x128 (148 -> 158), and steps that fit L2 gain nothing (196x384x64
+    12 -> 12 us): those keep tiles."""
+    return SPMM_SWEEP_ROWS if block_size >= 4 and stream_bytes > l2_bytes() else 0
+
+
 def spmm_kernel(isa, block_size, hw, name=None, plane=None, out_bytes=0):
     """(ISA id, index in that ISA's table) of the spmm variant to run for blocks of
     `block_size` rows on images of `hw` positions whose channel planes start `plane` floats

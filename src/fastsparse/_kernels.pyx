@@ -476,7 +476,7 @@ cdef int _check_positions(Py_ssize_t hw, Py_ssize_t s2, str name) except -1:
 cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
                     const float[:, :, :] x, bias, residual, float[:, :, :] out, float lo,
                     float hi, int num_threads, Py_ssize_t image_hw=0,
-                    bint split_channels=False) except -1:
+                    bint split_channels=False, Py_ssize_t sweep_rows=0) except -1:
     if kernel < 0 or <size_t>kernel >= fs_spmm_kernel_count(isa) or not fs_isa_supported(isa):
         raise ValueError(f"no runnable spmm kernel {kernel} for ISA {isa}")
     cdef const fs_spmm_kernel* k = fs_spmm_kernel_at(isa, kernel)
@@ -525,7 +525,16 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
         chunk = hw
         if num_threads > 1 and n < 2 * num_threads and nblocks > 1:
             groups = min(nblocks, _ceil_div(2 * num_threads, n))
-    cdef const int64_t[::1] bounds = w.groups(groups)
+    # Sweeps: each item runs one group of about sweep_rows rows over all of its positions
+    # (_dispatch.spmm_sweep_rows), the groups of a piece one after another on one thread.
+    if sweep_rows < 0:
+        raise ValueError(f"sweep_rows must be >= 0, got {sweep_rows}")
+    cdef const int64_t[::1] bounds
+    if sweep_rows:
+        bounds = w.row_groups(sweep_rows)
+        groups = bounds.shape[0] - 1
+    else:
+        bounds = w.groups(groups)
     cdef const int64_t[:, ::1] starts = w._starts
     # K-blocking: input channels in parts of about SPMM_PART_BYTES per tile (see fs_steps.h).
     # The parts fix the sums' association: sized by the whole image's positions (image_hw)
@@ -808,15 +817,18 @@ cdef float* _data(object a, bint write) except? NULL:
 
 
 def spmm(int isa, Py_ssize_t kernel, SpmmWeights w, const float[:, :, ::1] x, bias,
-         residual, float[:, :, ::1] out, float lo, float hi, int num_threads):
+         residual, float[:, :, ::1] out, float lo, float hi, int num_threads,
+         Py_ssize_t sweep_rows=0):
     """out[n] = clamp(W @ x[n] + bias + residual[n], lo, hi) for x of shape (N, cols, HW).
 
     Threads split (image, spatial chunk) pairs, or output blocks of small images; an output's
     sum runs over its row's non-zeros in the same order wherever the tiles are cut, so the
-    result does not depend on the thread count."""
+    result does not depend on the thread count. sweep_rows > 0: groups of about that many
+    rows, each over all positions (_dispatch.spmm_sweep_rows); the same bytes."""
     cdef fs_step st
     memset(&st, 0, sizeof(st))
-    _spmm_step(&st, isa, kernel, w, x, bias, residual, out, lo, hi, num_threads, 0, True)
+    _spmm_step(&st, isa, kernel, w, x, bias, residual, out, lo, hi, num_threads, 0, True,
+               sweep_rows)
     if st.items == 0:
         return
     cdef const float[:, :, ::1] r
@@ -1109,13 +1121,14 @@ cdef class StepList:
         return &s[(64 - misalign) // 4 if misalign else 0]
 
     def add_spmm(self, int isa, Py_ssize_t kernel, SpmmWeights w, int src, int res, int dst,
-                 bias, float lo, float hi, bint ksplit=False):
+                 bias, float lo, float hi, bint ksplit=False, Py_ssize_t sweep_rows=0):
         """dst = clamp(W @ src + bias + res, lo, hi); src, res, dst viewed as (N, C, -1)
         (a 2-D (N, C) tensor is N images of one position). res = -1: none.
 
         ksplit: sum the two halves of the input channels apart and add them after
         (FS_STEP_SPMM_KSPLIT), when the input is wide enough to run in several parts; on any
-        thread count, so the thread count never changes the result."""
+        thread count, so the thread count never changes the result. sweep_rows > 0: groups
+        of about that many output rows, each over all positions (_dispatch.spmm_sweep_rows)."""
         cdef fs_step st
         self._check_roles(src, res, dst)
         memset(&st, 0, sizeof(st))
@@ -1124,11 +1137,12 @@ cdef class StepList:
             x = self._as_pieces(src, p, True)
             _spmm_step(&st, isa, kernel, w, x, bias,
                        self._as_pieces(res, p, True) if res >= 0 else None,
-                       self._as_pieces(dst, p, True), lo, hi, 1, p * x.shape[2])
+                       self._as_pieces(dst, p, True), lo, hi, 1, p * x.shape[2], False,
+                       sweep_rows)
         else:
             _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias,
                        self._tensor(res, True) if res >= 0 else None, self._tensor(dst, True),
-                       lo, hi, self.num_threads)
+                       lo, hi, self.num_threads, 0, False, sweep_rows)
         cdef Py_ssize_t n, hw
         if ksplit and st.items != 0 and st.spmm.nparts >= 2:
             n = p if p else self._tensors[src].shape[0]  # the images the step runs

@@ -110,7 +110,7 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
     from ._validate import hugepage_empty
     from .models import _pieced_size, _pieced_view, _plane, _planned_view, _Pointwise, pieceable
     if kernel is None:
-        W = _Pointwise(W, None, None).matrix(hw)
+        W = _Pointwise(W, None, None).matrix()
     cout, cin = W.shape
     side = math.isqrt(hw)
     pieces = threads if side * side == hw and pieceable((1, cin, side, side), threads) else 0
@@ -127,10 +127,12 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
     # Tensors 0 and 3 are placeholders: the layer reads and writes planned buffers 1 and 2.
     ends = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
     steps = _kernels.StepList([ends[0], xin, yout, ends[1]], threads, [0, pieces, pieces, 0])
+    out_bytes = 4 * cout * _plane(shape_out)
+    sweep = _dispatch.spmm_sweep_rows(W.block_size, out_bytes + 4 * cin * _plane(shape_in))
     kisa, index = _dispatch.spmm_kernel(_dispatch.isa(), W.block_size, hw, kernel,
                                         plane=_plane(shape_in),
-                                        out_bytes=4 * cout * _plane(shape_out))
-    steps.add_spmm(kisa, index, W._packed, 1, -1, 2, None, -np.inf, np.inf)
+                                        out_bytes=0 if sweep else out_bytes)
+    steps.add_spmm(kisa, index, W._packed, 1, -1, 2, None, -np.inf, np.inf, sweep_rows=sweep)
 
     def run():
         steps.run(*ends)

@@ -59,19 +59,6 @@ DW_FUSE_BAND_BYTES = 128 * 1024
 # of bands and the step's output is held whole, not in row pieces (v2 at 90 %, 2 threads:
 # -25..40 us warm, -50..64 us after ONNX Runtime, BENCHMARKS.md session 13).
 
-# A sparse 1x1 packed in blocks of rows runs its blocks as single rows (the same non-zeros,
-# repacked once) on images of at least ROWS_MIN_HW positions with at most ROWS_MAX_CIN input
-# channels: a block row there holds one to three stored blocks, too few to pay for its
-# NR x MR/16 accumulators and stores, and the one-row tiles are twice as wide.
-# tools/spmm_microbench.c at 90 %, blocks -> rows:
-# - 4x1 blocks, AVX-512: 12544x96x16 228 -> 208 us, 3136x144x24 81 -> 64 us (AVX2: 293 -> 223,
-#   89 -> 74 us); 2x1 and 8x1 blocks: 221 and 278 -> 213-216 us, 75 and 65 -> 60-64 us;
-# - the other MobileNet shapes the rule takes (12544x16x32, 12544x64x32, 784x192x32) ran
-#   within 3 % either way in 2x1 and 4x1 blocks, and 3-16 % faster as rows in 8x1;
-# - every MobileNet 1x1 with more input channels runs 1.5-2x faster in blocks.
-ROWS_MIN_HW = 784
-ROWS_MAX_CIN = 32
-
 # 1x1 layers on images below KSPLIT_MAX_HW positions with at least KSPLIT_MIN_RATIO times more
 # input than output channels sum their input channels in two halves (FS_STEP_SPMM_KSPLIT,
 # _kernels.StepList.add_spmm).
@@ -154,7 +141,7 @@ class _Conv(_Layer):
         """This conv, the depthwise conv `dw` reading its output and the 1x1 `pw` reading
         dw's, as one step (_Depthwise.add_fused_step on rows this conv computes)."""
         t, l, _, _ = self.pads(*shapes[self.src][2:])
-        W, kisa, index = pw._kernel(isa, shapes[pw.src], streamed=_streamed(shapes[pw.src]))
+        W, kisa, index, _ = pw._kernel(isa, shapes[pw.src], streamed=_streamed(shapes[pw.src]))
         i = _dispatch.isa_id(isa)
         steps.add_conv2d_dwconv2d_spmm(
             i, layout == "NHWC", self.w2, self.b, self.stride, t, l, *self.act, i, dw.w2, dw.b,
@@ -204,7 +191,7 @@ class _Depthwise(_Layer):
         # The step streams its input and its output through L2: where the two exceed it, the
         # 1x1 takes the variant that prefetches its output lines (v2's first block, after a
         # 64 MB sweep: 173-248 -> 157-232 us).
-        W, kisa, index = pw._kernel(isa, shapes[pw.src], streamed=_streamed(shapes[pw.src]))
+        W, kisa, index, _ = pw._kernel(isa, shapes[pw.src], streamed=_streamed(shapes[pw.src]))
         steps.add_dwconv2d_spmm(_dispatch.isa_id(isa), self.w2, self.b, self.w.shape[2],
                                 self.padding[0], self.padding[1], *self.act, kisa, index,
                                 W._packed, self.src, self.dst, -1 if pw.res is None else pw.res,
@@ -225,18 +212,12 @@ class _Pointwise(_Layer):
         self.W, self.b, self.act = W, b, act  # W: SparseMatrix or a dense (Cout, Cin) array
         self.sparse = isinstance(W, SparseMatrix)
         self._blocked = None
-        self._rows = None
 
-    def matrix(self, hw):
-        """The packed matrix the C kernels run on images of `hw` positions: the sparse one
-        (its blocks as rows where that is faster: runs_blocks_as_rows), or the dense one
-        stored whole in 4x1 blocks."""
+    def matrix(self):
+        """The packed matrix the C kernels run: the sparse one, or the dense one stored whole
+        in 4x1 blocks."""
         if self.sparse:
-            if not runs_blocks_as_rows(self.W, hw):
-                return self.W
-            if self._rows is None:
-                self._rows = SparseMatrix.from_dense(self.W.to_dense(), block_size=1)
-            return self._rows
+            return self.W
         if self._blocked is None:
             self._blocked = SparseMatrix.from_dense(self.W, block_size=4)
         return self._blocked
@@ -247,21 +228,25 @@ class _Pointwise(_Layer):
     def macs(self, shape):
         n, _, h, w = shape
         cout, cin = self.W.shape
-        return n * h * w * cout * cin, n * h * w * self.matrix(h * w).stored
+        return n * h * w * cout * cin, n * h * w * self.matrix().stored
 
     def _kernel(self, isa, shape, fused=False, streamed=0):
-        """(packed matrix, ISA id, variant index) the spmm kernels run on an input of `shape`
-        in the executor's layout; `fused` with a depthwise step, whose groups of output
-        channels stay in L2; `streamed`: bytes the step streams through L2 besides the
-        output."""
+        """(packed matrix, ISA id, variant index, sweep rows) the spmm kernels run on an input
+        of `shape` in the executor's layout; `fused` with a depthwise step, whose groups of
+        output channels stay in L2; `streamed`: bytes a fused step streams through L2 besides
+        the output. A step of its own in blocks may sweep its output in groups of rows
+        (_dispatch.spmm_sweep_rows), with the plain variant."""
         hw, plane = int(np.prod(shape[2:])), _plane(shape)
-        W = self.matrix(hw)
+        W = self.matrix()
         out_bytes = 0 if fused else 4 * W.shape[0] * plane + streamed
+        sweep = 0
+        if not (fused or streamed):
+            sweep = _dispatch.spmm_sweep_rows(W.block_size, out_bytes + 4 * W.shape[1] * plane)
         return (W,) + _dispatch.spmm_kernel(isa, W.block_size, hw, plane=plane,
-                                            out_bytes=out_bytes)
+                                            out_bytes=0 if sweep else out_bytes) + (sweep,)
 
     def add_step(self, steps, isa, shapes, layout):
-        W, kisa, index = self._kernel(isa, shapes[self.src])
+        W, kisa, index, sweep = self._kernel(isa, shapes[self.src])
         shape = shapes[self.src]  # (N, C, H, W), or (N, C) for the classifier
         cin, hw = shape[1], int(np.prod(shape[2:]))
         # A projection on a small image (whose input a depthwise step wrote split by channels)
@@ -272,12 +257,12 @@ class _Pointwise(_Layer):
         ksplit = hw < KSPLIT_MAX_HW and cin >= KSPLIT_MIN_RATIO * W.shape[0]
         steps.add_spmm(kisa, index, W._packed, self.src,
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act,
-                       ksplit=ksplit)
+                       ksplit=ksplit, sweep_rows=sweep)
 
     def add_fused_step(self, steps, isa, shapes, dw):
         """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
         as one step."""
-        W, kisa, index = self._kernel(isa, shapes[self.src], fused=True)
+        W, kisa, index, _ = self._kernel(isa, shapes[self.src], fused=True)
         hw = int(np.prod(shapes[self.src][2:]))
         nr = W.block_size
         rows = max(nr, FUSE_GROUP_BYTES // (4 * hw) // nr * nr)
@@ -297,15 +282,13 @@ class _Pointwise(_Layer):
 
     def describe(self, shape, fused=False, streamed=0):
         sparsity = f"{1 - self.density():.2f}"
-        W, isa, index = self._kernel(_dispatch.isa(), shape, fused, streamed)
+        W, isa, index, sweep = self._kernel(_dispatch.isa(), shape, fused, streamed)
         name = _kernels.spmm_kernels(isa)[index][0].replace("fs_f32_spmm_minmax_", "")
+        how = f", in groups of {sweep} rows" if sweep else ""
         if not self.sparse:
             return (sparsity, str(W.block_size), name,
-                    self.why_dense + "; runs in 4x1 blocks in the spmm kernels")
-        if W is not self.W:
-            return (sparsity, str(self.W.block_size), name,
-                    f"sparse; its {self.W.block_size}x1 blocks run as rows here")
-        return sparsity, str(W.block_size), name, "sparse"
+                    self.why_dense + "; runs in 4x1 blocks in the spmm kernels" + how)
+        return sparsity, str(W.block_size), name, "sparse" + how
 
 
 class _Pool(_Layer):
@@ -333,17 +316,11 @@ class _Classifier(_Pointwise):
 
     def macs(self, shape):
         cout, cin = self.W.shape
-        return shape[0] * cout * cin, shape[0] * self.matrix(1).stored
+        return shape[0] * cout * cin, shape[0] * self.matrix().stored
 
     def describe(self, shape, fused=False):
         # The kernels see each image's features as C channels x 1 position.
         return _Pointwise.describe(self, (shape[0], shape[1], 1, 1), fused)
-
-
-def runs_blocks_as_rows(W, hw):
-    """Whether a network runs the blocks of sparse matrix W as single rows on images of `hw`
-    positions (ROWS_MIN_HW, ROWS_MAX_CIN)."""
-    return W.block_size > 1 and hw >= ROWS_MIN_HW and W.shape[1] <= ROWS_MAX_CIN
 
 
 def _padded_size(shape):
