@@ -128,14 +128,16 @@ def test_network_sweeps_unfused_block_1x1s_that_stream_more_than_l2(isa, monkeyp
     sd = _pruned_v2(1.0, 0.9, 4)
     x = _images(np.random.default_rng(3), 1, 112, 112)
     monkeypatch.setattr(_dispatch, "_l2", 64 * 1024)
-    net = fs.MobileNetV2.from_dense(sd, block_size=4)
+    net = fs.MobileNetV2.from_dense(sd, block_size=4, num_threads=1)
     lines = net.summary(input_size=(112, 112)).splitlines()
     swept = [l for l in lines if "in groups of 8 rows" in l]
     assert swept and not any("fused with" in l for l in swept)
     out = net(x)
     assert _rel_err(out, fs.reference.mobilenet_v2(sd, x)) < RTOL
+    net.num_threads = 2  # row pieces, each swept
+    assert net(x).tobytes() == out.tobytes()
     monkeypatch.setattr(_dispatch, "_l2", 1 << 40)
-    tiles = fs.MobileNetV2.from_dense(sd, block_size=4)
+    tiles = fs.MobileNetV2.from_dense(sd, block_size=4, num_threads=1)
     assert not any("in groups of" in l for l in tiles.summary(input_size=(112, 112)).splitlines())
     assert tiles(x).tobytes() == out.tobytes()
 
