@@ -122,7 +122,8 @@ def test_dense_layers_run_in_blocks_the_same_on_every_thread_count():
 
 def test_network_sweeps_unfused_block_1x1s_that_stream_more_than_l2(isa, monkeypatch):
     """In 4x1 blocks, a 1x1 step of its own whose input and output exceed L2 runs its output
-    in groups of rows (_dispatch.spmm_sweep_rows; summary() says so); fused 1x1s never do.
+    in groups of rows (_dispatch.spmm_sweep_rows; summary() says so); fused and K-split 1x1s
+    never do.
     The logits are the bytes of the same network without sweeps, and match the reference."""
     from fastsparse import _dispatch
     sd = _pruned_v2(1.0, 0.9, 4)
@@ -132,6 +133,11 @@ def test_network_sweeps_unfused_block_1x1s_that_stream_more_than_l2(isa, monkeyp
     lines = net.summary(input_size=(112, 112)).splitlines()
     swept = [l for l in lines if "in groups of 8 rows" in l]
     assert swept and not any("fused with" in l for l in swept)
+    shapes = net._shapes(x.shape)  # a K-split step never sweeps: it is not labelled so
+    ksplit = [layer for layer in net.layers if type(layer) is fs.models._Pointwise
+              and layer._ksplit(shapes[layer.src])]
+    assert ksplit and all(layer._kernel(fs.isa(), shapes[layer.src])[3] == 0
+                          for layer in ksplit)
     out = net(x)
     assert _rel_err(out, fs.reference.mobilenet_v2(sd, x)) < RTOL
     net.num_threads = 2  # row pieces, each swept

@@ -136,12 +136,14 @@ def test_thread_count_does_not_change_results(isa, block_size, rows, cols):
 @given(data=st.data())
 def test_sweeps_give_the_bytes_of_tiles(isa, block_size, data):
     """A 1x1 swept in groups of rows, each over all positions (spmm_sweep_rows), sums every
-    output as tiles over all rows do: the same bytes on 1-3 threads, for groups that do not
-    divide the rows, rows left over as blocks of one, empty rows, positions at the tile
-    edges; and close to the reference."""
+    output as tiles over all rows do: the same bytes on 1-3 threads (positions split from
+    256 on), for groups that do not divide the rows, rows left over as blocks of one, empty
+    rows, positions at the tile edges, input channels in several parts; and close to the
+    reference."""
     from fastsparse import _dispatch, _kernels
-    rows, cols = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 30))
-    hw = data.draw(st.sampled_from([1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200]))
+    rows = data.draw(st.integers(1, 40))
+    cols = data.draw(st.one_of(st.integers(1, 30), st.integers(190, 260)))
+    hw = data.draw(st.sampled_from([1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200, 400, 784]))
     n, threads = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     sweep = data.draw(st.sampled_from([1, 3, 4, 8, 13, 64]))
     pattern = data.draw(st.sampled_from(["random", "empty_rows", "all_zero", "dense"]))
@@ -152,11 +154,16 @@ def test_sweeps_give_the_bytes_of_tiles(isa, block_size, data):
     res = rng.standard_normal((n, rows, hw)).astype(np.float32)
     bias = rng.standard_normal(rows).astype(np.float32)
     kisa, k = _dispatch.spmm_kernel(fs.isa(), block_size, hw)
+    part_bytes = data.draw(st.sampled_from([_kernels.SPMM_PART_BYTES, 1024]))
     outs = []
-    for t, g in ((1, 0), (threads, sweep)):
-        y = np.full((n, rows, hw), np.nan, np.float32)
-        _kernels.spmm(kisa, k, W._packed, x, bias, res, y, -2.0, 2.0, t, g)
-        outs.append(y)
+    saved, _kernels.SPMM_PART_BYTES = _kernels.SPMM_PART_BYTES, part_bytes
+    try:
+        for t, g in ((1, 0), (threads, sweep)):
+            y = np.full((n, rows, hw), np.nan, np.float32)
+            _kernels.spmm(kisa, k, W._packed, x, bias, res, y, -2.0, 2.0, t, g)
+            outs.append(y)
+    finally:
+        _kernels.SPMM_PART_BYTES = saved
     assert outs[0].tobytes() == outs[1].tobytes(), (rows, cols, hw, n, threads, sweep)
     ref = fs.reference.sparse_conv1x1(x.reshape(n, cols, 1, hw), wd, bias=bias,
                                       residual=res.reshape(n, rows, 1, hw),

@@ -240,24 +240,26 @@ class _Pointwise(_Layer):
         W = self.matrix()
         out_bytes = 0 if fused else 4 * W.shape[0] * plane + streamed
         sweep = 0
-        if not (fused or streamed):
+        if not (fused or streamed or self._ksplit(shape)):
             sweep = _dispatch.spmm_sweep_rows(W.block_size, out_bytes + 4 * W.shape[1] * plane)
         return (W,) + _dispatch.spmm_kernel(isa, W.block_size, hw, plane=plane,
                                             out_bytes=0 if sweep else out_bytes) + (sweep,)
 
+    def _ksplit(self, shape):
+        """Whether this 1x1, as a step of its own on an input of `shape`, sums its input
+        channels in two halves (FS_STEP_SPMM_KSPLIT, when it runs in several parts). A
+        projection on a small image, whose input a depthwise step wrote split by channels,
+        sums each half on the thread that wrote it, then adds them: reading the other
+        core's half cost 2.5x the layer on 2 threads (576->96 at 14x14). Decided without the
+        thread count or the batch: an image's sums are the same on any."""
+        hw = int(np.prod(shape[2:]))
+        return hw < KSPLIT_MAX_HW and shape[1] >= KSPLIT_MIN_RATIO * self.W.shape[0]
+
     def add_step(self, steps, isa, shapes, layout):
         W, kisa, index, sweep = self._kernel(isa, shapes[self.src])
-        shape = shapes[self.src]  # (N, C, H, W), or (N, C) for the classifier
-        cin, hw = shape[1], int(np.prod(shape[2:]))
-        # A projection on a small image (whose input a depthwise step wrote split by channels)
-        # sums the two halves of its input channels apart, each on the thread that wrote
-        # them, then adds them: reading the other core's half cost 2.5x the layer on 2
-        # threads (576->96 at 14x14). Decided without the thread count or the batch: an
-        # image's sums are the same on any.
-        ksplit = hw < KSPLIT_MAX_HW and cin >= KSPLIT_MIN_RATIO * W.shape[0]
         steps.add_spmm(kisa, index, W._packed, self.src,
                        -1 if self.res is None else self.res, self.dst, self.b, *self.act,
-                       ksplit=ksplit, sweep_rows=sweep)
+                       ksplit=self._ksplit(shapes[self.src]), sweep_rows=sweep)
 
     def add_fused_step(self, steps, isa, shapes, dw):
         """This 1x1 (run by the spmm kernels) and the depthwise conv `dw` reading its output,
@@ -319,8 +321,8 @@ class _Classifier(_Pointwise):
         return shape[0] * cout * cin, shape[0] * self.matrix().stored
 
     def describe(self, shape, fused=False):
-        # The kernels see each image's features as C channels x 1 position.
-        return _Pointwise.describe(self, (shape[0], shape[1], 1, 1), fused)
+        # (N, C): the kernels see each image's features as C channels x 1 position.
+        return _Pointwise.describe(self, shape, fused)
 
 
 def _padded_size(shape):
@@ -532,13 +534,15 @@ class Network:
         Tensors sit at offsets (each, largest first or in the order they are written, at the
         lowest 64-byte offset where it overlaps no tensor alive with it). A call touches fewer
         distinct lines in a smaller arena, and after another engine's call has evicted them
-        each is a write-allocate read from memory: MobileNet v2 at 224x224 takes 2.30 MiB
-        where one buffer per tensor size took 3.06 MiB on one thread and 6.98 MiB on two.
+        each is a write-allocate read from memory: MobileNet v2 at 224x224 takes 2.30 MiB,
+        where whole buffers reused from tensor to tensor took 3.06 MiB on one thread (and
+        buffers each holding tensors of one image size, session 9's plan, 6.98 MiB on two).
+        Where nothing is in pieces, whole buffers serve if they pack tighter.
 
         On T > 1 threads, the tensors _row_pieces picks are held in T row pieces, and piece p
         of each lies in region p of the arena (_plan_regions): each thread writes only its
-        region's lines of them, at every layer and every call, never lines the other core
-        last wrote for another tensor's piece."""
+        region's lines of them, at every layer and every call. (The other tensors, which
+        threads split by positions or channels, sit in the gaps; both threads write those.)"""
         plan = self._plans.get((key, threads))
         if plan is None:
             shapes = self._shapes(key[0])
@@ -565,7 +569,7 @@ class Network:
                                   else _padded_size(shapes[t])) // 16) * 16
             life = {t: (born[t], last_use.get(t, born[t])) for t in born}
             spans, stride = self._plan_regions(born, size, life, pieced, threads)
-            if not pieced:  # one buffer per tensor size, if that packs tighter
+            if not pieced:  # whole buffers, if they pack tighter
                 buffers = self._plan_buffers(born, size, life)
                 if _arena_floats(buffers) < _arena_floats(spans):
                     spans = buffers
@@ -586,7 +590,7 @@ class Network:
 
         piece = {t: size[t] // pieces for t in pieced}
         offsets = smallest(piece, piece, {})
-        stride = _arena_floats(offsets) if pieced else 0
+        stride = _arena_floats(offsets)
         held = {t: (a, (pieces - 1) * stride + n) for t, (a, n) in offsets.items()}
         return smallest([t for t in born if t not in pieced], size, held), stride
 

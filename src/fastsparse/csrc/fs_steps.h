@@ -132,7 +132,8 @@ typedef struct fs_vadd_args {
  *
  * Row pieces: on T threads at batch 1, a tensor may hold its one image as T bands of rows
  * ("pieces", each `piece` positions), every band stored as an image of its own (channel
- * planes of that band, then the next band's): each thread then writes and reads one
+ * planes of that band; the next band's a fixed number of floats on, the image stride, with
+ * other tensors' pieces possibly in between): each thread then writes and reads one
  * contiguous block. Cut inside every plane instead, a thread's writes sit next to the other
  * core's in every plane, and the hardware prefetchers' reads across the cut cost 2-3x the
  * step (measured: tools/xcore_bench.c). Steps that run one piece per item see the pieces as
