@@ -76,6 +76,35 @@ def test_step_list_runs_ranges_and_stamps_times():
     assert 0 < bounds[0] <= bounds[1]
 
 
+def test_step_list_stamps_each_threads_share_before_the_barrier():
+    """thread_times[t, i]: when thread t finished its items of step i, before the barrier
+    (at or before the step's end in `times`); rows past the team keep their values; the
+    bytes are those of a run without stamps; a wrong shape is refused."""
+    x = np.random.default_rng(2).standard_normal((1, 8, 5, 6)).astype(np.float32)
+    steps, _, ref = _small_list(1)
+    want = np.empty((1, 16), np.float32)
+    steps.run(x, want)
+    for threads in (1, 2, 3):
+        steps, _, _ = _small_list(threads)
+        y = np.empty((1, 16), np.float32)
+        times, done = np.zeros(4), np.full((threads + 1, 3), np.nan)
+        steps.run(x, y, 0, -1, times, done)
+        assert y.tobytes() == want.tobytes()
+        team = done[:threads]
+        assert np.all(np.isnan(done[threads]))
+        assert np.all(np.isfinite(team[0]))  # the calling thread is always in the team
+        ran = team[np.isfinite(team)]
+        assert ran.size and np.all(ran >= times[0])
+        for i in range(3):
+            col = team[:, i]
+            assert np.all(col[np.isfinite(col)] <= times[i + 1]), (threads, i)
+        part = np.full((threads, 1), np.nan)
+        steps.run(x, y, 1, 2, None, part)  # a range: one column per step run
+        assert np.isfinite(part[0, 0])
+    with pytest.raises(ValueError, match="thread_times must have 3 columns"):
+        steps.run(x, y, 0, -1, None, np.zeros((2, 2)))
+
+
 def test_run_pinned_gives_run_bytes_in_a_new_array_or_refuses():
     """run_pinned: the bytes of run() into a fresh array, the input untouched; None, running
     nothing, for what its O(1) checks cannot take, before pin() and after the settings change."""

@@ -155,7 +155,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         fs_gavgpool_args pool
         fs_vadd_args vadd
     void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
-                      double* times, int each)
+                      double* times, int each, double* done, int done_threads)
     void fs_run_images(const fs_step* const* steps, const size_t* counts, float** const* tables,
                        size_t ntensors, int lists, const float* x, size_t x_image, float* y,
                        size_t y_image, size_t per, double* times)
@@ -716,7 +716,7 @@ cdef int _run_one(fs_step* st, const float* x, const float* res, float* y,
     table[0], table[1], table[2] = <float*>x, <float*>res, y
     st.src, st.res, st.dst = 0, 1 if res != NULL else -1, 2
     with nogil:
-        fs_run_steps(st, 1, table, num_threads, NULL, 0)
+        fs_run_steps(st, 1, table, num_threads, NULL, 0, NULL, 0)
     return 0
 
 
@@ -1407,11 +1407,16 @@ cdef class StepList:
                        self.num_threads)
         self._append(&st, src, -1, dst, ())
 
-    def run(self, x, y, Py_ssize_t begin=0, Py_ssize_t end=-1, double[::1] times=None):
+    def run(self, x, y, Py_ssize_t begin=0, Py_ssize_t end=-1, double[::1] times=None,
+            double[:, ::1] thread_times=None):
         """Runs steps [begin, end) (end = -1: to the last) with tensor 0 = x and the last
         tensor = y, arrays of exactly the shapes the list was built with. If `times` is given,
         times[0] is the start and times[i + 1] the end of step begin + i, in seconds
-        (end - begin + 1 entries), or, with 2 entries, times[1] the end of the last step."""
+        (end - begin + 1 entries), or, with 2 entries, times[1] the end of the last step.
+        If `thread_times` (rows x (end - begin)) is given, thread_times[t, i] is when thread
+        t finished its share of step begin + i, before the step's barrier (rows past the
+        team the runtime gave keep their values): with `times`, each thread's time per step
+        and the steps' imbalance (tools/thread_steps.py)."""
         if end < 0:
             end = self._count
         if not 0 <= begin <= end <= self._count:
@@ -1426,6 +1431,12 @@ cdef class StepList:
                                  f"and strides {t.strides}")
         if times is not None and times.shape[0] not in (2, end - begin + 1):
             raise ValueError(f"times must have {end - begin + 1} entries (or 2)")
+        if thread_times is not None and thread_times.shape[1] != end - begin:
+            raise ValueError(f"thread_times must have {end - begin} columns")
+        cdef double* dptr = NULL
+        cdef int drows = 0
+        if thread_times is not None and thread_times.shape[0] and end > begin:
+            dptr, drows = &thread_times[0, 0], <int>min(thread_times.shape[0], 1 << 20)
         if self._busy:
             raise RuntimeError("StepList.run is not reentrant")
         self._ensure_work()
@@ -1442,7 +1453,7 @@ cdef class StepList:
         try:
             with nogil:
                 fs_run_steps(self._steps + begin, end - begin, self._table, self.num_threads,
-                             tptr, each)
+                             tptr, each, dptr, drows)
         finally:
             self._busy = False
             self._table[0] = self._table[last] = NULL
@@ -1496,7 +1507,7 @@ cdef class StepList:
             self._table[self._ntensors - 1] = <float*>yb.buf
             with nogil:
                 fs_run_steps(self._steps, self._count, self._table, self.num_threads,
-                             <double*>stamps if inside is not None else NULL, 0)
+                             <double*>stamps if inside is not None else NULL, 0, NULL, 0)
             if inside is not None:
                 inside[0] += stamps[1] - stamps[0]
             return y

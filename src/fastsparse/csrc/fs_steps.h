@@ -476,9 +476,12 @@ static void fs_step_reduce(const fs_step* st, size_t t, float* const* tensors) {
 /* Runs steps [0, count) on `threads` threads over the tensor table. If `times` is not NULL,
  * times[0] is the start and, if `each`, times[s + 1] the end of step s (after its barrier),
  * else times[1] the end of the last step, in seconds. (A clock read costs up to 0.5 us in a
- * VM without a TSC clock source: reading it per step adds ~25 us per MobileNet call.) */
+ * VM without a TSC clock source: reading it per step adds ~25 us per MobileNet call.) If
+ * `done` is not NULL, done[t * count + s] is when thread t < done_threads finished its items
+ * of step s, before the barrier: the step's imbalance and each thread's share, for
+ * profiling. */
 static void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
-                         double* times, int each) {
+                         double* times, int each, double* done, int done_threads) {
   if (times != NULL) times[0] = fs_now();
 #ifndef _OPENMP
   (void)threads;
@@ -492,16 +495,23 @@ static void fs_run_steps(const fs_step* steps, size_t count, float* const* tenso
       const fs_step* st = &steps[s];
       const ptrdiff_t items = (ptrdiff_t)st->items;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
 #endif
       for (ptrdiff_t t = 0; t < items; t++) fs_step_item(st, (size_t)t, tensors, thread);
       if (st->kind == FS_STEP_SPMM_KSPLIT) { /* the same branch on every thread */
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
         const ptrdiff_t pieces = items / 2 * (ptrdiff_t)st->spmm.rpieces;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
 #endif
         for (ptrdiff_t t = 0; t < pieces; t++) fs_step_reduce(st, (size_t)t, tensors);
       }
+      if (done != NULL && thread < done_threads) done[(size_t)thread * count + s] = fs_now();
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
       if (times != NULL && thread == 0 && (each || s + 1 == count)) times[each ? s + 1 : 1] = fs_now();
     }
   }
@@ -533,7 +543,7 @@ static void fs_run_images(const fs_step* const* steps, const size_t* counts, flo
       for (size_t i = (size_t)l * per; i < (size_t)(l + 1) * per; i++) {
         table[0] = (float*)(x + i * x_image);
         table[ntensors - 1] = y + i * y_image;
-        fs_run_steps(steps[l], counts[l], table, 1, NULL, 0);
+        fs_run_steps(steps[l], counts[l], table, 1, NULL, 0, NULL, 0);
       }
     }
   }
