@@ -76,6 +76,10 @@ def _calls_for(fn, min_seconds):
     return max(1, int(np.ceil(min_seconds / dt)))
 
 
+# Seconds between the dense and the sparse phases of a several-thread bench_spmm run.
+PHASE_PAUSE_S = 0.5
+
+
 def time_interleaved(fns, repeat, min_seconds=2e-4):
     """{key: array of `repeat` per-call times}; each repetition runs every fn once in turn."""
     calls = {k: _calls_for(f, min_seconds) for k, f in fns.items()}
@@ -187,9 +191,12 @@ def bench_spmm(networks=("mobilenet_v2", "mobilenet_v1"), sparsities=(0.7, 0.8, 
                     # Two thread pools taking turns (numpy's BLAS threads, fastsparse's OpenMP
                     # team) spin against each other on a small machine and time that fight
                     # (BENCHMARKS.md): with several threads, all repetitions of the dense
-                    # layers run first, then all of the sparse ones.
+                    # layers run first, then all of the sparse ones, each phase after a pause
+                    # (OpenBLAS's workers spin on after its calls: v2's first sparse layers
+                    # ran 2-3x slower for the first second after the dense phase).
                     times = {}
                     for group in (True, False):
+                        time.sleep(PHASE_PAUSE_S)
                         times.update(time_interleaved(
                             {k: f for k, f in fns.items() if (k[1] == "dense") == group},
                             repeat, sample_ms / 1e3))
