@@ -186,6 +186,14 @@ def spmm_sweep_rows(block_size, stream_bytes):
     return SPMM_SWEEP_ROWS if block_size >= 4 and stream_bytes > l2_bytes() else 0
 
 
+def spmm_step_kernel(isa, block_size, hw, name=None, plane=None, out_bytes=0, in_bytes=None):
+    """spmm_kernel's (ISA id, index) and spmm_sweep_rows' rows for a 1x1 step of its own that
+    reads `in_bytes` and writes `out_bytes` per image (in_bytes None: no sweeps, as for a
+    fused or K-split step); a swept step runs the plain variant, not the _prefetch one."""
+    sweep = 0 if in_bytes is None else spmm_sweep_rows(block_size, in_bytes + out_bytes)
+    return spmm_kernel(isa, block_size, hw, name, plane, 0 if sweep else out_bytes) + (sweep,)
+
+
 def spmm_kernel(isa, block_size, hw, name=None, plane=None, out_bytes=0):
     """(ISA id, index in that ISA's table) of the spmm variant to run for blocks of
     `block_size` rows on images of `hw` positions whose channel planes start `plane` floats

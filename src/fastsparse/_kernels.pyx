@@ -1436,7 +1436,7 @@ cdef class StepList:
         cdef double* dptr = NULL
         cdef int drows = 0
         if thread_times is not None and thread_times.shape[0] and end > begin:
-            dptr, drows = &thread_times[0, 0], <int>min(thread_times.shape[0], 1 << 20)
+            dptr, drows = &thread_times[0, 0], <int>min(thread_times.shape[0], self.num_threads)
         if self._busy:
             raise RuntimeError("StepList.run is not reentrant")
         self._ensure_work()

@@ -131,11 +131,10 @@ def _layer_in_network_layout(W, x, hw, threads, kernel):
     # Tensors 0 and 3 are placeholders: the layer reads and writes planned buffers 1 and 2.
     ends = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
     steps = _kernels.StepList([ends[0], xin, yout, ends[1]], threads, [0, pieces, pieces, 0])
-    out_bytes = 4 * cout * _plane(shape_out)
-    sweep = _dispatch.spmm_sweep_rows(W.block_size, out_bytes + 4 * cin * _plane(shape_in))
-    kisa, index = _dispatch.spmm_kernel(_dispatch.isa(), W.block_size, hw, kernel,
-                                        plane=_plane(shape_in),
-                                        out_bytes=0 if sweep else out_bytes)
+    kisa, index, sweep = _dispatch.spmm_step_kernel(_dispatch.isa(), W.block_size, hw, kernel,
+                                                    plane=_plane(shape_in),
+                                                    out_bytes=4 * cout * _plane(shape_out),
+                                                    in_bytes=4 * cin * _plane(shape_in))
     steps.add_spmm(kisa, index, W._packed, 1, -1, 2, None, -np.inf, np.inf, sweep_rows=sweep)
 
     def run():

@@ -238,12 +238,11 @@ class _Pointwise(_Layer):
         (_dispatch.spmm_sweep_rows), with the plain variant."""
         hw, plane = int(np.prod(shape[2:])), _plane(shape)
         W = self.matrix()
-        out_bytes = 0 if fused else 4 * W.shape[0] * plane + streamed
-        sweep = 0
-        if not (fused or streamed or self._ksplit(shape)):
-            sweep = _dispatch.spmm_sweep_rows(W.block_size, out_bytes + 4 * W.shape[1] * plane)
-        return (W,) + _dispatch.spmm_kernel(isa, W.block_size, hw, plane=plane,
-                                            out_bytes=0 if sweep else out_bytes) + (sweep,)
+        alone = not (fused or streamed or self._ksplit(shape))
+        return (W,) + _dispatch.spmm_step_kernel(
+            isa, W.block_size, hw, plane=plane,
+            out_bytes=0 if fused else 4 * W.shape[0] * plane + streamed,
+            in_bytes=4 * W.shape[1] * plane if alone else None)
 
     def _ksplit(self, shape):
         """Whether this 1x1, as a step of its own on an input of `shape`, sums its input

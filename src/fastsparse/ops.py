@@ -51,10 +51,9 @@ def _spmm(x3, W, bias, residual3, lo, hi, num_threads, kernel, out=None):
     key = (isa, kernel, hw)
     choice = W._kernel_cache.get(key)
     if choice is None:
-        out_bytes = 4 * W.shape[0] * hw
-        sweep = _dispatch.spmm_sweep_rows(W.block_size, out_bytes + 4 * W.shape[1] * hw)
-        choice = _dispatch.spmm_kernel(isa, W.block_size, hw, kernel,
-                                       out_bytes=0 if sweep else out_bytes) + (sweep,)
+        choice = _dispatch.spmm_step_kernel(isa, W.block_size, hw, kernel,
+                                            out_bytes=4 * W.shape[0] * hw,
+                                            in_bytes=4 * W.shape[1] * hw)
         W._kernel_cache[key] = choice
     _kernels.spmm(choice[0], choice[1], W._packed, x3, bias, residual3, out, lo, hi,
                   _dispatch.resolve_threads(num_threads), choice[2])
