@@ -17,12 +17,12 @@ def test_available_isas_are_ordered_and_include_scalar():
         assert "sse2" in isas
 
 
-def _run(code, **env):
+def _run(code, *args, **env):
     full_env = {k: v for k, v in os.environ.items() if k != "FASTSPARSE_ISA"}
     full_env.update(env)
     # The same fastsparse as this test process, wherever it was imported from.
     full_env["PYTHONPATH"] = os.path.dirname(os.path.dirname(fs.__file__))
-    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
+    return subprocess.run([sys.executable, "-c", code, *args], env=full_env, capture_output=True,
                           text=True)
 
 

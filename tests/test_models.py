@@ -424,6 +424,34 @@ def test_first_conv_step_on_several_threads_keeps_the_bytes():
     _check_row_pieces(net_of, ((224, "NCHW", {2: {(56, 56), (28, 28)}, 3: set()}),))
 
 
+@pytest.mark.parametrize("arch", ["v2", "v1"])
+def test_a_team_smaller_than_planned_keeps_the_bytes(arch):
+    """A network planned for T threads (row pieces, bands and channel groups cut for T) may
+    get a smaller OpenMP team (OMP_THREAD_LIMIT, nested parallelism): the team's threads then
+    run the missing threads' items too. 2 and 3 threads on a team of 1, and 3 on a team of 2,
+    give the bytes of one thread, row pieces and the fused first step included."""
+    from test_dispatch import _run
+    one = _pruned_net_of(arch)(1)
+    sizes = (224, 112)
+    xs = [np.random.default_rng(s).uniform(-1, 1, (1, 3, s, s)).astype(np.float32)
+          for s in sizes]
+    want = "".join(one(x).tobytes().hex() for x in xs)
+    code = (
+        "import numpy as np, sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_models import _pruned_net_of\n"
+        f"net_of = _pruned_net_of({arch!r})\n"
+        f"xs = [np.random.default_rng(s).uniform(-1, 1, (1, 3, s, s)).astype(np.float32)"
+        f" for s in {sizes!r}]\n"
+        "for t in map(int, sys.argv[1:]):\n"
+        "    net = net_of(t)\n"
+        "    sys.stdout.write(''.join(net(x).tobytes().hex() for x in xs) + '\\n')\n")
+    for limit, threads in (("1", (2, 3)), ("2", (3,))):
+        r = _run(code, *map(str, threads), OMP_THREAD_LIMIT=limit, FASTSPARSE_ISA=fs.isa())
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [want] * len(threads), (limit, threads)
+
+
 def _pruned_net_of(arch):
     """threads -> a MobileNet (v2 or v1, width 0.5) pruned to 90 %, on that many threads."""
     if arch == "v2":
