@@ -227,8 +227,8 @@ def test_quarter_path_edges(isa, k):
     a gap after them (the row stride), odd sizes (the row path). Large planes run in bands of
     output rows, each copying its halo rows again. The images sit back to back in a NaN-filled
     buffer, so a read outside a plane poisons an output; every activation. (Where vec_<isa>.h
-    sets FS_DW_S2_DIRECT, AVX-512, the 3x3 cases run the in-register path instead: the same
-    edges for it.)"""
+    sets FS_DW_S2_DIRECT, AVX2 and AVX-512, the 3x3 cases run the in-register path instead:
+    the same edges for it.)"""
     rng = np.random.default_rng(20 + k)
     wt = rng.standard_normal((2, 1, k, k)).astype(np.float32)
     bias = rng.standard_normal(2).astype(np.float32)
@@ -278,8 +278,9 @@ def test_quarter_path_writes_only_its_output(isa):
 def test_stride2_wide_rows(isa, k):
     """Stride 2 on rows wider than the quarter path takes (and, for 3x3 where vec_<isa>.h sets
     FS_DW_S2_DIRECT, every stride-2 shape): widths around where a column of output vectors
-    stops needing bounded loads (2 x0 + 32 floats with padding 1, 2 x0 + 48 with padding 0,
-    for 16-lane vectors at x0 = 16, 32, 48), output heights 1 to 9 (blocks of 4, 2 and 1
+    stops needing bounded loads (2 x0 + 2 vector lengths), around outputs of whole vectors
+    (the column entering the last vector's shifted taps: zeros, or with no right padding,
+    summed from past ow: widths 65 and 81), output heights 1 to 9 (blocks of 3, 2 and 1
     rows), rows with a gap after them, a NaN-filled buffer around the images."""
     rng = np.random.default_rng(40 + k)
     wt = rng.standard_normal((2, 1, k, k)).astype(np.float32)

@@ -2,8 +2,9 @@
  * once for every ISA over the vector vocabulary of vec_<isa>.h (see spmm_impl.h for the list;
  * this file also uses fs_vdeinterleave, and fs_vsub, fs_vlt, fs_vmaskz, fs_vmask_load for the
  * flat paths, fs_vload_range for the flat and rows paths, fs_vkeep if defined, fs_valign_lanes
- * if defined (the flat path's taps on planes 7, 14 and 28 wide), and fs_tail_range,
- * fs_vsplit_row_pair where FS_DW_S2_DIRECT is set).
+ * if defined (the flat path's taps on planes 7, 14 and 28 wide), fs_vsplit_quarters and
+ * fs_vquarters_* where FS_DW_S2_DIRECT is set, and fs_vsplit_row_pair where FS_DW_S2_PAIRS
+ * is).
  *
  * Scheme: output rows are produced top to bottom. The K input rows an output row needs are
  * copied, each exactly once, into a ring of K + 2 padded scratch rows (slot = input row mod (K + 2)):
@@ -20,10 +21,11 @@
  * and most per-row work. Stride-1 planes at least FS_DW_ROWS_MIN_W wide go by blocks of
  * output rows (fs_dw_rows_s1), each tap vector loaded once for the block.
  *
- * Where vec_<isa>.h sets FS_DW_S2_DIRECT (AVX-512), every 3x3 stride-2 shape with padding 0
- * or 1 skips the ring and the quarter planes: blocks of 4 output rows read their input rows
- * in place and split them by column parity in registers (fs_dw_s2_rows); outputs at most 8
- * wide put two output rows in one vector (fs_dw_s2_pairs).
+ * Where vec_<isa>.h sets FS_DW_S2_DIRECT (AVX2, AVX-512), every 3x3 stride-2 shape with
+ * padding 0 or 1 skips the ring and the quarter planes: blocks of output rows read their
+ * input rows in place and split them by column parity in registers (fs_dw_s2_rows); with
+ * FS_DW_S2_PAIRS (AVX-512), outputs at most 8 wide put two output rows in one vector
+ * (fs_dw_s2_pairs).
  *
  * Out-of-bounds contract: the input plane is read only inside ih x iw (the last partial
  * vector of a row, or the plane's first and last vectors on the flat path, are masked loads),
@@ -688,64 +690,54 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
   }
 }
 
-/* Stride 2, 3x3, straight from the input rows (vec_<isa>.h sets FS_DW_S2_DIRECT where a
- * two-source permute and a lane shift are single instructions). The row ring and the
- * quarter planes copy every input row into scratch split by column parity before any tap
- * reads it; here the vectors at the same columns of R output rows are computed together and
- * each of the 2R + 1 input rows they read is loaded and split in registers, once per block
- * (fs_dw_s2_taps). One chain per tap column, rows ky in order, the bias in the centre
- * column, as on the flat paths. */
+/* Stride 2, 3x3, straight from the input rows (vec_<isa>.h sets FS_DW_S2_DIRECT where the
+ * shuffles below are cheap: AVX2, AVX-512). The row ring and the quarter planes copy every
+ * input row into scratch split by column parity before any tap reads it; here the vectors at
+ * the same columns of R output rows are computed together, and each of the 2R + 1 input rows
+ * they read is loaded once per block and split by column parity in registers with in-quarter
+ * shuffles (fs_vsplit_quarters), which leave the columns in "quarter order" inside each
+ * vector. The accumulators stay in that order; each output vector is put back into column
+ * order once, before its store. One chain per tap column, rows ky in order, the bias in the
+ * centre column, summed (centre + left) + right, as on the flat paths.
+ *
+ * Two of the three tap columns are the even and the odd columns of the pair of input vectors
+ * at 2 x0. The third (kx = 0 with pad 1: column 2 x - 1; kx = 2 with pad 0: column 2 x + 2)
+ * is the odd (even) columns one output column off: its chain runs on those columns as they
+ * are, and the finished sums move one column (fs_vquarters_shift_up/down), the column
+ * entering from the block of columns before (after), which therefore runs first. On Zen 4 a
+ * lane-crossing permute costs an FMA's slot and an in-quarter shuffle next to nothing
+ * (tools/port_microbench.c): this takes two permutes per output vector (AVX2: and a blend), where
+ * splitting each input row in column order took three per input row. Per plane, AVX-512
+ * 112 -> 56 / 56 -> 28 / 28 -> 14: 1.13 / 0.32 / 0.10 -> 0.82 / 0.26 / 0.09 us; AVX2, which
+ * took the row ring and the quarter planes before: 1.76 / 0.90 / 0.39 / (14 -> 7) 0.195 ->
+ * 1.17 / 0.37 / 0.12 / 0.05 us (tools/dw_microbench.c, Zen 4). */
 #ifdef FS_DW_S2_DIRECT
-#define FS_DW_S2_ROW_BLOCK 4
 
-/* The three tap columns of one input row for output columns x0 + l: input columns
- * 2 (x0 + l) + kx - pad. Two vectors at 2 x0 give the even and odd columns (a permute each);
- * the third tap is one of those moved one lane (fs_valign_lanes), the lane entering from a
- * third vector, at 2 x0 - FS_VLEN for pad 1 (column 2 x0 - 1) or 2 x0 + 2 FS_VLEN for pad 0
- * (column 2 x0 + 32). All three loads sit a whole number of vectors from 2 x0, so they are
- * aligned when the row is: misaligned 512-bit loads cross cache lines, which ran at about
- * one per cycle. On `edge` vectors they take only the lanes m[] keeps, those inside the row
- * (zeros elsewhere: the padding; masks made once per column of vectors, fs_dw_s2_masks). */
-FS_INLINE void fs_dw_s2_taps(const float* row, size_t x0, size_t pad, int edge,
-                             const fs_tail* m, fs_vec* t) {
-  const float* p = row + 2 * x0;
-  const ptrdiff_t side = pad == 1 ? -FS_VLEN : 2 * FS_VLEN;
-  fs_vec a, b, c, even, odd;
+/* Input columns [c, c + 2 FS_VLEN) of `row` split into even and odd columns, in quarter
+ * order; on `edge` vectors lanes at or past column w are zeros (masked loads). */
+FS_INLINE void fs_dw_s2_split(const float* row, size_t c, size_t w, int edge, fs_vec* even,
+                              fs_vec* odd) {
+  fs_vec a, b;
   if (!edge) {
-    a = fs_vload(p);
-    b = fs_vload(p + FS_VLEN);
-    c = fs_vload(p + side);
+    a = fs_vload(row + c);
+    b = fs_vload(row + c + FS_VLEN);
   } else {
-    a = fs_vload_tail(p, m[0]);
-    b = fs_vload_tail(p + FS_VLEN, m[1]);
-    c = fs_vload_tail(p + side, m[2]);
+    a = c + FS_VLEN <= w ? fs_vload(row + c)
+                         : (c < w ? fs_vload_tail(row + c, fs_tail_make(w - c)) : fs_vzero());
+    b = c + FS_VLEN < w ? fs_vload_tail(row + c + FS_VLEN, fs_tail_make(w - c - FS_VLEN))
+                        : fs_vzero();
   }
-  fs_vdeinterleave(a, b, &even, &odd);
-  if (pad == 1) {
-    t[0] = fs_valign_lanes(odd, c, FS_VLEN - 1); /* c's last lane, then odd's first 15 */
-    t[1] = even;
-    t[2] = odd;
-  } else {
-    t[0] = even;
-    t[1] = odd;
-    t[2] = fs_valign_lanes(c, even, 1); /* even's last 15 lanes, then c's first */
-  }
+  fs_vsplit_quarters(a, b, even, odd);
 }
 
-/* The lanes of fs_dw_s2_taps's three loads that lie inside the row's w floats. */
-FS_INLINE void fs_dw_s2_masks(size_t x0, size_t pad, size_t w, fs_tail* m) {
-  const ptrdiff_t at[3] = {0, FS_VLEN, pad == 1 ? -FS_VLEN : 2 * FS_VLEN};
-  for (size_t i = 0; i < 3; i++) {
-    const fs_lanes l = fs_lanes_inside(2 * (ptrdiff_t)x0 + at[i], w);
-    m[i] = fs_tail_range(l.lo, l.hi);
-  }
-}
-
-/* Columns [x0, x0 + FS_VLEN) (cut at ow) of output rows r < R; in[j] is input row
- * 2 (first output row) - pad_top + j, or NULL for a row of zeros. */
-FS_INLINE void fs_dw_s2_vector(size_t R, int edge, const fs_tail* m, const float* const* in,
-                               size_t ow, size_t pad_left, size_t x0, const fs_vec* wv,
-                               fs_vec vbias, float* const* out, fs_vec vlo, fs_vec vhi) {
+/* Columns [x0, x0 + FS_VLEN) of output rows r < R (in[j]: input row 2 (first output row) -
+ * pad_top + j, or NULL for a row of zeros). carry[r] holds row r's shifted chain (quarter
+ * order) of the block that ran before; this block's replaces it. If `store`, the sums go to
+ * out[r] + x0 (cut at ow). */
+FS_INLINE void fs_dw_s2_vector(size_t R, int edge, size_t pad, int store,
+                               const float* const* in, size_t iw, size_t ow, size_t x0,
+                               const fs_vec* wv, fs_vec vbias, fs_vec* carry,
+                               float* const* out, fs_vec vlo, fs_vec vhi) {
   fs_vec acc[FS_DW_S2_ROW_BLOCK][3];
 #pragma GCC unroll 4
   for (size_t r = 0; r < R; r++) {
@@ -756,21 +748,34 @@ FS_INLINE void fs_dw_s2_vector(size_t R, int edge, const fs_tail* m, const float
 #pragma GCC unroll 9
   for (size_t j = 0; j < 2 * R + 1; j++) {
     if (in[j] == NULL) continue;
-    fs_vec t[3];
-    fs_dw_s2_taps(in[j], x0, pad_left, edge, m, t);
+    fs_vec even, odd;
+    fs_dw_s2_split(in[j], 2 * x0, iw, edge, &even, &odd);
 #pragma GCC unroll 3
     for (size_t kx = 0; kx < 3; kx++) {
+      /* pad 1: columns 2 x - 1, 2 x, 2 x + 1; pad 0: 2 x, 2 x + 1, 2 x + 2 */
+      const fs_vec t = (kx == 1) == (pad == 1) ? even : odd;
 #pragma GCC unroll 4
       for (size_t r = 0; r < R; r++) {
         if (2 * r <= j && j - 2 * r < 3) {
-          acc[r][kx] = fs_vfma(wv[(j - 2 * r) * 3 + kx], t[kx], acc[r][kx]);
+          acc[r][kx] = fs_vfma(wv[(j - 2 * r) * 3 + kx], t, acc[r][kx]);
         }
       }
     }
   }
 #pragma GCC unroll 4
   for (size_t r = 0; r < R; r++) {
-    const fs_vec y = fs_vclamp(fs_vadd(fs_vadd(acc[r][1], acc[r][0]), acc[r][2]), vlo, vhi);
+    fs_vec y;
+    if (pad == 1) {
+      const fs_vec left = fs_vquarters_shift_up(acc[r][0], carry[r]);
+      carry[r] = acc[r][0];
+      y = fs_vadd(fs_vadd(acc[r][1], left), acc[r][2]);
+    } else {
+      const fs_vec right = fs_vquarters_shift_down(acc[r][2], carry[r]);
+      carry[r] = acc[r][2];
+      y = fs_vadd(fs_vadd(acc[r][1], acc[r][0]), right);
+    }
+    if (!store) continue;
+    y = fs_vquarters_to_columns(fs_vclamp(y, vlo, vhi));
     if (x0 + FS_VLEN <= ow) {
       fs_vstore(out[r] + x0, y);
     } else {
@@ -796,14 +801,18 @@ FS_INLINE const float* fs_dw_s2_in_row(ptrdiff_t iy, size_t ih, const char* inpu
 }
 
 /* Output rows [oy, oy + R). Input rows outside [0, ih) are zeros, or the halo rows `above`
- * and `below` (one row each) where given. */
-FS_INLINE void fs_dw_s2_block(size_t R, size_t ih, size_t iw, size_t ow, size_t pad_top,
-                              size_t pad_left, const char* input, size_t input_stride,
+ * and `below` (one row each) where given. With pad 1 the blocks of columns run left to right
+ * (the shifted chain takes its first column from the block before: zeros, the padding, for
+ * the first), with pad 0 right to left; a last column whose right tap reads inside the row
+ * (no right padding) takes it from a block past ow, summed but not stored. */
+FS_INLINE void fs_dw_s2_block(size_t R, size_t pad_left, size_t ih, size_t iw, size_t ow,
+                              size_t pad_top, const char* input, size_t input_stride,
                               const float* above, const float* below, size_t oy,
                               const fs_vec* wv, fs_vec vbias, char* output,
                               size_t output_stride, fs_vec vlo, fs_vec vhi) {
   const float* in[2 * FS_DW_S2_ROW_BLOCK + 1];
   float* out[FS_DW_S2_ROW_BLOCK];
+  fs_vec carry[FS_DW_S2_ROW_BLOCK];
 #pragma GCC unroll 9
   for (size_t j = 0; j < 2 * R + 1; j++) {
     const ptrdiff_t iy = 2 * (ptrdiff_t)oy - (ptrdiff_t)pad_top + (ptrdiff_t)j;
@@ -817,19 +826,35 @@ FS_INLINE void fs_dw_s2_block(size_t R, size_t ih, size_t iw, size_t ow, size_t 
     }
   }
 #pragma GCC unroll 4
-  for (size_t r = 0; r < R; r++) out[r] = (float*)(output + (oy + r) * output_stride);
-  for (size_t x0 = 0; x0 < ow; x0 += FS_VLEN) {
-    const size_t last = pad_left == 1 ? 2 * x0 + 2 * FS_VLEN : 2 * x0 + 3 * FS_VLEN;
-    if ((pad_left == 0 || x0 > 0) && last <= iw) {
-      fs_dw_s2_vector(R, 0, NULL, in, ow, pad_left, x0, wv, vbias, out, vlo, vhi);
-    } else {
-      fs_tail m[3];
-      fs_dw_s2_masks(x0, pad_left, iw, m);
-      fs_dw_s2_vector(R, 1, m, in, ow, pad_left, x0, wv, vbias, out, vlo, vhi);
+  for (size_t r = 0; r < R; r++) {
+    out[r] = (float*)(output + (oy + r) * output_stride);
+    carry[r] = fs_vzero();
+  }
+  if (pad_left == 1) {
+    for (size_t x0 = 0; x0 < ow; x0 += FS_VLEN) {
+      if (2 * x0 + 2 * FS_VLEN <= iw) {
+        fs_dw_s2_vector(R, 0, 1, 1, in, iw, ow, x0, wv, vbias, carry, out, vlo, vhi);
+      } else {
+        fs_dw_s2_vector(R, 1, 1, 1, in, iw, ow, x0, wv, vbias, carry, out, vlo, vhi);
+      }
     }
+    return;
+  }
+  size_t x0 = (ow - 1) / FS_VLEN * FS_VLEN;
+  if (x0 + FS_VLEN == ow && 2 * ow < iw) {
+    fs_dw_s2_vector(R, 1, 0, 0, in, iw, ow, ow, wv, vbias, carry, out, vlo, vhi);
+  }
+  for (;; x0 -= FS_VLEN) {
+    if (2 * x0 + 2 * FS_VLEN <= iw) {
+      fs_dw_s2_vector(R, 0, 0, 1, in, iw, ow, x0, wv, vbias, carry, out, vlo, vhi);
+    } else {
+      fs_dw_s2_vector(R, 1, 0, 1, in, iw, ow, x0, wv, vbias, carry, out, vlo, vhi);
+    }
+    if (x0 == 0) break;
   }
 }
 
+#ifdef FS_DW_S2_PAIRS
 /* Outputs at most 8 wide from rows of at most 16 floats (14x14 -> 7x7 in MobileNets): two
  * output rows per vector, lanes 0-7 and 8-15 (fs_vsplit_row_pair), where fs_dw_s2_block gives
  * each row a vector and leaves half of its lanes or more idle. The same FMAs in the same
@@ -863,10 +888,11 @@ FS_INLINE void fs_dw_s2_pairs(size_t pad_left, size_t ih, size_t iw, size_t ow, 
     fs_vstore_tail((float*)(y + (oy + 1) * output_stride), fs_valign_lanes(v, v, 8), out_lanes);
   }
   if (oy < oy1) {
-    fs_dw_s2_block(1, ih, iw, ow, pad_top, pad_left, x, input_stride, above, below, oy, wv,
+    fs_dw_s2_block(1, pad_left, ih, iw, ow, pad_top, x, input_stride, above, below, oy, wv,
                    vbias, y, output_stride, vlo, vhi);
   }
 }
+#endif /* FS_DW_S2_PAIRS */
 
 FS_INLINE void fs_dw_s2_rows_pad(size_t pad_left, size_t ih, size_t iw, size_t ow,
                                  size_t pad_top, const float* input, size_t input_stride,
@@ -877,16 +903,16 @@ FS_INLINE void fs_dw_s2_rows_pad(size_t pad_left, size_t ih, size_t iw, size_t o
   char* y = (char*)output;
   size_t oy = oy0;
   for (; oy + FS_DW_S2_ROW_BLOCK <= oy1; oy += FS_DW_S2_ROW_BLOCK) {
-    fs_dw_s2_block(FS_DW_S2_ROW_BLOCK, ih, iw, ow, pad_top, pad_left, x, input_stride, above,
+    fs_dw_s2_block(FS_DW_S2_ROW_BLOCK, pad_left, ih, iw, ow, pad_top, x, input_stride, above,
                    below, oy, wv, vbias, y, output_stride, vlo, vhi);
   }
-  if (oy + 2 <= oy1) {
-    fs_dw_s2_block(2, ih, iw, ow, pad_top, pad_left, x, input_stride, above, below, oy, wv,
+  if (FS_DW_S2_ROW_BLOCK > 2 && oy + 2 <= oy1) {
+    fs_dw_s2_block(2, pad_left, ih, iw, ow, pad_top, x, input_stride, above, below, oy, wv,
                    vbias, y, output_stride, vlo, vhi);
     oy += 2;
   }
-  if (oy < oy1) {
-    fs_dw_s2_block(1, ih, iw, ow, pad_top, pad_left, x, input_stride, above, below, oy, wv,
+  for (; oy < oy1; oy++) {
+    fs_dw_s2_block(1, pad_left, ih, iw, ow, pad_top, x, input_stride, above, below, oy, wv,
                    vbias, y, output_stride, vlo, vhi);
   }
 }
@@ -897,6 +923,7 @@ FS_INLINE void fs_dw_s2_rows(size_t ih, size_t iw, size_t ow, size_t pad_top,
                              const float* above, const float* below, size_t oy0, size_t oy1,
                              const fs_vec* wv, fs_vec vbias, float* output,
                              size_t output_stride, fs_vec vlo, fs_vec vhi) {
+#ifdef FS_DW_S2_PAIRS
   if (ow <= FS_VLEN / 2 && iw <= FS_VLEN) {
     if (pad_left == 1) {
       fs_dw_s2_pairs(1, ih, iw, ow, pad_top, input, input_stride, above, below, oy0, oy1, wv,
@@ -905,7 +932,10 @@ FS_INLINE void fs_dw_s2_rows(size_t ih, size_t iw, size_t ow, size_t pad_top,
       fs_dw_s2_pairs(0, ih, iw, ow, pad_top, input, input_stride, above, below, oy0, oy1, wv,
                      vbias, output, output_stride, vlo, vhi);
     }
-  } else if (pad_left == 1) {
+    return;
+  }
+#endif
+  if (pad_left == 1) {
     fs_dw_s2_rows_pad(1, ih, iw, ow, pad_top, input, input_stride, above, below, oy0, oy1, wv,
                       vbias, output, output_stride, vlo, vhi);
   } else {

@@ -184,7 +184,7 @@ typedef struct fs_spmm_kernel {
  * FS_DW_FLAT_STAGE_ROWS rows are first copied into their own part of the same scratch; and
  * stride 2 on even sizes (ih = 2 oh, iw = 2 ow, pad_top = pad_left = K/2 or K/2 - 1) with
  * contiguous output rows, whose input is split into four quarter planes there
- * (fs_dw_quarter_floats). On ISAs whose vec_<isa>.h sets FS_DW_S2_DIRECT (AVX-512), 3x3
+ * (fs_dw_quarter_floats). On ISAs whose vec_<isa>.h sets FS_DW_S2_DIRECT (AVX2, AVX-512), 3x3
  * stride-2 calls with pad_top, pad_left <= 1 read the input rows in place and touch no
  * scratch (dwconv_impl.h, fs_dw_s2_rows).
  *

@@ -74,9 +74,35 @@ static inline fs_vec fs_vload_range(const float* p, size_t a, size_t b) {
 }
 
 /* Used by the 3x3 stride-2 depthwise path that splits input rows in registers
- * (dwconv_impl.h, fs_dw_s2_rows): two permutes and a lane shift per row and 16 outputs, in
- * place of copying every row into scratch first (1.3-1.5x faster: BENCHMARKS.md, session 8). */
+ * (dwconv_impl.h, fs_dw_s2_rows), in blocks of 3 output rows (4 spilled: 112 -> 56 took 1.05
+ * us per plane against 0.82 for 3 and 0.86 for 2), and puts two
+ * output rows of at most 8 columns in one vector (fs_dw_s2_pairs). Quarter order: column
+ * j of the pair's even (odd) columns at lane [0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7,
+ * 14, 15]^-1 (j), the lanes vshufps leaves them in. */
 #define FS_DW_S2_DIRECT 1
+#define FS_DW_S2_ROW_BLOCK 3
+#define FS_DW_S2_PAIRS 1
+/* (a, b) = 32 consecutive floats -> their even and odd columns, in quarter order. */
+static inline void fs_vsplit_quarters(fs_vec a, fs_vec b, fs_vec* even, fs_vec* odd) {
+  *even = _mm512_shuffle_ps(a, b, 0x88);
+  *odd = _mm512_shuffle_ps(a, b, 0xDD);
+}
+static inline fs_vec fs_vquarters_to_columns(fs_vec v) {
+  const __m512i i = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+  return _mm512_permutexvar_ps(i, v);
+}
+/* In quarter order: column j of the result is column j - 1 of cur, column 0 the last column
+ * of prev. */
+static inline fs_vec fs_vquarters_shift_up(fs_vec cur, fs_vec prev) {
+  const __m512i i = _mm512_setr_epi32(31, 0, 13, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14);
+  return _mm512_permutex2var_ps(cur, i, prev);
+}
+/* In quarter order: column j of the result is column j + 1 of cur, the last column the first
+ * column of next. */
+static inline fs_vec fs_vquarters_shift_down(fs_vec cur, fs_vec next) {
+  const __m512i i = _mm512_setr_epi32(1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 2, 15, 16);
+  return _mm512_permutex2var_ps(cur, i, next);
+}
 /* The first conv's tile: 4 channels x 3 vectors (12 of the 32 registers) ran 224x224 -> 32
  * channels in 227-228 us against 236-239 for 4 x 2 (x 4: 231). */
 #define FS_CONV_NV 3
