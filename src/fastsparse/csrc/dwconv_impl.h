@@ -381,6 +381,83 @@ FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge, size_t 
   }
 }
 
+#ifdef FS_DW_FLAT_CARRY
+/* Input vector at flat index i + dy * w of a staged copy: with `wc` != 0 (w == wc a constant,
+ * the copy aligned), a lane shift of two aligned vectors, else a plain load. */
+FS_INLINE fs_vec fs_dw_flat_row_tap(const float* x, size_t i, ptrdiff_t dy, size_t w, size_t wc) {
+#ifdef fs_valign_lanes
+  if (wc != 0) {
+    const ptrdiff_t off = dy * (ptrdiff_t)wc;
+    const ptrdiff_t q = off >= 0 ? off / FS_VLEN : -((-off + FS_VLEN - 1) / FS_VLEN);
+    const float* b = x + i + q * FS_VLEN;
+    return fs_vshift(fs_vload(b + FS_VLEN), fs_vload(b), off - q * FS_VLEN);
+  }
+#endif
+  (void)wc;
+  return fs_vload(x + (ptrdiff_t)i + dy * (ptrdiff_t)w);
+}
+
+/* The tap-column chains kx in `which` (bit kx) at flat index i, each over the centre
+ * column's inputs: a[kx] = sum over ky of w[ky][kx] x[i + (ky - 1) w] (a[1] from the bias). */
+FS_INLINE void fs_dw_flat_chains3(unsigned which, const float* x, size_t i, size_t w,
+                                  size_t wc, const fs_vec* wv, fs_vec vbias, fs_vec* a) {
+  a[0] = fs_vzero();
+  a[1] = vbias;
+  a[2] = fs_vzero();
+#pragma GCC unroll 3
+  for (size_t ky = 0; ky < 3; ky++) {
+    const fs_vec t = fs_dw_flat_row_tap(x, i, (ptrdiff_t)ky - 1, w, wc);
+#pragma GCC unroll 3
+    for (size_t kx = 0; kx < 3; kx++) {
+      if (which >> kx & 1) a[kx] = fs_vfma(wv[ky * 3 + kx], t, a[kx]);
+    }
+  }
+}
+
+/* fs_dw_flat_span for a 3x3 "same" stride-1 conv on a staged copy (every load a plain one),
+ * output vectors [i, end). Output j's tap column kx sums the chain of column 1 taken at j +
+ * kx - 1: the chains run on the three row vectors at each index, and the left and right
+ * ones move one lane (fs_vshift_in_up/down) with the lane from the vector before or after.
+ * The same FMAs in the same order per output as fs_dw_flat_vector, from three row vectors
+ * instead of nine taps: on AVX-512 four lane shifts per output vector instead of eight.
+ * Reads up to the farthest tap of the vector after `end` (inside the staged copy); of the
+ * vector before i only the lane just before i, which lies inside the copied rows (or, for i
+ * = 0, is a left tap of column 0 and masked off). */
+FS_INLINE void fs_dw_flat_span3(size_t wc, const float* x, size_t n, size_t w, size_t i,
+                                size_t end, const unsigned char* table, size_t period,
+                                const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,
+                                fs_vec vhi) {
+  if (i >= end) return;
+  size_t t = i / FS_VLEN;
+  if (t >= period) t %= period;
+  fs_vec before[3], cur[3], next[3];
+  if (i > 0) {
+    fs_dw_flat_chains3(1, x, i - FS_VLEN, w, wc, wv, vbias, before);
+  } else {
+    before[0] = fs_vzero();
+  }
+  fs_dw_flat_chains3(7, x, i, w, wc, wv, vbias, cur);
+  for (; i < end; i += FS_VLEN) {
+    if (i + FS_VLEN < end) {
+      fs_dw_flat_chains3(7, x, i + FS_VLEN, w, wc, wv, vbias, next);
+    } else { /* past the span: only its first lane of the right chain */
+      fs_dw_flat_chains3(4, x, i + FS_VLEN, w, wc, wv, vbias, next);
+    }
+    const fs_vmask m0 = fs_vmask_load(table + (t * 3) * FS_DW_MASK_BYTES);
+    const fs_vmask m2 = fs_vmask_load(table + (t * 3 + 2) * FS_DW_MASK_BYTES);
+    const fs_vec left = fs_vshift_in_up(cur[0], before[0]);
+    const fs_vec right = fs_vshift_in_down(cur[2], next[2]);
+    const fs_vec y = fs_vadd(fs_vadd(cur[1], fs_vmaskz(m0, left)), fs_vmaskz(m2, right));
+    fs_dw_flat_store(output, n, i, fs_vclamp(y, vlo, vhi));
+    before[0] = cur[0];
+    cur[0] = next[0];
+    cur[1] = next[1];
+    cur[2] = next[2];
+    t = t + 1 == period ? 0 : t + 1;
+  }
+}
+#endif /* FS_DW_FLAT_CARRY */
+
 /* Stores floats [0, n) of src (or zeros if src is NULL) at dst, nothing past them. Out of
  * line: only row pieces take it, and inlined it slowed the small planes' path by 5-10 %. */
 static __attribute__((noinline)) void fs_dw_put_rows(float* dst, const float* src, size_t n) {
@@ -570,6 +647,36 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
       return;
     }
     const float* src[1] = {copy};
+#ifdef FS_DW_FLAT_CARRY
+#ifdef fs_valign_lanes
+    const int nine_taps = iw == 7; /* 4 vectors: the vectors before and after cost more than
+                                      the shifts save (AVX-512: 0.025 vs 0.023 us a plane) */
+#else
+    const int nine_taps = 0;
+#endif
+    if (table != NULL && k == 3 && !nine_taps) {
+#ifdef fs_valign_lanes
+      /* The widths of MobileNets' small planes, as constants: aligned loads and lane
+       * shifts. */
+      if ((uintptr_t)copy % (FS_VLEN * sizeof(float)) == 0) {
+        switch (iw) {
+          case 14:
+            fs_dw_flat_span3(14, copy, n, 14, begin, end, table, period, wv, vbias, output, vlo,
+                             vhi);
+            return;
+          case 28:
+            fs_dw_flat_span3(28, copy, n, 28, begin, end, table, period, wv, vbias, output, vlo,
+                             vhi);
+            return;
+          default:
+            break;
+        }
+      }
+#endif
+      fs_dw_flat_span3(0, copy, n, iw, begin, end, table, period, wv, vbias, output, vlo, vhi);
+      return;
+    }
+#endif
 #ifdef fs_valign_lanes
     /* The widths of MobileNets' small planes, as constants: aligned loads and lane shifts. */
     if (table != NULL && (uintptr_t)copy % (FS_VLEN * sizeof(float)) == 0 && k == 3) {

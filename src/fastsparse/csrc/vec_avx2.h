@@ -128,6 +128,19 @@ static inline fs_vec fs_vquarters_shift_down(fs_vec cur, fs_vec next) {
   return _mm256_permutevar8x32_ps(u, _mm256_setr_epi32(1, 4, 3, 6, 5, 2, 7, 0));
 }
 
+/* The stride-1 3x3 flat path on staged copies moves its side chains one lane
+ * (dwconv_impl.h, fs_dw_flat_span3): [prev's last lane, cur's lanes 0..6] and [cur's lanes
+ * 1..7, next's first lane]. */
+#define FS_DW_FLAT_CARRY 1
+static inline fs_vec fs_vshift_in_up(fs_vec cur, fs_vec prev) {
+  const __m256 u = _mm256_blend_ps(cur, prev, 0x80);
+  return _mm256_permutevar8x32_ps(u, _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6));
+}
+static inline fs_vec fs_vshift_in_down(fs_vec cur, fs_vec next) {
+  const __m256 u = _mm256_blend_ps(cur, next, 0x01);
+  return _mm256_permutevar8x32_ps(u, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0));
+}
+
 /* FMA in scalar code too: the one-position spmm variant (spmm_impl.h). */
 #define FS_HAVE_SPMM_DOT 1
 

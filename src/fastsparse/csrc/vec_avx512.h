@@ -131,6 +131,13 @@ static inline void fs_vsplit_row_pair(fs_vec a, fs_vec b, size_t pad_left, fs_ve
 #define fs_valign_lanes(hi, lo, n) \
   _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), (n)))
 
+/* The stride-1 3x3 flat path on staged copies moves its side chains one lane
+ * (dwconv_impl.h, fs_dw_flat_span3): [prev's last lane, cur's lanes 0..14] and [cur's lanes
+ * 1..15, next's first lane]. */
+#define FS_DW_FLAT_CARRY 1
+#define fs_vshift_in_up(cur, prev) fs_valign_lanes(cur, prev, FS_VLEN - 1)
+#define fs_vshift_in_down(cur, next) fs_valign_lanes(next, cur, 1)
+
 /* FMA in scalar code too: the one-position spmm variant (spmm_impl.h). */
 #define FS_HAVE_SPMM_DOT 1
 
