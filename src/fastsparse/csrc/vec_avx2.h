@@ -115,17 +115,24 @@ static inline void fs_vsplit_quarters(fs_vec a, fs_vec b, fs_vec* even, fs_vec* 
 static inline fs_vec fs_vquarters_to_columns(fs_vec v) {
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
 }
+/* The depthwise paths' one-column moves: cur with its lane 7 (an "up" move: the column
+ * entering from the vector before) or its lane 0 (a "down" move: from the vector after)
+ * taken from `other`, then permuted by `to`; one lane-crossing permute each. */
+static inline fs_vec fs_vmove_up(fs_vec cur, fs_vec prev, __m256i to) {
+  return _mm256_permutevar8x32_ps(_mm256_blend_ps(cur, prev, 0x80), to);
+}
+static inline fs_vec fs_vmove_down(fs_vec cur, fs_vec next, __m256i to) {
+  return _mm256_permutevar8x32_ps(_mm256_blend_ps(cur, next, 0x01), to);
+}
 /* In quarter order: column j of the result is column j - 1 of cur, column 0 the last column
  * of prev (lane 7 in both orders). */
 static inline fs_vec fs_vquarters_shift_up(fs_vec cur, fs_vec prev) {
-  const __m256 u = _mm256_blend_ps(cur, prev, 0x80);
-  return _mm256_permutevar8x32_ps(u, _mm256_setr_epi32(7, 0, 5, 2, 1, 4, 3, 6));
+  return fs_vmove_up(cur, prev, _mm256_setr_epi32(7, 0, 5, 2, 1, 4, 3, 6));
 }
 /* In quarter order: column j of the result is column j + 1 of cur, the last column the first
  * column of next (lane 0 in both orders). */
 static inline fs_vec fs_vquarters_shift_down(fs_vec cur, fs_vec next) {
-  const __m256 u = _mm256_blend_ps(cur, next, 0x01);
-  return _mm256_permutevar8x32_ps(u, _mm256_setr_epi32(1, 4, 3, 6, 5, 2, 7, 0));
+  return fs_vmove_down(cur, next, _mm256_setr_epi32(1, 4, 3, 6, 5, 2, 7, 0));
 }
 
 /* The stride-1 3x3 flat path on staged copies moves its side chains one lane
@@ -133,12 +140,10 @@ static inline fs_vec fs_vquarters_shift_down(fs_vec cur, fs_vec next) {
  * 1..7, next's first lane]. */
 #define FS_DW_FLAT_CARRY 1
 static inline fs_vec fs_vshift_in_up(fs_vec cur, fs_vec prev) {
-  const __m256 u = _mm256_blend_ps(cur, prev, 0x80);
-  return _mm256_permutevar8x32_ps(u, _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6));
+  return fs_vmove_up(cur, prev, _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6));
 }
 static inline fs_vec fs_vshift_in_down(fs_vec cur, fs_vec next) {
-  const __m256 u = _mm256_blend_ps(cur, next, 0x01);
-  return _mm256_permutevar8x32_ps(u, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0));
+  return fs_vmove_down(cur, next, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0));
 }
 
 /* FMA in scalar code too: the one-position spmm variant (spmm_impl.h). */
