@@ -678,24 +678,13 @@ FS_INLINE void fs_dwconv2d_flat(size_t k, size_t ih, size_t iw, const float* inp
     }
 #endif
 #ifdef fs_valign_lanes
-    /* The widths of MobileNets' small planes, as constants: aligned loads and lane shifts. */
-    if (table != NULL && (uintptr_t)copy % (FS_VLEN * sizeof(float)) == 0 && k == 3) {
-      switch (iw) {
-        case 7:
-          fs_dw_flat_span(3, 1, 1, 0, 7, src, n, 7, begin, end, table, period, wv, vbias, output,
-                          vlo, vhi);
-          return;
-        case 14:
-          fs_dw_flat_span(3, 1, 1, 0, 14, src, n, 14, begin, end, table, period, wv, vbias,
-                          output, vlo, vhi);
-          return;
-        case 28:
-          fs_dw_flat_span(3, 1, 1, 0, 28, src, n, 28, begin, end, table, period, wv, vbias,
-                          output, vlo, vhi);
-          return;
-        default:
-          break;
-      }
+    /* 7-wide planes (nine_taps above): aligned loads and lane shifts, the width a
+     * constant. */
+    if (table != NULL && (uintptr_t)copy % (FS_VLEN * sizeof(float)) == 0 && k == 3 &&
+        iw == 7) {
+      fs_dw_flat_span(3, 1, 1, 0, 7, src, n, 7, begin, end, table, period, wv, vbias, output,
+                      vlo, vhi);
+      return;
     }
 #endif
     fs_dw_flat_span(k, 1, k / 2, 0, 0, src, n, iw, begin, end, table, period, wv, vbias, output,
