@@ -420,9 +420,11 @@ FS_INLINE void fs_dw_flat_chains3(unsigned which, const float* x, size_t i, size
  * ones move one lane (fs_vshift_in_up/down) with the lane from the vector before or after.
  * The same FMAs in the same order per output as fs_dw_flat_vector, from three row vectors
  * instead of nine taps: on AVX-512 four lane shifts per output vector instead of eight.
- * Reads up to the farthest tap of the vector after `end` (inside the staged copy); of the
- * vector before i only the lane just before i, which lies inside the copied rows (or, for i
- * = 0, is a left tap of column 0 and masked off). */
+ * Reads the row taps of the vector after `end` (inside the staged copy's slack,
+ * fs_dw_flat_stage_floats), of which only the lane at `end` counts: a right tap inside the
+ * copied rows, or past the plane's last column (masked off). Of the vector before i only the
+ * lane just before i counts, which lies inside the copied rows (or, for i = 0, is a left tap
+ * of column 0 and masked off). */
 FS_INLINE void fs_dw_flat_span3(size_t wc, const float* x, size_t n, size_t w, size_t i,
                                 size_t end, const unsigned char* table, size_t period,
                                 const fs_vec* wv, fs_vec vbias, float* output, fs_vec vlo,

@@ -244,10 +244,12 @@ static inline size_t fs_chw_row_floats(size_t k, size_t stride, size_t iw, size_
 
 /* Floats of that copy: zeros in front (the farthest tap, k/2 rows and k/2 columns, rounded to
  * whole 16-float vectors), the plane, and behind it zeros out to its last output's farthest
- * tap plus the slack of that output's vector. */
+ * tap, plus slack: the 3x3 span (dwconv_impl.h, fs_dw_flat_span3) also loads the row taps of
+ * the vector after the last output's, on AVX-512 as two aligned vectors around each, up to
+ * 47 floats past the last row's tap. */
 static inline size_t fs_dw_flat_stage_floats(size_t k, size_t iw) {
   const size_t reach = k / 2 * (iw + 1);
-  return (reach + 15) / 16 * 16 + FS_DW_FLAT_STAGE_ROWS * iw + reach + 32;
+  return (reach + 15) / 16 * 16 + FS_DW_FLAT_STAGE_ROWS * iw + reach + 48;
 }
 
 /* The stride-2 flat path works in bands of output rows whose four quarter planes (input rows
