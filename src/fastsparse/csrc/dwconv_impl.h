@@ -3,8 +3,8 @@
  * this file also uses fs_vdeinterleave, and fs_vsub, fs_vlt, fs_vmaskz, fs_vmask_load for the
  * flat paths, fs_vload_range for the flat and rows paths, fs_vkeep if defined, fs_valign_lanes
  * if defined (the flat path's taps on planes 7, 14 and 28 wide), fs_vsplit_quarters and
- * fs_vquarters_* where FS_DW_S2_DIRECT is set, and fs_vsplit_row_pair where FS_DW_S2_PAIRS
- * is).
+ * fs_vquarters_* where FS_DW_S2_DIRECT is set, fs_vsplit_row_pair where FS_DW_S2_PAIRS is,
+ * and fs_vshift_in_up/down where FS_DW_FLAT_CARRY is).
  *
  * Scheme: output rows are produced top to bottom. The K input rows an output row needs are
  * copied, each exactly once, into a ring of K + 2 padded scratch rows (slot = input row mod (K + 2)):
@@ -419,7 +419,8 @@ FS_INLINE void fs_dw_flat_chains3(unsigned which, const float* x, size_t i, size
  * kx - 1: the chains run on the three row vectors at each index, and the left and right
  * ones move one lane (fs_vshift_in_up/down) with the lane from the vector before or after.
  * The same FMAs in the same order per output as fs_dw_flat_vector, from three row vectors
- * instead of nine taps: on AVX-512 four lane shifts per output vector instead of eight.
+ * instead of nine taps: on AVX-512, for the constant widths 14 and 28, four lane shifts per
+ * output vector instead of eight (other widths: plain loads and two shifts).
  * Reads the row taps of the vector after `end` (inside the staged copy's slack,
  * fs_dw_flat_stage_floats), of which only the lane at `end` counts: a right tap inside the
  * copied rows, or past the plane's last column (masked off). Of the vector before i only the
@@ -796,7 +797,8 @@ FS_INLINE void fs_dwconv2d_quarters(size_t k, size_t pad, size_t ih, size_t oh, 
  * shuffles (fs_vsplit_quarters), which leave the columns in "quarter order" inside each
  * vector. The accumulators stay in that order; each output vector is put back into column
  * order once, before its store. One chain per tap column, rows ky in order, the bias in the
- * centre column, summed (centre + left) + right, as on the flat paths.
+ * centre column, summed (centre + left) + right, as on the flat paths (AVX2's row ring, which
+ * took the shapes wider than the quarter planes, summed by kernel row: other bits there).
  *
  * Two of the three tap columns are the even and the odd columns of the pair of input vectors
  * at 2 x0. The third (kx = 0 with pad 1: column 2 x - 1; kx = 2 with pad 0: column 2 x + 2)
@@ -901,8 +903,9 @@ FS_INLINE const float* fs_dw_s2_in_row(ptrdiff_t iy, size_t ih, const char* inpu
 /* Output rows [oy, oy + R). Input rows outside [0, ih) are zeros, or the halo rows `above`
  * and `below` (one row each) where given. With pad 1 the blocks of columns run left to right
  * (the shifted chain takes its first column from the block before: zeros, the padding, for
- * the first), with pad 0 right to left; a last column whose right tap reads inside the row
- * (no right padding) takes it from a block past ow, summed but not stored. */
+ * the first), with pad 0 right to left. With pad 0 the last column's right tap comes from
+ * the block after it when ow is a whole number of vectors: zeros (the padding), or, where
+ * that tap lies inside the row (no right padding), a block at ow, summed but not stored. */
 FS_INLINE void fs_dw_s2_block(size_t R, size_t pad_left, size_t ih, size_t iw, size_t ow,
                               size_t pad_top, const char* input, size_t input_stride,
                               const float* above, const float* below, size_t oy,

@@ -172,8 +172,8 @@ typedef struct fs_spmm_kernel {
  * The kernel never reads x outside its ih x iw plane and the halo rows, nor writes output
  * outside oh x ow (tails are masked). Horizontal padding and
  * the stride-2 deinterleave happen while each input row is copied, exactly once, into
- * `scratch` (except on the AVX-512 3x3 stride-2 path below, which splits rows in registers
- * and touches no scratch): fs_dwconv2d_scratch_floats() floats owned by the caller (one per
+ * `scratch` (except on the AVX2 and AVX-512 3x3 stride-2 path below, which splits rows in
+ * registers and touches no scratch): fs_dwconv2d_scratch_floats() floats owned by the caller (one per
  * thread, sized for every ISA's paths), which
  * the caller zero-fills once; calls with the same shape (every size argument) may then reuse
  * it without clearing, because a kernel writes only the data columns of its rows (and zeros
@@ -244,12 +244,12 @@ static inline size_t fs_chw_row_floats(size_t k, size_t stride, size_t iw, size_
 
 /* Floats of that copy: zeros in front (the farthest tap, k/2 rows and k/2 columns, rounded to
  * whole 16-float vectors), the plane, and behind it zeros out to its last output's farthest
- * tap, plus slack: the 3x3 span (dwconv_impl.h, fs_dw_flat_span3) also loads the row taps of
- * the vector after the last output's, on AVX-512 as two aligned vectors around each, up to
- * 47 floats past the last row's tap. */
+ * tap plus the slack of that output's vector, which also holds the row taps of the vector
+ * after it that the 3x3 span loads (dwconv_impl.h, fs_dw_flat_span3: at most 19 floats past
+ * the farthest tap, on a 32-row plane 28 wide). */
 static inline size_t fs_dw_flat_stage_floats(size_t k, size_t iw) {
   const size_t reach = k / 2 * (iw + 1);
-  return (reach + 15) / 16 * 16 + FS_DW_FLAT_STAGE_ROWS * iw + reach + 48;
+  return (reach + 15) / 16 * 16 + FS_DW_FLAT_STAGE_ROWS * iw + reach + 32;
 }
 
 /* The stride-2 flat path works in bands of output rows whose four quarter planes (input rows
@@ -268,8 +268,8 @@ static inline size_t fs_dw_quarter_floats(size_t oh, size_t ow) {
 
 /* Wider stride-2 outputs keep the row path: its rows waste few lanes there, and in a fused
  * 1x1 + depthwise step (112x112 -> 56x56 in MobileNet v2) it was 7 % faster, the quarter
- * planes taking L1 space the step's other data needs. (Measured before the AVX-512 3x3
- * stride-2 kernels read rows in place; on AVX-512 this decides only 5x5 and row pieces.) */
+ * planes taking L1 space the step's other data needs. (Measured before the 3x3 stride-2
+ * kernels read rows in place; on AVX2 and AVX-512 this decides only 5x5 and row pieces.) */
 #define FS_DW_QUARTER_MAX_OW 32
 
 /* Whether a shape may take a flat path: 1 (stride 1) or 2 (stride 2), else 0. The kernel also
