@@ -220,6 +220,14 @@ FS_INLINE fs_vec fs_vshift(fs_vec hi, fs_vec lo, ptrdiff_t r) {
     default: return fs_valign_lanes(hi, lo, 15);
   }
 }
+
+/* The vector at p + off (p aligned, off a constant after inlining) from the two aligned
+ * vectors around it and a lane shift: no load across cache lines. */
+FS_INLINE fs_vec fs_vload_shifted(const float* p, ptrdiff_t off) {
+  const ptrdiff_t q = off >= 0 ? off / FS_VLEN : -((-off + FS_VLEN - 1) / FS_VLEN);
+  const float* b = p + q * FS_VLEN; /* loads the compiler merges */
+  return fs_vshift(fs_vload(b + FS_VLEN), fs_vload(b), off - q * FS_VLEN);
+}
 #endif
 
 /* One output vector of the flat paths. `wc` != 0 (stride 1, not `edge`, w == wc a constant,
@@ -247,10 +255,7 @@ FS_INLINE fs_vec fs_dw_flat_vector(size_t k, size_t s, size_t pad, int edge, siz
       fs_vec x;
 #ifdef fs_valign_lanes
       if (wc != 0) {
-        const ptrdiff_t off = dy * (ptrdiff_t)wc + dx;
-        const ptrdiff_t q = off >= 0 ? off / FS_VLEN : -((-off + FS_VLEN - 1) / FS_VLEN);
-        const float* b = plane + i + q * FS_VLEN; /* loads the compiler merges */
-        x = fs_vshift(fs_vload(b + FS_VLEN), fs_vload(b), off - q * FS_VLEN);
+        x = fs_vload_shifted(plane + i, dy * (ptrdiff_t)wc + dx);
       } else
 #endif
       if (!edge) {
@@ -386,12 +391,7 @@ FS_INLINE void fs_dw_flat_span(size_t k, size_t s, size_t pad, int edge, size_t 
  * the copy aligned), a lane shift of two aligned vectors, else a plain load. */
 FS_INLINE fs_vec fs_dw_flat_row_tap(const float* x, size_t i, ptrdiff_t dy, size_t w, size_t wc) {
 #ifdef fs_valign_lanes
-  if (wc != 0) {
-    const ptrdiff_t off = dy * (ptrdiff_t)wc;
-    const ptrdiff_t q = off >= 0 ? off / FS_VLEN : -((-off + FS_VLEN - 1) / FS_VLEN);
-    const float* b = x + i + q * FS_VLEN;
-    return fs_vshift(fs_vload(b + FS_VLEN), fs_vload(b), off - q * FS_VLEN);
-  }
+  if (wc != 0) return fs_vload_shifted(x + i, dy * (ptrdiff_t)wc);
 #endif
   (void)wc;
   return fs_vload(x + (ptrdiff_t)i + dy * (ptrdiff_t)w);
@@ -884,22 +884,6 @@ FS_INLINE void fs_dw_s2_vector(size_t R, int edge, size_t pad, int store,
   }
 }
 
-/* Input row iy of a stride-2 plane: the row, a halo row (-1: above, ih: below), or NULL
- * (zeros). */
-FS_INLINE const float* fs_dw_s2_in_row(ptrdiff_t iy, size_t ih, const char* input,
-                                       size_t input_stride, const float* above,
-                                       const float* below) {
-  const float* row = NULL;
-  if (iy >= 0 && iy < (ptrdiff_t)ih) {
-    row = (const float*)(input + (size_t)iy * input_stride);
-  } else if (iy == -1 && above != NULL) {
-    row = above;
-  } else if (iy == (ptrdiff_t)ih && below != NULL) {
-    row = below;
-  }
-  return row;
-}
-
 /* Output rows [oy, oy + R). Input rows outside [0, ih) are zeros, or the halo rows `above`
  * and `below` (one row each) where given. With pad 1 the blocks of columns run left to right
  * (the shifted chain takes its first column from the block before: zeros, the padding, for
@@ -956,6 +940,22 @@ FS_INLINE void fs_dw_s2_block(size_t R, size_t pad_left, size_t ih, size_t iw, s
 }
 
 #ifdef FS_DW_S2_PAIRS
+/* Input row iy of a stride-2 plane: the row, a halo row (-1: above, ih: below), or NULL
+ * (zeros). */
+FS_INLINE const float* fs_dw_s2_in_row(ptrdiff_t iy, size_t ih, const char* input,
+                                       size_t input_stride, const float* above,
+                                       const float* below) {
+  const float* row = NULL;
+  if (iy >= 0 && iy < (ptrdiff_t)ih) {
+    row = (const float*)(input + (size_t)iy * input_stride);
+  } else if (iy == -1 && above != NULL) {
+    row = above;
+  } else if (iy == (ptrdiff_t)ih && below != NULL) {
+    row = below;
+  }
+  return row;
+}
+
 /* Outputs at most 8 wide from rows of at most 16 floats (14x14 -> 7x7 in MobileNets): two
  * output rows per vector, lanes 0-7 and 8-15 (fs_vsplit_row_pair), where fs_dw_s2_block gives
  * each row a vector and leaves half of its lanes or more idle. The same FMAs in the same
