@@ -2,6 +2,7 @@
 results vs the reference and across thread counts, buffers reused across calls, bad
 arguments refused before any kernel runs."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -1037,6 +1038,63 @@ def test_conv2d_writes_row_pieces(isa, p, h, w, stride):
             gaps = buf[:p * cout * plane].reshape(p * cout, plane)[:, rows * ow:]
             assert np.isnan(gaps).all()
 
+
+
+def _first_step_list(kind, threads, rng):
+    """A one-step list on `threads` threads, its input, an output, the bytes of the result
+    and the step's items on several threads: the first conv into 2 row pieces (28 bands of
+    4 rows), or the conv + depthwise + 1x1 step (24 bands of 4 rows)."""
+    isa_id = _dispatch.isa_id(fs.isa())
+    cin, c = 3, 16
+    wc = rng.standard_normal((c, cin * 9)).astype(np.float32)
+    bc = rng.standard_normal(c).astype(np.float32)
+    if kind == "conv":
+        x = rng.standard_normal((1, cin, 224, 112)).astype(np.float32)
+        pieced = _pieced(c, 112, 56, 2)
+        steps = _kernels.StepList([x, pieced, np.empty((1, 1), np.float32)], threads, [0, 2, 0])
+        steps.add_conv2d(isa_id, 0, False, 1, wc, bc, 2, 1, 1, 0.0, 6.0)
+        return steps, x, np.empty((1, 1), np.float32), lambda y: _whole(pieced).tobytes(), 28
+    W, wd, b2, b1 = _dw_1x1_case(rng, c, 24, 1, 3)
+    x = rng.standard_normal((1, cin, 96, 64)).astype(np.float32)
+    mid = np.full((1, c, 96, 64), np.nan, np.float32)
+    tensors = [x, mid, mid.copy(), np.empty((1, 24, 96, 64), np.float32)]
+    steps = _kernels.StepList(tensors, threads)
+    kisa, kern = _dispatch.spmm_kernel(fs.isa(), 1, 96 * 64)
+    rows = _kernels.dw_spmm_band_rows(0, 3, 1, 96, 64, 96, 64, 1, 1, 4)
+    assert rows == 4
+    steps.add_conv2d_dwconv2d_spmm(isa_id, False, wc, bc, 1, 1, 1, 0.0, 6.0, isa_id, wd, b2, 3,
+                                   1, 1, 0.0, 6.0, kisa, kern, W._packed, 0, 1, 2, -1, 3, b1,
+                                   0.0, 6.0, rows)
+    return steps, x, np.empty((1, 24, 96, 64), np.float32), lambda y: y.tobytes(), 24
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a worker that starts late needs 2 CPUs")
+@pytest.mark.parametrize("kind", ["conv", "conv + depthwise + 1x1"])
+def test_first_step_items_claimed_by_pairs_give_the_bytes_of_one_thread(isa, kind):
+    """A list's first step on 2 threads: the threads claim its items through a counter,
+    thread 0 from the front, thread 1 from the back (fs_step.claims), so a worker woken late
+    leaves its first items to thread 0. Every split gives the bytes of one thread and runs
+    every item once; after a sleep (the worker then waits in the kernel) some splits are
+    uneven, where static shares never are; thread 1 takes several items in a row (the fused
+    step then keeps conv rows going up the image)."""
+    rng = np.random.default_rng(7)
+    one, x, y1, got, _ = _first_step_list(kind, 1, rng)
+    one.run(x, y1)
+    want = got(y1)
+    steps, x2, y, got, total = _first_step_list(kind, 2, np.random.default_rng(7))
+    assert np.array_equal(x2, x)
+    splits = []
+    for r in range(40):
+        if r % 2:
+            time.sleep(0.02)
+        y[...] = np.nan
+        ran = np.zeros((2, 1), np.int64)
+        steps.run(x, y, 0, -1, None, None, ran)
+        assert got(y) == want, (r, ran.ravel())
+        assert ran.sum() == total
+        splits.append(tuple(ran[:, 0]))
+    assert any(a != b for a, b in splits), splits
+    assert any(b >= 2 for _, b in splits), splits
 
 @pytest.mark.parametrize("p,h,w,k,stride,pad", PIECES_CASES)
 def test_row_pieces_give_the_bytes_of_whole_images(isa, p, h, w, k, stride, pad):

@@ -123,7 +123,7 @@ cdef extern from "csrc/fs_steps.h" nogil:
         const float* bias
         float lo, hi
         size_t scratch_floats
-        size_t nbands, gap, runs
+        size_t nbands, gap
         const int64_t* bands
     ctypedef struct fs_conv2d_args:
         fs_conv2d_fn fn
@@ -154,12 +154,18 @@ cdef extern from "csrc/fs_steps.h" nogil:
         fs_conv2d_args conv
         fs_gavgpool_args pool
         fs_vadd_args vadd
+        int64_t* claims
+        size_t nclaims
     void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
-                      double* times, int each, double* done, int done_threads)
+                      double* times, int each, double* done, int64_t* ran, int done_threads)
     void fs_run_images(const fs_step* const* steps, const size_t* counts, float** const* tables,
                        size_t ntensors, int lists, const float* x, size_t x_image, float* y,
                        size_t y_image, size_t per, double* times)
 
+
+# Bands per thread of a first conv whose items are claimed (StepList._claimed): fine enough
+# that a late thread's partner takes its first bands.
+CLAIMED_BANDS = 14
 
 # Largest byte offset the kernels' int32 offsets can hold.
 cdef int64_t _OFFSET_LIMIT = 2147483647
@@ -716,7 +722,7 @@ cdef int _run_one(fs_step* st, const float* x, const float* res, float* y,
     table[0], table[1], table[2] = <float*>x, <float*>res, y
     st.src, st.res, st.dst = 0, 1 if res != NULL else -1, 2
     with nogil:
-        fs_run_steps(st, 1, table, num_threads, NULL, 0, NULL, 0)
+        fs_run_steps(st, 1, table, num_threads, NULL, 0, NULL, NULL, 0)
     return 0
 
 
@@ -1067,6 +1073,11 @@ cdef class StepList:
                 raise ValueError(f"tensor {dst} must not overlap tensor {t}")
         return 0
 
+    cdef bint _claimed(self):
+        """Whether the step appended next will have its items claimed (fs_step.claims): the
+        first one, on several threads."""
+        return self._count == 0 and self.num_threads > 1
+
     cdef int _append(self, fs_step* st, int src, int res, int dst, tuple keep) except -1:
         if self._count == self._cap:
             cap = max(16, 2 * self._cap)
@@ -1075,6 +1086,15 @@ cdef class StepList:
                 raise MemoryError()
             self._steps, self._cap = grown, cap
         st.src, st.res, st.dst = src, res, dst
+        cdef int64_t[::1] claims
+        if self._claimed() and st.items > 1:
+            # The first step's items claimed, not assigned (fs_step.claims): a counter per
+            # pair of threads, on a line of its own.
+            st.nclaims = _ceil_div(self.num_threads, 2)
+            held = np.zeros(8 * st.nclaims + 8, dtype=np.int64)
+            keep += (held,)
+            claims = held
+            st.claims = &claims[(64 - (<size_t>&claims[0]) % 64) // 8 % 8]
         self._steps[self._count] = st[0]
         self._count += 1
         self._keep.append(keep)
@@ -1191,9 +1211,19 @@ cdef class StepList:
         _conv2d_step(&st, isa, self._tensor(src, False), nhwc, w, bias,
                      self._whole(dst) if p else self._tensor(dst, False), stride, pad_top,
                      pad_left, lo, hi, self.num_threads)
+        cdef Py_ssize_t oh = st.conv.oh, n = self._tensors[dst].shape[0], band
         if p and st.items:
             st.dst_s = self._piece_strides(dst, st.dst_s)
-            st.conv.band, st.conv.pieces, st.items = st.conv.oh // p, p, p
+            band = oh // p
+            if self._claimed():  # bands inside the pieces
+                band = _ceil_div(band, CLAIMED_BANDS)
+                while (oh // p) % band:
+                    band -= 1
+            st.conv.band, st.conv.pieces, st.items = band, oh // band, oh // band
+        elif st.items and self._claimed():
+            band = _ceil_div(oh, min(oh, _ceil_div(CLAIMED_BANDS * self.num_threads, n)))
+            st.conv.band, st.conv.pieces = band, _ceil_div(oh, band)
+            st.items = n * st.conv.pieces
         st.scratch = self._scratch(&st)
         self._append(&st, src, -1, dst, (w, bias))
 
@@ -1376,18 +1406,12 @@ cdef class StepList:
                              f"more than {FS_DW_FLAT_STAGE_ROWS} of them")
         cdef Py_ssize_t n = c.shape[0], h = k // 2, band = band_rows * iw
         cdef Py_ssize_t ps = _ceil_div(band, 16) * 16, crows = band_rows + 2 * h
-        cdef Py_ssize_t nbands = ih // band_rows, runs = 1
-        if n < self.num_threads:  # the bands of an image in runs, one per thread
-            runs = min(self.num_threads, nbands)
-            while nbands % runs:
-                runs -= 1
         st.src_s = cv.src_s
         st.kind = FS_STEP_CONV2D_DWCONV2D_SPMM
         st.conv = cv.conv
         st.conv.band = crows
         st.dw = dw.dw
         keep = self._bands_of(&st, w, ih, iw, band, h)
-        st.dw.runs = runs
         st.dw.scratch_floats = _ceil_div(dw.scratch_floats, 16) * 16
         st.scratch_floats = st.dw.scratch_floats + cv.scratch_floats
         # Conv rows [na, nb) sit at the top of their planes, whose origin lies na rows before;
@@ -1395,7 +1419,7 @@ cdef class StepList:
         # a plane of the image.
         st.dw.gap = _ceil_div(ih * iw, 16) * 16
         st.work_floats = st.dw.gap + cv.conv.cout * crows * iw + dw.dw.c * ps
-        st.items = n * runs if st.items != 0 and dw.items != 0 and cv.items != 0 else 0
+        st.items = n * st.dw.nbands if st.items != 0 and dw.items != 0 and cv.items != 0 else 0
         st.scratch = self._scratch(&st)
         self._append(&st, src, res, dst, (w, bias, conv_w, conv_bias, dw_w, dw_bias) + keep)
 
@@ -1408,7 +1432,7 @@ cdef class StepList:
         self._append(&st, src, -1, dst, ())
 
     def run(self, x, y, Py_ssize_t begin=0, Py_ssize_t end=-1, double[::1] times=None,
-            double[:, ::1] thread_times=None):
+            double[:, ::1] thread_times=None, int64_t[:, ::1] thread_items=None):
         """Runs steps [begin, end) (end = -1: to the last) with tensor 0 = x and the last
         tensor = y, arrays of exactly the shapes the list was built with. If `times` is given,
         times[0] is the start and times[i + 1] the end of step begin + i, in seconds
@@ -1416,7 +1440,9 @@ cdef class StepList:
         If `thread_times` (rows x (end - begin)) is given, thread_times[t, i] is when thread
         t finished its share of step begin + i, before the step's barrier (rows past the
         team the runtime gave keep their values): with `times`, each thread's time per step
-        and the steps' imbalance (tools/thread_steps.py)."""
+        and the steps' imbalance (tools/thread_steps.py). If `thread_items` (int64, the same
+        shape) is given, thread_items[t, i] is how many items of step begin + i thread t ran:
+        how a step with claimed items (a list's first) was split."""
         if end < 0:
             end = self._count
         if not 0 <= begin <= end <= self._count:
@@ -1433,10 +1459,18 @@ cdef class StepList:
             raise ValueError(f"times must have {end - begin + 1} entries (or 2)")
         if thread_times is not None and thread_times.shape[1] != end - begin:
             raise ValueError(f"thread_times must have {end - begin} columns")
+        if thread_items is not None and (thread_items.shape[1] != end - begin or (
+                thread_times is not None and thread_items.shape[0] != thread_times.shape[0])):
+            raise ValueError(f"thread_items must have {end - begin} columns"
+                             + (" and as many rows as thread_times" if thread_times is not None
+                                else ""))
         cdef double* dptr = NULL
+        cdef int64_t* iptr = NULL
         cdef int drows = 0
         if thread_times is not None and thread_times.shape[0] and end > begin:
             dptr, drows = &thread_times[0, 0], <int>min(thread_times.shape[0], self.num_threads)
+        if thread_items is not None and thread_items.shape[0] and end > begin:
+            iptr, drows = &thread_items[0, 0], <int>min(thread_items.shape[0], self.num_threads)
         if self._busy:
             raise RuntimeError("StepList.run is not reentrant")
         self._ensure_work()
@@ -1453,7 +1487,7 @@ cdef class StepList:
         try:
             with nogil:
                 fs_run_steps(self._steps + begin, end - begin, self._table, self.num_threads,
-                             tptr, each, dptr, drows)
+                             tptr, each, dptr, iptr, drows)
         finally:
             self._busy = False
             self._table[0] = self._table[last] = NULL
@@ -1507,7 +1541,8 @@ cdef class StepList:
             self._table[self._ntensors - 1] = <float*>yb.buf
             with nogil:
                 fs_run_steps(self._steps, self._count, self._table, self.num_threads,
-                             <double*>stamps if inside is not None else NULL, 0, NULL, 0)
+                             <double*>stamps if inside is not None else NULL, 0, NULL, NULL,
+                             0)
             if inside is not None:
                 inside[0] += stamps[1] - stamps[0]
             return y

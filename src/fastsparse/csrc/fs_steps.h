@@ -93,8 +93,8 @@ typedef struct fs_dwconv2d_args {
    * [out_begin, out_end) and the input positions [in_begin, in_end) (whole rows) that the
    * band's taps use, which the band's 1x1 computes. FS_STEP_DWCONV2D_SPMM: the same, each band
    * inside one row piece of the input; its planes start `gap` floats into the thread's work.
-   * FS_STEP_CONV2D_DWCONV2D_SPMM: item t = (image, run t % runs of nbands / runs bands). */
-  size_t nbands, gap, runs;
+   * FS_STEP_CONV2D_DWCONV2D_SPMM: item t = (image, band t % nbands). */
+  size_t nbands, gap;
   const int64_t* bands;
 } fs_dwconv2d_args;
 
@@ -160,7 +160,23 @@ typedef struct fs_step {
   fs_conv2d_args conv;
   fs_gavgpool_args pool;
   fs_vadd_args vadd;
+  /* NULL, or `nclaims` counters, one per 64-byte line, that make the items claimed, not
+   * assigned (fs_run_steps zeroes them before each run): the threads of each pair (2i,
+   * 2i + 1) share the items the static schedule would give them through counter i, thread
+   * 2i taking them from the front, 2i + 1 from the back. For a list's first step: a worker
+   * woken from sleep starts 25-40 us late in a VM, and its partner takes its first items
+   * instead of waiting at the barrier. The items each thread gets then vary from call to
+   * call, never the arithmetic of an item. */
+  int64_t* claims;
+  size_t nclaims;
 } fs_step;
+
+/* What a thread keeps from one item of a step to its next: the first conv's rows that the
+ * band of FS_STEP_CONV2D_DWCONV2D_SPMM before held, rows [ra, rb) of image img (none when
+ * rb == 0). Reset at every step. */
+typedef struct fs_item_state {
+  size_t img, ra, rb;
+} fs_item_state;
 
 static inline double fs_now(void) {
 #ifdef _OPENMP
@@ -264,7 +280,8 @@ static inline void fs_dw_band_spmm(const fs_dwconv2d_args* d, const fs_spmm_args
                out_stride);
 }
 
-static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread) {
+static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread,
+                         fs_item_state* held) {
   const float* x = tensors[st->src];
   float* y = tensors[st->dst];
   const float* r = st->res >= 0 ? tensors[st->res] : NULL;
@@ -353,48 +370,51 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
       return;
     }
     case FS_STEP_CONV2D_DWCONV2D_SPMM: {
-      /* FS_STEP_DWCONV2D_SPMM, band after band of a run, on the conv's output rows that each
-       * band's taps read, which the conv first writes into this thread's work (the rows the
-       * band before also read are kept: moved to the top of each plane). Neither the conv's
-       * output nor the depthwise conv's makes the round trip through L3 or memory. The conv
-       * and the depthwise kernel address their planes by absolute rows, from origins up to
-       * `gap` floats before the work's planes (never touched). Scratch: the depthwise
-       * kernel's, then the conv's. */
+      /* FS_STEP_DWCONV2D_SPMM on one band, on the conv's output rows that its taps read,
+       * which the conv first writes into this thread's work. The rows the thread's band before
+       * also read (the band above or below on the same image) are kept, moved to where this
+       * band's rows sit. Neither the conv's output nor the depthwise conv's makes the round
+       * trip through L3 or memory. The conv and the depthwise kernel address their planes by
+       * absolute rows, from origins up to `gap` floats before the work's planes (never
+       * touched). Scratch: the depthwise kernel's, then the conv's. */
       const fs_conv2d_args* c = &st->conv;
       const fs_dwconv2d_args* d = &st->dw;
       const fs_spmm_args* a = &st->spmm;
-      const size_t img = t / d->runs, run = t % d->runs, per = d->nbands / d->runs, w = d->iw;
+      const size_t img = t / d->nbands, w = d->iw;
       const size_t cs = c->band * w, ps = fs_plane_floats((size_t)(d->bands[1] - d->bands[0]));
       float* rows = st->work + (size_t)thread * st->work_floats + d->gap;
-      float* planes = rows + c->cout * cs;
-      float* conv_scratch = scratch + d->scratch_floats;
-      const float* image = x + img * xs.image;
-      size_t ra = 0, rb = 0; /* the conv rows held: [ra, rb) */
-      for (size_t j = run * per; j < (run + 1) * per; j++) {
-        const int64_t* band = d->bands + 4 * j;
-        const size_t m0 = (size_t)band[0], m1 = (size_t)band[1];
-        const size_t na = (size_t)band[2] / w, nb = (size_t)band[3] / w;
-        size_t from = na;
-        if (ra <= na && na < rb) {
-          if (na > ra) {
-            for (size_t ch = 0; ch < c->cout; ch++) {
-              memmove(rows + ch * cs, rows + ch * cs + (na - ra) * w,
-                      (rb - na) * w * sizeof(float));
-            }
+      const int64_t* band = d->bands + 4 * (t % d->nbands);
+      const size_t m0 = (size_t)band[0], m1 = (size_t)band[1];
+      const size_t na = (size_t)band[2] / w, nb = (size_t)band[3] / w;
+      size_t from = na, to = nb; /* the conv rows still to compute */
+      if (held->img == img && held->ra <= na && na < held->rb) { /* going down: keep the top */
+        if (na > held->ra) {
+          for (size_t ch = 0; ch < c->cout; ch++) {
+            memmove(rows + ch * cs, rows + ch * cs + (na - held->ra) * w,
+                    (held->rb - na) * w * sizeof(float));
           }
-          from = rb;
         }
-        if (from < nb) {
-          c->fn(c->cin, c->ih, c->iw, c->oh, c->ow, c->pad_top, c->pad_left, from, nb, image,
-                c->channel_stride, c->row_stride, c->pixel_stride, c->cout, c->weights, c->bias,
-                conv_scratch, rows - na * w, cs * sizeof(float), w * sizeof(float), c->lo, c->hi);
+        from = held->rb;
+      } else if (held->img == img && na < held->ra && held->ra < nb && nb <= held->rb) {
+        for (size_t ch = 0; ch < c->cout; ch++) { /* going up: keep the bottom */
+          memmove(rows + ch * cs + (held->ra - na) * w, rows + ch * cs,
+                  (nb - held->ra) * w * sizeof(float));
         }
-        ra = na;
-        rb = nb;
-        fs_dw_band_spmm(d, a, d->ih, rows - na * w, cs, NULL, NULL, scratch, planes, ps, m0, m1,
-                        r != NULL ? r + img * rs.image + m0 : NULL, rs.channel * sizeof(float),
-                        y + img * ys.image + m0, ys.channel * sizeof(float));
+        to = held->ra;
       }
+      if (from < to) {
+        c->fn(c->cin, c->ih, c->iw, c->oh, c->ow, c->pad_top, c->pad_left, from, to,
+              x + img * xs.image, c->channel_stride, c->row_stride, c->pixel_stride, c->cout,
+              c->weights, c->bias, scratch + d->scratch_floats, rows - na * w, cs * sizeof(float),
+              w * sizeof(float), c->lo, c->hi);
+      }
+      held->img = img;
+      held->ra = na;
+      held->rb = nb;
+      fs_dw_band_spmm(d, a, d->ih, rows - na * w, cs, NULL, NULL, scratch, rows + c->cout * cs, ps,
+                      m0, m1, r != NULL ? r + img * rs.image + m0 : NULL,
+                      rs.channel * sizeof(float), y + img * ys.image + m0,
+                      ys.channel * sizeof(float));
       return;
     }
     case FS_STEP_DWCONV2D: {
@@ -473,16 +493,38 @@ static void fs_step_reduce(const fs_step* st, size_t t, float* const* tensors) {
   }
 }
 
+/* The items of a step with claims (fs_step.claims) that this thread of a `team` takes;
+ * returns how many. */
+static size_t fs_claim_items(const fs_step* st, float* const* tensors, int thread, int team,
+                             fs_item_state* held) {
+  const size_t n = st->items, q = n / (size_t)team, extra = n % (size_t)team;
+  const size_t first = (size_t)(thread & ~1), last = (size_t)(thread | 1) < (size_t)team
+                                                         ? (size_t)(thread | 1) : first;
+  /* The static schedule's ranges of the pair's threads, joined: [lo, hi). */
+  const size_t lo = first * q + (first < extra ? first : extra);
+  const size_t hi = (last + 1) * q + (last + 1 < extra ? last + 1 : extra);
+  int64_t* counter = st->claims + 8 * (size_t)(thread / 2);
+  size_t i = 0;
+  for (; i < hi - lo; i++) {
+    if (__atomic_fetch_add(counter, 1, __ATOMIC_RELAXED) >= (int64_t)(hi - lo)) break;
+    fs_step_item(st, (thread & 1) ? hi - 1 - i : lo + i, tensors, thread, held);
+  }
+  return i;
+}
+
 /* Runs steps [0, count) on `threads` threads over the tensor table. If `times` is not NULL,
  * times[0] is the start and, if `each`, times[s + 1] the end of step s (after its barrier),
  * else times[1] the end of the last step, in seconds. (A clock read costs up to 0.5 us in a
  * VM without a TSC clock source: reading it per step adds ~25 us per MobileNet call.) If
  * `done` is not NULL, done[t * count + s] is when thread t < done_threads finished its items
  * of step s, before the barrier: the step's imbalance and each thread's share, for
- * profiling. */
+ * profiling; and if `ran` is not NULL, ran[t * count + s] how many items it ran. */
 static void fs_run_steps(const fs_step* steps, size_t count, float* const* tensors, int threads,
-                         double* times, int each, double* done, int done_threads) {
+                         double* times, int each, double* done, int64_t* ran, int done_threads) {
   if (times != NULL) times[0] = fs_now();
+  for (size_t s = 0; s < count; s++) {
+    if (steps[s].claims != NULL) memset(steps[s].claims, 0, steps[s].nclaims * 64);
+  }
 #ifndef _OPENMP
   (void)threads;
 #endif
@@ -491,13 +533,27 @@ static void fs_run_steps(const fs_step* steps, size_t count, float* const* tenso
 #endif
   {
     const int thread = fs_thread_id();
+#ifdef _OPENMP
+    const int team = omp_get_num_threads();
+#else
+    const int team = 1;
+#endif
     for (size_t s = 0; s < count; s++) {
       const fs_step* st = &steps[s];
       const ptrdiff_t items = (ptrdiff_t)st->items;
+      fs_item_state held = {0, 0, 0};
+      size_t mine = 0;
+      if (st->claims != NULL && team > 1) {
+        mine = fs_claim_items(st, tensors, thread, team, &held);
+      } else {
 #ifdef _OPENMP
 #pragma omp for schedule(static) nowait
 #endif
-      for (ptrdiff_t t = 0; t < items; t++) fs_step_item(st, (size_t)t, tensors, thread);
+        for (ptrdiff_t t = 0; t < items; t++) {
+          fs_step_item(st, (size_t)t, tensors, thread, &held);
+          mine++;
+        }
+      }
       if (st->kind == FS_STEP_SPMM_KSPLIT) { /* the same branch on every thread */
 #ifdef _OPENMP
 #pragma omp barrier
@@ -509,6 +565,7 @@ static void fs_run_steps(const fs_step* steps, size_t count, float* const* tenso
         for (ptrdiff_t t = 0; t < pieces; t++) fs_step_reduce(st, (size_t)t, tensors);
       }
       if (done != NULL && thread < done_threads) done[(size_t)thread * count + s] = fs_now();
+      if (ran != NULL && thread < done_threads) ran[(size_t)thread * count + s] = (int64_t)mine;
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
@@ -543,7 +600,7 @@ static void fs_run_images(const fs_step* const* steps, const size_t* counts, flo
       for (size_t i = (size_t)l * per; i < (size_t)(l + 1) * per; i++) {
         table[0] = (float*)(x + i * x_image);
         table[ntensors - 1] = y + i * y_image;
-        fs_run_steps(steps[l], counts[l], table, 1, NULL, 0, NULL, 0);
+        fs_run_steps(steps[l], counts[l], table, 1, NULL, 0, NULL, NULL, 0);
       }
     }
   }
