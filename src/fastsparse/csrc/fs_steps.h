@@ -280,6 +280,17 @@ static inline void fs_dw_band_spmm(const fs_dwconv2d_args* d, const fs_spmm_args
                out_stride);
 }
 
+/* How many channels ahead a row piece's depthwise conv asks for its halo rows: 2 us less per
+ * 192 x 28 x 28 layer of MobileNet v2 on 2 threads (4, 8 and 16 alike). */
+#define FS_HALO_AHEAD 8
+
+/* Asks for the lines of floats [p, p + n). */
+static inline void fs_prefetch_floats(const float* p, size_t n) {
+  const char* c = (const char*)p;
+  for (size_t o = 0; o < n * sizeof(float); o += 64) __builtin_prefetch(c + o, 0, 3);
+  __builtin_prefetch(c + n * sizeof(float) - 1, 0, 3);
+}
+
 static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int thread,
                          fs_item_state* held) {
   const float* x = tensors[st->src];
@@ -430,8 +441,16 @@ static void fs_step_item(const fs_step* st, size_t t, float* const* tensors, int
         const float *above = NULL, *below = NULL;
         if (a->linked > 0) { /* img is a row piece: halo rows from the pieces around it */
           assert(a->halo_rows <= a->ih);
+          const size_t halo = a->halo_rows * a->iw;
           if (img % a->linked != 0) above = plane - xs.image + (a->ih - a->halo_rows) * a->iw;
           if (img % a->linked + 1 != a->linked) below = plane + xs.image;
+          /* The halo rows of the plane FS_HALO_AHEAD channels on, which the other core
+           * wrote: asked for now, they arrive while this plane and the next ones run. */
+          if (ch + FS_HALO_AHEAD < a->c) {
+            const size_t on = FS_HALO_AHEAD * xs.channel;
+            if (above != NULL) fs_prefetch_floats(above + on, halo);
+            if (below != NULL) fs_prefetch_floats(below + on, halo);
+          }
         }
         fs_dwconv2d_plane(a, ch, plane, above, below, scratch,
                           y + img * ys.image + ch * ys.channel, 0, n);
