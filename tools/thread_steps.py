@@ -8,8 +8,10 @@ call on as many threads when onnxruntime is installed, else a 64 MB sweep).
 Per step (by the index of its first layer): the 1-thread time, the T-thread time and the
 ratio, the slowest thread's share minus half the 1-thread time ("excess": what the step
 loses to perfect scaling before its barrier), the imbalance between threads and the wait in
-the barrier. Medians over `rounds` calls of each kind; the machine's noise applies
-(BENCHMARKS.md). Session 14 used it to find the multi-thread arena's cold lines.
+the barrier; and how many items of the first step each thread took (they are claimed:
+a worker woken late takes fewer). Medians over `rounds` calls of each kind; the machine's
+noise applies (BENCHMARKS.md). Session 14 used it to find the multi-thread arena's cold
+lines.
 """
 import sys
 
@@ -47,26 +49,28 @@ def main(arch="mobilenet_v2", threads=2, rounds=40):
         n = len(steps)
         for mode in ("warm", "cold"):
             ends, done = np.zeros((rounds, n + 1)), np.full((rounds, t, n), np.nan)
+            ran = np.zeros((rounds, t, n), np.int64)
             for r in range(rounds):
                 if mode == "cold":
                     evict(t)
                 else:
                     steps.run(x, y)
-                steps.run(x, y, 0, -1, ends[r], done[r])
+                steps.run(x, y, 0, -1, ends[r], done[r], ran[r])
             step = np.median(np.diff(ends, axis=1), axis=0) * 1e6
             share = np.median(done - ends[:, None, :-1], axis=0) * 1e6  # (t, n)
-            out[(t, mode)] = step, share
+            out[(t, mode)] = step, share, np.median(ran[:, :, 0], axis=0)
     first = {t: lists[t][1] for t in lists}
     print(f"{arch}, {threads} threads, {rounds} calls per kind; "
           f"cold = after {'an ONNX Runtime call' if engines else 'a 64 MB sweep'}")
     for mode in ("warm", "cold"):
-        one, _ = out[(1, mode)]
-        many, share = out[(threads, mode)]
+        one, _, _ = out[(1, mode)]
+        many, share, first_items = out[(threads, mode)]
         one_by = dict(zip(first[1], one))
         print(f"\n{mode}: 1 thread {one.sum():.0f} us, {threads} threads {many.sum():.0f} us, "
               f"{one.sum() / many.sum():.2f}x; imbalance "
               f"{np.nansum(share.max(0) - share.min(0)):.0f} us, barriers "
-              f"{np.nansum(many - share.max(0)):.0f} us")
+              f"{np.nansum(many - share.max(0)):.0f} us; first step's items per thread "
+              f"(claimed: fs_step.claims) {' / '.join(f'{v:g}' for v in first_items)}")
         print("| layer | 1 thread us | T threads us | x | excess us | imbalance us | barrier us |")
         print("|---|---|---|---|---|---|---|")
         for i, layer in enumerate(first[threads]):
