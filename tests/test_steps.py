@@ -1074,9 +1074,10 @@ def test_first_step_items_claimed_by_pairs_give_the_bytes_of_one_thread(isa, kin
     """A list's first step on 2 threads: the threads claim its items through a counter,
     thread 0 from the front, thread 1 from the back (fs_step.claims), so a worker woken late
     leaves its first items to thread 0. Every split gives the bytes of one thread and runs
-    every item once; after a sleep (the worker then waits in the kernel) some splits are
-    uneven, where static shares never are; thread 1 takes several items in a row (the fused
-    step then keeps conv rows going up the image)."""
+    every item once, after a sleep (the worker then starts late, by 25-40 us here: uneven
+    splits) or back to back; thread 1 takes several items in a row (the fused step then
+    keeps conv rows going up the image). How uneven the splits get depends on the machine
+    (under qemu, where an item takes milliseconds, they stay even): not asserted."""
     rng = np.random.default_rng(7)
     one, x, y1, got, _ = _first_step_list(kind, 1, rng)
     one.run(x, y1)
@@ -1093,8 +1094,8 @@ def test_first_step_items_claimed_by_pairs_give_the_bytes_of_one_thread(isa, kin
         assert got(y) == want, (r, ran.ravel())
         assert ran.sum() == total
         splits.append(tuple(ran[:, 0]))
-    assert any(a != b for a, b in splits), splits
     assert any(b >= 2 for _, b in splits), splits
+
 
 @pytest.mark.parametrize("p,h,w,k,stride,pad", PIECES_CASES)
 def test_row_pieces_give_the_bytes_of_whole_images(isa, p, h, w, k, stride, pad):
