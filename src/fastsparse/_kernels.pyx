@@ -611,7 +611,7 @@ cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, :] x, const f
 cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, :] xv, bint nhwc,
                       const float[:, ::1] w, bias, float[:, :, :, :] out, Py_ssize_t stride,
                       Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi,
-                      int num_threads) except -1:
+                      int num_threads, Py_ssize_t per_thread=2) except -1:
     cdef const fs_chw_ops* ops = _chw_ops(isa)
     if stride != 1 and stride != 2:
         raise ValueError(f"stride must be 1 or 2, got {stride}")
@@ -648,8 +648,10 @@ cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, :] xv, bint nhw
     st.dst_s = _tensor_strides(n, cout, oh * ow, out.strides[0], out.strides[1], "out")
     if num_threads < 1:
         num_threads = 1
-    # Bands of rows: ~2 per thread and image (each band restages up to 2 extra input rows).
-    cdef Py_ssize_t pieces = min(oh, max(1, _ceil_div(2 * num_threads, n))) if num_threads > 1 else 1
+    # Bands of rows: ~`per_thread` per thread and image (each band restages up to 2 extra
+    # input rows).
+    cdef Py_ssize_t pieces = (min(oh, max(1, _ceil_div(per_thread * num_threads, n)))
+                              if num_threads > 1 else 1)
     cdef Py_ssize_t band = _ceil_div(oh, pieces)
     pieces = _ceil_div(oh, band)
     st.conv.weights = &w[0, 0]
@@ -1089,12 +1091,12 @@ cdef class StepList:
         cdef int64_t[::1] claims
         if self._claimed() and st.items > 1:
             # The first step's items claimed, not assigned (fs_step.claims): a counter per
-            # pair of threads, on a line of its own.
+            # pair of threads, on a line of its own (fs_run_steps zeroes them).
             st.nclaims = _ceil_div(self.num_threads, 2)
-            held = np.zeros(8 * st.nclaims + 8, dtype=np.int64)
+            held = line_aligned_empty(16 * st.nclaims).view(np.int64)
             keep += (held,)
             claims = held
-            st.claims = &claims[(64 - (<size_t>&claims[0]) % 64) // 8 % 8]
+            st.claims = &claims[0]
         self._steps[self._count] = st[0]
         self._count += 1
         self._keep.append(keep)
@@ -1208,10 +1210,11 @@ cdef class StepList:
         self._check_roles(src, -1, dst)
         memset(&st, 0, sizeof(st))
         cdef Py_ssize_t p = self._pieces[dst]
+        cdef Py_ssize_t per_thread = CLAIMED_BANDS if self._claimed() else 2
         _conv2d_step(&st, isa, self._tensor(src, False), nhwc, w, bias,
                      self._whole(dst) if p else self._tensor(dst, False), stride, pad_top,
-                     pad_left, lo, hi, self.num_threads)
-        cdef Py_ssize_t oh = st.conv.oh, n = self._tensors[dst].shape[0], band
+                     pad_left, lo, hi, self.num_threads, per_thread)
+        cdef Py_ssize_t oh = st.conv.oh, band
         if p and st.items:
             st.dst_s = self._piece_strides(dst, st.dst_s)
             band = oh // p
@@ -1220,10 +1223,6 @@ cdef class StepList:
                 while (oh // p) % band:
                     band -= 1
             st.conv.band, st.conv.pieces, st.items = band, oh // band, oh // band
-        elif st.items and self._claimed():
-            band = _ceil_div(oh, min(oh, _ceil_div(CLAIMED_BANDS * self.num_threads, n)))
-            st.conv.band, st.conv.pieces = band, _ceil_div(oh, band)
-            st.items = n * st.conv.pieces
         st.scratch = self._scratch(&st)
         self._append(&st, src, -1, dst, (w, bias))
 
