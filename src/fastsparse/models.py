@@ -541,7 +541,9 @@ class Network:
         On T > 1 threads, the tensors _row_pieces picks are held in T row pieces, and piece p
         of each lies in region p of the arena (_plan_regions): each thread writes only its
         region's lines of them, at every layer and every call. (The other tensors, which
-        threads split by positions or channels, sit in the gaps; both threads write those.)"""
+        threads split by positions or channels, sit in the gaps; both threads write those.)
+        There, the input of a 1x1 that every thread reads whole also lives one layer longer
+        (_read_whole_by_all), so the next step writes elsewhere."""
         plan = self._plans.get((key, threads))
         if plan is None:
             shapes = self._shapes(key[0])
@@ -557,6 +559,8 @@ class Network:
                 last_use[layer.src] = i + 1 if i in fused else i
                 if layer.res is not None:
                     last_use[layer.res] = i
+                if threads > 1 and self._read_whole_by_all(i, shapes, fused, pieced):
+                    last_use[layer.src] = i + 1
             # Planned tensors (not the input, not the logits, not a fused pair's first output):
             # the layer writing each, its floats.
             born, size = {}, {}
@@ -575,6 +579,20 @@ class Network:
             plan = (shapes, _arena_floats(spans), spans, fused, pieced, stride)
             self._plans[(key, threads)] = plan
         return plan
+
+    def _read_whole_by_all(self, i, shapes, fused, pieced):
+        """Whether layer i, on several threads at batch 1, reads its whole input on every
+        thread: a 1x1 step of its own split by output channels (not K-split, input not in
+        row pieces), on images of more than one position. Its input's lines then sit in
+        every core's cache, and the next step must not write its output over them (_plan):
+        each store would first take its line back from the other core. MobileNet v1's
+        512 x 14 x 14 depthwise convs, which wrote over the input of the 1x1 before them,
+        took 32-33 us on 2 threads against 17.5 us into other lines (tools/shared_lines.py)."""
+        layer = self.layers[i]
+        shape = shapes[layer.src]
+        return (type(layer) is _Pointwise and i not in fused and i - 1 not in fused
+                and layer.src not in pieced and int(np.prod(shape[2:])) > 1
+                and not layer._ksplit(shape))
 
     @staticmethod
     def _plan_regions(born, size, life, pieced, pieces):
