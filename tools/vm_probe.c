@@ -1,4 +1,4 @@
-/* Two facts about a shared VM that decide what an interleaved benchmark measures
+/* Four facts about a shared VM that decide what an interleaved benchmark measures
  * (BENCHMARKS.md, session 9):
  *
  *   1. whether data in L3 survives a pause: a 4 MB buffer (larger than L2) is read once per
@@ -13,6 +13,13 @@
  *      be no faster than a 1-thread one; an alone time well above the best one means another
  *      guest's thread shares that vCPU's core (session 15).
  *
+ *   4. what waking a thread that sleeps on the other vCPU costs, as an OpenMP team's master
+ *      does at the start of a call after an idle gap longer than the workers spin (libgomp:
+ *      ~7-10 ms): after 20 ms of sleep, how long the waker spends in futex(FUTEX_WAKE) and
+ *      how late the woken thread runs. In a VM the wake is an IPI to a halted vCPU; the
+ *      sender leaves the guest for it (session 17: 15 us in the syscall, the thread running
+ *      49 us after the wake began).
+ *
  *   gcc -O2 -pthread tools/vm_probe.c -o /tmp/vm_probe && /tmp/vm_probe [rounds]
  *
  * With `rounds`, probes 2 and 3 repeat that many times, half a second apart: the state moves
@@ -20,13 +27,16 @@
  */
 #define _GNU_SOURCE
 #include <immintrin.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now(void) {
   struct timespec t;
@@ -132,6 +142,51 @@ static int cmp(const void* a, const void* b) {
 
 static void ping_pong(void);
 
+/* Probe 4: the sleeper waits on `wake_word` in futex(FUTEX_WAIT) on CPU 1. */
+static _Alignas(64) atomic_int wake_word;
+static double woke_at;
+
+static void* sleeper(void* arg) {
+  (void)arg;
+  pin(1);
+  for (;;) {
+    int w;
+    while ((w = atomic_load(&wake_word)) == 0) {
+      syscall(SYS_futex, &wake_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    }
+    if (w < 0) return NULL;
+    woke_at = now();
+    atomic_store(&wake_word, 0);
+  }
+}
+
+static void wake_after_sleep(void) {
+  enum { WAKES = 40 };
+  double in_call[WAKES], late[WAKES];
+  pthread_t other;
+  atomic_store(&wake_word, 0);
+  if (pthread_create(&other, NULL, sleeper, NULL) != 0) return;
+  for (int i = 0; i < WAKES; i++) {
+    const struct timespec idle = {0, 20000000};
+    nanosleep(&idle, NULL);
+    const double t = now();
+    atomic_store(&wake_word, 1);
+    syscall(SYS_futex, &wake_word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    in_call[i] = now() - t;
+    while (atomic_load(&wake_word) != 0) {
+    }
+    late[i] = woke_at - t;
+  }
+  atomic_store(&wake_word, -1);
+  syscall(SYS_futex, &wake_word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  pthread_join(other, NULL);
+  qsort(in_call, WAKES, sizeof(double), cmp);
+  qsort(late, WAKES, sizeof(double), cmp);
+  printf("waking a thread asleep 20 ms on CPU 1: %.1f us in futex_wake, running after %.1f us "
+         "(medians; p90 %.1f)\n", in_call[WAKES / 2] * 1e6, late[WAKES / 2] * 1e6,
+         late[WAKES * 9 / 10] * 1e6);
+}
+
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? atoi(argv[1]) : 1;
   pin(0);
@@ -157,6 +212,7 @@ int main(int argc, char** argv) {
          "(medians)\n", warm[ROUNDS / 2] * 1e6, paused[ROUNDS / 2] * 1e6);
 
   free(buf);
+  wake_after_sleep();
   for (int r = 0; r < rounds; r++) {
     if (r > 0) {
       const struct timespec half = {0, 500000000};
