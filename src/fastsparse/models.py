@@ -412,6 +412,7 @@ class Network:
         self.arch = arch
         self.layers = layers
         self._plans = {}
+        self._held = {}  # per plan, the tensors held back from later outputs (_shared_reads)
         self._free = {}
         self._lock = threading.Lock()
         # (workspace key, workspace) kept out of the pool for batch-1 calls, which run its
@@ -542,8 +543,8 @@ class Network:
         of each lies in region p of the arena (_plan_regions): each thread writes only its
         region's lines of them, at every layer and every call. (The other tensors, which
         threads split by positions or channels, sit in the gaps; both threads write those.)
-        There, the input of a 1x1 that every thread reads whole also lives one layer longer
-        (_read_whole_by_all), so the next step writes elsewhere."""
+        There, tensors a thread reads from another core's lines are held back from the next
+        outputs where the arena has room (_shared_reads)."""
         plan = self._plans.get((key, threads))
         if plan is None:
             shapes = self._shapes(key[0])
@@ -559,8 +560,6 @@ class Network:
                 last_use[layer.src] = i + 1 if i in fused else i
                 if layer.res is not None:
                     last_use[layer.res] = i
-                if threads > 1 and self._read_whole_by_all(i, shapes, fused, pieced):
-                    last_use[layer.src] = i + 1
             # Planned tensors (not the input, not the logits, not a fused pair's first output):
             # the layer writing each, its floats.
             born, size = {}, {}
@@ -570,29 +569,75 @@ class Network:
                     born[t] = i
                     size[t] = -(-(_pieced_size(shapes[t], pieced[t]) if t in pieced
                                   else _padded_size(shapes[t])) // 16) * 16
-            life = {t: (born[t], last_use.get(t, born[t])) for t in born}
-            spans, stride = self._plan_regions(born, size, life, pieced, threads)
-            if not pieced:  # whole buffers, if they pack tighter
-                buffers = self._plan_buffers(born, size, life)
-                if _arena_floats(buffers) < _arena_floats(spans):
-                    spans = buffers
+
+            def place(held):
+                life = {t: (born[t], max(last_use.get(t, born[t]), held.get(t, -1)))
+                        for t in born}
+                spans, stride = self._plan_regions(born, size, life, pieced, threads)
+                if not pieced:  # whole buffers, if they pack tighter
+                    buffers = self._plan_buffers(born, size, life)
+                    if _arena_floats(buffers) < _arena_floats(spans):
+                        spans = buffers
+                return spans, stride
+
+            spans, stride = place({})
+            self._held[(key, threads)] = {}
+            for held in self._shared_reads(shapes, fused, pieced) if threads > 1 else ():
+                spans_held, stride_held = place(held)
+                if _arena_floats(spans_held) <= _arena_floats(spans):
+                    spans, stride = spans_held, stride_held
+                    self._held[(key, threads)] = held
+                    break
             plan = (shapes, _arena_floats(spans), spans, fused, pieced, stride)
             self._plans[(key, threads)] = plan
         return plan
 
-    def _read_whole_by_all(self, i, shapes, fused, pieced):
-        """Whether layer i, on several threads at batch 1, reads its whole input on every
-        thread: a 1x1 step of its own split by output channels (not K-split, input not in
-        row pieces), on images of more than one position. Its input's lines then sit in
-        every core's cache, and the next step must not write its output over them (_plan):
-        each store would first take its line back from the other core. MobileNet v1's
-        512 x 14 x 14 depthwise convs, which wrote over the input of the 1x1 before them,
-        took 32-33 us on 2 threads against 17.5 us into other lines (tools/shared_lines.py)."""
-        layer = self.layers[i]
-        shape = shapes[layer.src]
-        return (type(layer) is _Pointwise and i not in fused and i - 1 not in fused
-                and layer.src not in pieced and int(np.prod(shape[2:])) > 1
-                and not layer._ksplit(shape))
+    def _shared_reads(self, shapes, fused, pieced):
+        """Candidates, best first, of {tensor: layer} to hold back on several threads at
+        batch 1: tensors some thread reads from lines another core wrote, each kept alive
+        through the given layer so that no output written until then goes over it. Those
+        lines sit in both cores' caches, and a step writing over them must first take each
+        line back from the other core. _plan takes the first candidate that costs no arena:
+        both kinds below, else the first alone.
+
+        - the input of a 1x1 step of its own split by output channels (not K-split, input
+          not in row pieces, more than one position), which every thread reads whole: held
+          from the next step's output. MobileNet v1's 512 x 14 x 14 depthwise convs, which
+          wrote over the input of the 1x1 before them, took 32 us on 2 threads against
+          17.5-18.6 us into other lines (tools/shared_lines.py, BENCHMARKS.md session 17);
+        - the input of a depthwise step over row pieces, whose halo rows the neighbouring
+          pieces' threads read: held from the next two steps' outputs (the second is the
+          expansion that would take its place). MobileNet v2's 32 -> 192 1x1 at 28x28 wrote
+          over them in 17 us on 2 threads, 9 us elsewhere; v1's arena would grow by 0.6 MB."""
+        ends = self._step_ends(fused)  # the layer writing each step's output
+        whole, halos = {}, {}
+        for k, i in enumerate(ends):
+            layer = self.layers[i]
+            if i in fused or i - 1 in fused:  # (a fused step cuts its own bands)
+                continue
+            shape = shapes[layer.src]
+            if (type(layer) is _Pointwise and layer.src not in pieced
+                    and int(np.prod(shape[2:])) > 1 and not layer._ksplit(shape)):
+                whole[layer.src] = ends[min(k + 1, len(ends) - 1)]
+            elif type(layer) is _Depthwise and layer.src in pieced:
+                halos[layer.src] = ends[min(k + 2, len(ends) - 1)]
+        if halos:
+            yield {t: max(whole.get(t, -1), halos.get(t, -1)) for t in {**whole, **halos}}
+        if whole:
+            yield whole
+
+    def _step_ends(self, fused):
+        """The index of the last layer of each step (the one writing its output): a fused
+        pair is one step, and so is the first conv with the pair it joins."""
+        ends, i = [], 0
+        while i < len(self.layers):
+            if i in fused and type(self.layers[i]) is _Conv:
+                i += 2
+            elif i in fused:
+                i += 1
+            ends.append(i)
+            i += 1
+        return ends
 
     @staticmethod
     def _plan_regions(born, size, life, pieced, pieces):
