@@ -259,7 +259,7 @@ def test_plans_keep_lines_another_core_read_from_the_next_outputs(monkeypatch):
                 piece = fs.models._pieced_size(shapes[t], pieced[t]) // pieced[t]
                 return [(a + q * stride, a + q * stride + piece) for q in range(pieced[t])]
 
-            ends = net._step_ends(fused)  # the layer writing each step's output
+            ends = [last for _, last in net._step_spans(fused)]  # each step's output's writer
             for t in held:
                 k = next(k for k, i in enumerate(ends) if net.layers[i].src == t)
                 after = 2 if type(net.layers[ends[k]]) is fs.models._Depthwise else 1

@@ -609,7 +609,7 @@ class Network:
           pieces' threads read: held from the next two steps' outputs (the second is the
           expansion that would take its place). MobileNet v2's 32 -> 192 1x1 at 28x28 wrote
           over them in 17 us on 2 threads, 9 us elsewhere; v1's arena would grow by 0.6 MB."""
-        ends = self._step_ends(fused)  # the layer writing each step's output
+        ends = [last for _, last in self._step_spans(fused)]  # each step's output's writer
         whole, halos = {}, {}
         for k, i in enumerate(ends):
             layer = self.layers[i]
@@ -626,18 +626,15 @@ class Network:
         if whole:
             yield whole
 
-    def _step_ends(self, fused):
-        """The index of the last layer of each step (the one writing its output): a fused
-        pair is one step, and so is the first conv with the pair it joins."""
-        ends, i = [], 0
+    def _step_spans(self, fused):
+        """(first, last) layer of each step, in order: a fused pair is one step, and so is
+        the first conv with the pair it joins; the last layer writes the step's output."""
+        spans, i = [], 0
         while i < len(self.layers):
-            if i in fused and type(self.layers[i]) is _Conv:
-                i += 2
-            elif i in fused:
-                i += 1
-            ends.append(i)
-            i += 1
-        return ends
+            n = 3 if i in fused and type(self.layers[i]) is _Conv else 2 if i in fused else 1
+            spans.append((i, i + n - 1))
+            i += n
+        return spans
 
     @staticmethod
     def _plan_regions(born, size, life, pieced, pieces):
@@ -729,23 +726,19 @@ class Network:
         views[-1] = np.empty(shapes[self.layers[-1].dst], dtype=np.float32)
         steps = _kernels.StepList(views, threads, [pieced.get(t, 0) for t in range(len(views))])
         layer_of_step = []  # a fused step is one step, of its first layer
-        i = 0
-        while i < len(self.layers):
-            if i in fused and type(self.layers[i]) is _Conv:
-                self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1],
-                                              self.layers[i + 2], layout)
-                layer_of_step.append(i)
-                i += 3
-                continue
-            if i in fused and type(self.layers[i]) is _Depthwise:
-                self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1],
-                                              pieced.get(self.layers[i].src, 0))
+        for i, _ in self._step_spans(fused):
+            layer = self.layers[i]
+            if i in fused and type(layer) is _Conv:
+                layer.add_fused_step(steps, isa, shapes, self.layers[i + 1], self.layers[i + 2],
+                                     layout)
+            elif i in fused and type(layer) is _Depthwise:
+                layer.add_fused_step(steps, isa, shapes, self.layers[i + 1],
+                                     pieced.get(layer.src, 0))
             elif i in fused:
-                self.layers[i].add_fused_step(steps, isa, shapes, self.layers[i + 1])
+                layer.add_fused_step(steps, isa, shapes, self.layers[i + 1])
             else:
-                self.layers[i].add_step(steps, isa, shapes, layout)
+                layer.add_step(steps, isa, shapes, layout)
             layer_of_step.append(i)
-            i += 2 if i in fused else 1
         assert len(steps) == len(layer_of_step)
         return views, steps, layer_of_step
 
