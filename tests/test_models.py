@@ -208,14 +208,12 @@ def test_plans_place_tensors_alive_together_apart():
                     assert p == threads and stride % 16 == 0
                     piece = fs.models._pieced_size(shapes[t], p) // p
                     assert a + piece <= stride and n == (p - 1) * stride + piece
-                    floats[t] = [(a + q * stride, a + q * stride + piece) for q in range(p)]
                 else:
                     assert n >= fs.models._padded_size(shapes[t])
-                    floats[t] = [(a, a + n)]
+                floats[t] = _planned_floats(shapes, spans, pieced, stride, t)
             for a in floats:
                 for b in floats:
-                    if a < b and any(sa < eb and sb < ea for sa, ea in floats[a]
-                                     for sb, eb in floats[b]):
+                    if a < b and _overlap(floats[a], floats[b]):
                         assert alive[a][1] < alive[b][0] or alive[b][1] < alive[a][0], (a, b)
             if threads < 3:  # (on 3, whether the rows divide by 3 decides)
                 assert bool(pieced) == (threads == 2), (key, threads)
@@ -252,21 +250,15 @@ def test_plans_keep_lines_another_core_read_from_the_next_outputs(monkeypatch):
             assert arena <= free, (name, threads)
             net._plan(key, threads)
 
-            def ranges(t):
-                a, n = spans[t]
-                if t not in pieced:
-                    return [(a, a + n)]
-                piece = fs.models._pieced_size(shapes[t], pieced[t]) // pieced[t]
-                return [(a + q * stride, a + q * stride + piece) for q in range(pieced[t])]
-
             ends = [last for _, last in net._step_spans(fused)]  # each step's output's writer
             for t in held:
                 k = next(k for k, i in enumerate(ends) if net.layers[i].src == t)
                 after = 2 if type(net.layers[ends[k]]) is fs.models._Depthwise else 1
                 for j in ends[k + 1:k + 1 + after]:
                     u = net.layers[j].dst
-                    assert u in spans and not any(a0 < b1 and b0 < a1 for a0, a1 in ranges(t)
-                                                  for b0, b1 in ranges(u)), (name, threads, t, u)
+                    assert u in spans and not _overlap(
+                        *(_planned_floats(shapes, spans, pieced, stride, v) for v in (t, u))), \
+                        (name, threads, t, u)
     # Where it was measured: v1's 14x14 1x1 inputs, and v2's 28x28 row-piece depthwise inputs.
     v1_shapes, v2_shapes = nets["v1"]._shapes(key[0]), nets["v2"]._shapes(key[0])
     assert sum(v1_shapes[t][2] == 14 for t in taken[("v1", 2)]) >= 5
@@ -282,6 +274,20 @@ def test_plans_keep_lines_another_core_read_from_the_next_outputs(monkeypatch):
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     one = fs.MobileNetV1.from_dense(wt1, sparsity=0.9, num_threads=1)
     assert nets["v1"](x).tobytes() == one(x).tobytes()
+
+
+def _planned_floats(shapes, spans, pieced, stride, t):
+    """The [start, end) ranges of arena floats tensor t takes in a plan: one per row piece,
+    `stride` apart, or its whole span."""
+    a, n = spans[t]
+    if t not in pieced:
+        return [(a, a + n)]
+    piece = fs.models._pieced_size(shapes[t], pieced[t]) // pieced[t]
+    return [(a + q * stride, a + q * stride + piece) for q in range(pieced[t])]
+
+
+def _overlap(ranges_a, ranges_b):
+    return any(a0 < b1 and b0 < a1 for a0, a1 in ranges_a for b0, b1 in ranges_b)
 
 
 def _plan_inputs(net, key):
