@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import struct
+import sys
 import threading
 import tracemalloc
 import zipfile
@@ -151,6 +152,38 @@ def test_one_sparse_matrix_from_four_threads_matches_serial():
 
 
 # --- 5. resident memory ------------------------------------------------------------------
+
+def test_first_calls_from_several_threads_at_once():
+    """Threads that miss a fresh matrix's or network's caches together (offsets, input
+    channel parts, plans) must share one entry: the C steps point into the arrays an entry
+    holds, and an entry replaced by a second thread's was freed under a running step
+    (segfaults, or logits of 1e30). A tiny switch interval makes the threads interleave."""
+    r = rng_arrays(7)
+    x = r(1, 512, 4, 4)
+    sd = random_mobilenet_v1_weights(width=0.25, num_classes=10)
+    images = r(1, 3, 64, 64)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for trial in range(12):
+            wd = r(256, 512)
+            wd[np.abs(wd) < 0.7] = 0  # about half dense: several input-channel parts
+            expect = fs.sparse_conv1x1(x, fs.SparseMatrix.from_dense(wd), num_threads=1)
+            W = fs.SparseMatrix.from_dense(wd)
+            out = _hammer(3, 1, lambda t, i: fs.sparse_conv1x1(x, W, num_threads=1))
+            junk = [np.full(W.nnz, 0x3FFFFF00, np.int32) for _ in range(20)]  # reuse freed memory
+            again = fs.sparse_conv1x1(x, W, num_threads=1)
+            del junk
+            for y in [o[0] for o in out] + [again]:
+                np.testing.assert_array_equal(y, expect, err_msg=f"trial {trial}")
+            if trial % 4 == 0:
+                logits = fs.MobileNetV1.from_dense(sd, sparsity=0.5, num_threads=1)(images)
+                net = fs.MobileNetV1.from_dense(sd, sparsity=0.5, num_threads=1)
+                for y in _hammer(3, 1, lambda t, i: net(images)):
+                    np.testing.assert_array_equal(y[0], logits, err_msg=f"trial {trial}")
+    finally:
+        sys.setswitchinterval(old)
+
 
 def rss_bytes():
     with open("/proc/self/statm") as f:

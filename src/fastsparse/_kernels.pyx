@@ -220,9 +220,10 @@ SPMM_CHANNEL_SPLIT_MAX_HW = 8192
 
 cdef class _Parts:
     """The C descriptors (fs_spmm_part) of a matrix cut into column ranges, for one image
-    size; keeps the part matrices (and so their arrays) alive."""
+    size; keeps the part matrices and their offsets (the arrays the table points into)
+    alive."""
     cdef fs_spmm_part* table
-    cdef list mats
+    cdef list mats, offsets
 
     def __dealloc__(self):
         free(self.table)
@@ -237,6 +238,8 @@ cdef class SpmmWeights:
     """
     cdef readonly object values, nnzmap, columns
     cdef readonly Py_ssize_t rows, cols, nr
+    # Caches. C steps point into what they hold, so an entry is never replaced: threads that
+    # build one at the same time keep the first stored (dict.setdefault).
     cdef dict _offsets, _groups
     # Per block b (and b = nblocks): first row, first value, first non-zero column.
     cdef object _starts
@@ -290,7 +293,7 @@ cdef class SpmmWeights:
             targets = work[work.shape[0] - 1] * np.arange(count + 1) / count  # (wraparound is off)
             bounds = np.searchsorted(work, targets).astype(np.int64)
             bounds[0], bounds[count] = 0, self.nnzmap.shape[0]
-            self._groups[count] = bounds
+            bounds = self._groups.setdefault(count, bounds)
         return bounds
 
     def row_groups(self, Py_ssize_t rows):
@@ -303,7 +306,7 @@ cdef class SpmmWeights:
                 raise ValueError(f"rows must be >= 1, got {rows}")
             firsts = np.searchsorted(self._starts[0], np.arange(0, self.rows, rows))
             bounds = np.append(np.unique(firsts), self.nnzmap.shape[0]).astype(np.int64)
-            self._groups[key] = bounds
+            bounds = self._groups.setdefault(key, bounds)
         return bounds
 
     def split(self, Py_ssize_t count):
@@ -335,7 +338,7 @@ cdef class SpmmWeights:
                     mats.append(SpmmWeights(self.values[values_at],
                                             np.bincount(block[keep], minlength=nb),
                                             self.columns[keep], self.rows, self.cols, self.nr))
-            self._groups[key] = mats
+            mats = self._groups.setdefault(key, mats)
         return mats
 
     def part_table(self, Py_ssize_t count, Py_ssize_t hw):
@@ -346,13 +349,13 @@ cdef class SpmmWeights:
             return cached
         cdef _Parts parts = _Parts()
         parts.mats = self.split(count)
+        parts.offsets = [m.offsets(hw) for m in parts.mats]
         parts.table = <fs_spmm_part*>calloc(count, sizeof(fs_spmm_part))
         if parts.table == NULL:
             raise MemoryError()
         for i, m in enumerate(parts.mats):
-            _fill_part(&parts.table[i], m, hw)
-        self._groups[key] = parts
-        return parts
+            _fill_part(&parts.table[i], m, parts.offsets[i])
+        return self._groups.setdefault(key, parts)
 
     def offsets(self, Py_ssize_t hw):
         """Byte offsets of each non-zero's input row for images of `hw` positions (cached)."""
@@ -366,14 +369,13 @@ cdef class SpmmWeights:
                     "per-image limit of the packed format (int32 byte offsets)")
             off = (self.columns.astype(np.int64) * (hw * 4)).astype(np.int32)
             off.flags.writeable = False
-            self._offsets[hw] = off
+            off = self._offsets.setdefault(hw, off)
         return off
 
 
-cdef int _fill_part(fs_spmm_part* p, SpmmWeights m, Py_ssize_t hw) except -1:
+cdef int _fill_part(fs_spmm_part* p, SpmmWeights m, const int32_t[::1] offsets) except -1:
     cdef const float[::1] values = m.values
     cdef const uint32_t[::1] nnzmap = m.nnzmap
-    cdef const int32_t[::1] offsets = m.offsets(hw)
     cdef const int64_t[:, ::1] starts = m._starts
     p.values = &values[0] if values.shape[0] else &_ZERO_F
     p.nnzmap = &nnzmap[0]

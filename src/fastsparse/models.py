@@ -589,7 +589,7 @@ class Network:
                     self._held[(key, threads)] = held
                     break
             plan = (shapes, _arena_floats(spans), spans, fused, pieced, stride)
-            self._plans[(key, threads)] = plan
+            plan = self._plans.setdefault((key, threads), plan)  # never replaced (threads)
         return plan
 
     def _shared_reads(self, shapes, fused, pieced):
