@@ -100,6 +100,44 @@ def test_no_public_function_mutates_its_inputs(v2, tmp_path):
 
 # --- 4. threads ----------------------------------------------------------------------------
 
+def test_out_sharing_memory_with_any_operand_is_refused():
+    """An `out` the kernels would write while still reading it (x, a weight, the bias, the
+    residual) gave wrong results (depthwise 16.5 off, conv2d 400 off): refused by name."""
+    r = rng_arrays(8)
+    x4, x3 = r(1, 4, 8, 8), r(1, 3, 8, 8)
+    W = fs.SparseMatrix.from_dense(r(16, 4))
+
+    def shared(n_out, n_other):
+        buf = np.zeros(n_out + n_other, np.float32)
+        return buf[:n_out], buf[n_out - 1:]  # one float in common
+
+    cases = []
+    out, other = shared(4 * 64, 36)
+    cases.append(("w", lambda out=out, other=other: fs.depthwise_conv2d(
+        x4, other[:36].reshape(4, 1, 3, 3), padding=1, out=out.reshape(1, 4, 8, 8))))
+    out, other = shared(4 * 64, 4)
+    cases.append(("bias", lambda out=out, other=other: fs.depthwise_conv2d(
+        x4, r(4, 1, 3, 3), bias=other[:4], padding=1, out=out.reshape(1, 4, 8, 8))))
+    out, other = shared(8 * 64, 8 * 27)
+    cases.append(("w", lambda out=out, other=other: fs.conv2d(
+        x3, other[:8 * 27].reshape(8, 3, 3, 3), stride=1, padding=1, out=out.reshape(1, 8, 8, 8))))
+    out, other = shared(8 * 64, 8)
+    cases.append(("bias", lambda out=out, other=other: fs.conv2d(
+        x3, r(8, 3, 3, 3), bias=other[:8], stride=1, padding=1, out=out.reshape(1, 8, 8, 8))))
+    out, other = shared(16 * 64, 16)
+    cases.append(("bias", lambda out=out, other=other: fs.sparse_conv1x1(
+        x4, W, bias=other[:16], out=out.reshape(1, 16, 8, 8))))
+    out, other = shared(16 * 64, 16 * 64)
+    cases.append(("residual", lambda out=out, other=other: fs.sparse_conv1x1(
+        x4, W, residual=other[:16 * 64].reshape(1, 16, 8, 8), out=out.reshape(1, 16, 8, 8))))
+    out, other = shared(4, 4 * 64)
+    cases.append(("x", lambda out=out, other=other: fs.global_avg_pool(other[:4 * 64].reshape(1, 4, 8, 8),
+                                                  out=out.reshape(1, 4))))
+    for name, call in cases:
+        with pytest.raises(ValueError, match=f"out must not overlap {name}"):
+            call()
+
+
 def _hammer(n_threads, calls_per_thread, job):
     """Runs job(thread, i) from n_threads Python threads at once; returns the results."""
     results = [[None] * calls_per_thread for _ in range(n_threads)]

@@ -87,7 +87,8 @@ def depthwise_conv2d(x, w, bias=None, stride=1, padding=1, activation=None, num_
     bias       None or (C,) real numbers; activation None | "relu" | "relu6" | ("clamp", lo, hi).
     Output size per axis: (size + pads - k) // stride + 1, which must be >= 1 (an image smaller
     than the kernel works when the padding makes up the difference).
-    out        None, or a float32 C-contiguous array of the output shape, not overlapping x.
+    out        None, or a float32 C-contiguous array of the output shape, not overlapping x,
+               w or bias.
     """
     x = float32_array(x, "x", ndim=4)
     n, c, h, wd = x.shape
@@ -107,7 +108,7 @@ def depthwise_conv2d(x, w, bias=None, stride=1, padding=1, activation=None, num_
         raise ValueError(f"x must have H, W >= 1, got shape {x.shape}")
     oh = output_size(h, k, s, pt, pb, "H")
     ow = output_size(wd, k, s, pl, pr, "W")
-    y = _output(out, (n, c, oh, ow), (("x", x),))
+    y = _output(out, (n, c, oh, ow), (("x", x), ("w", w), ("bias", b)))
     isa = _dispatch.isa()
     _kernels.dwconv2d(_dispatch.isa_id(isa), x, w.reshape(c, k * k), b, y, k, s, pt, pl, lo, hi,
                       _dispatch.resolve_threads(num_threads))
@@ -131,7 +132,8 @@ def conv2d(x, w, bias=None, stride=2, padding=1, activation=None, layout="NCHW",
     w          (Cout, Cin, 3, 3) real numbers (PyTorch layout); only 3x3 is supported.
     stride     1 or 2; padding int or (top, left, bottom, right); bias, activation as in
                depthwise_conv2d. Fast for small Cin (3); correct but not tuned for large Cin.
-    out        None, or a float32 C-contiguous (N, Cout, OH, OW) array, not overlapping x.
+    out        None, or a float32 C-contiguous (N, Cout, OH, OW) array, not overlapping x, w
+               or bias.
     """
     layout = _layout(layout)
     x = float32_array(x, "x", ndim=4)
@@ -157,7 +159,7 @@ def conv2d(x, w, bias=None, stride=2, padding=1, activation=None, layout="NCHW",
         raise ValueError(f"x must have H, W >= 1, got shape {x.shape}")
     oh = output_size(h, 3, s, pt, pb, "H")
     ow = output_size(wd, 3, s, pl, pr, "W")
-    y = _output(out, (n, cout, oh, ow), (("x", x),))
+    y = _output(out, (n, cout, oh, ow), (("x", x), ("w", w), ("bias", b)))
     isa = _dispatch.isa()
     _kernels.conv2d(_dispatch.isa_id(isa), x, layout == "NHWC", w.reshape(cout, c * 9), b, y,
                     s, pt, pl, lo, hi, _dispatch.resolve_threads(num_threads))

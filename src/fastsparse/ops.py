@@ -75,7 +75,7 @@ def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=
     num_threads  None (fastsparse.get_num_threads()) or an int >= 1.
     kernel     None (chosen per layer) or the name of a variant from fastsparse.spmm_kernels().
     out        None, or a float32 C-contiguous (N, Cout, H, W) array to write the result into
-               (it must not overlap x or residual); returned.
+               (it must not overlap x, residual or bias); returned.
 
     Zero weights are skipped, not multiplied: a NaN or inf in x reaches the outputs whose
     weight on that channel is non-zero (or stored inside a block), where the dense product
@@ -97,7 +97,7 @@ def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=
         if residual.shape != (n, cout, h, w):
             raise ValueError(f"residual must have shape {(n, cout, h, w)}, got {residual.shape}")
         r3 = residual.reshape(n, cout, h * w)
-    y = _output(out, (n, cout, h, w), (("x", x), ("residual", residual)))
+    y = _output(out, (n, cout, h, w), (("x", x), ("residual", residual), ("bias", b)))
     _spmm(x.reshape(n, c, h * w), W, b, r3, lo, hi, num_threads, kernel,
           y.reshape(n, cout, h * w))
     return y
