@@ -283,6 +283,8 @@ def expect_refused(path, exc=CLEAN_FILE_ERRORS):
     with pytest.raises(exc) as info:
         fs.load(path)
     assert str(info.value).strip()
+    if type(info.value) is ValueError:  # the loader's own words, not NumPy's
+        assert "fastsparse model file" in str(info.value), info.value
     return info.value
 
 
@@ -359,8 +361,18 @@ def _absurd_headers(header, data):
             first_sparse(h)["arrays"][key] = spec
         return fn
 
+    def same_bytes_again(h):
+        # 1000 dense 1x1s, each declaring the whole data section as its weights: arrays are
+        # copied, so without a bound on the declared bytes the file takes 1000x its size.
+        floats = len(data) // 4
+        h["layers"][1:1] = [
+            {"op": "conv1x1", "src": i, "dst": i + 1, "res": None, "act": [0.0, 6.0],
+             "sparse": False, "arrays": {"w": [0, "float32", [1, floats]]}}
+            for i in range(1, 1001)]
+
     big = 2**31 - 1
     return [
+        ("the same bytes declared 1000 times", edit(same_bytes_again)),
         ("values of 2**31-1 x 3 floats", edit(set_array("values", [0, "float32", [big, big, big]]))),
         ("values of 2**31-1 floats", edit(set_array("values", [0, "float32", [big]]))),
         ("offset 2**62", edit(set_array("values", [2**62, "float32", [4]]))),
@@ -382,6 +394,19 @@ def _absurd_headers(header, data):
         ("act strings", edit(lambda h: first_sparse(h).update(act=["0", "6"]))),
         ("padding 2**40", edit(lambda h: h["layers"][1].update(padding=[2**40] * 4))),
         ("padding same on depthwise", edit(lambda h: h["layers"][1].update(padding="same"))),
+        ("padding booleans", edit(lambda h: h["layers"][1].update(padding=[True, 1, 1, 1]))),
+        ("conv weights of shape []", edit(lambda h: h["layers"][0]["arrays"].update(
+            w=[0, "float32", []]))),
+        ("conv weights of shape [0]", edit(lambda h: h["layers"][0]["arrays"].update(
+            w=[0, "float32", [0]]))),
+        ("depthwise weights of shape [0, 1, 3, 3]", edit(lambda h: h["layers"][1]["arrays"].update(
+            w=[0, "float32", [0, 1, 3, 3]]))),
+        ("a residual on a depthwise conv", edit(lambda h: h["layers"][1].update(
+            res=h["layers"][1]["src"]))),  # of the right channels: refused for its op
+        ("a residual on the pooling", edit(lambda h: h["layers"][-2].update(
+            res=h["layers"][-2]["src"]))),
+        ("a classifier of the unpooled tensor", edit(lambda h: h["layers"][-1].update(
+            src=h["layers"][-2]["src"]))),
         ("stride 0", edit(lambda h: h["layers"][0].update(stride=0))),
         ("src ahead", edit(lambda h: h["layers"][2].update(src=50))),
         ("res ahead", edit(lambda h: h["layers"][2].update(res=50))),
@@ -494,9 +519,23 @@ def test_paths_that_are_not_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         fs.load(tmp_path / "missing.fsnet")
     expect_refused("/dev/null", ValueError)
-    expect_refused("bad\0path", ValueError)
+    with pytest.raises(ValueError, match="null byte"):  # Python's own check of the path
+        fs.load("bad\0path")
     for bad in (None, 3, b"m.fsnet", ["m.fsnet"]):
         expect_refused(bad, TypeError)
+
+
+def test_a_failed_save_leaves_no_file(v2, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "dir"
+    target.mkdir()
+    with pytest.raises(OSError):
+        v2.save(target)  # a directory: the rename fails after the data was written
+    for bad in (3, None, ["m.fsnet"]):
+        with pytest.raises(TypeError, match="path must be"):
+            v2.save(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
+    assert list(target.iterdir()) == []
 
 
 # --- 7. limits of the packed format ----------------------------------------------------------

@@ -12,13 +12,15 @@ Header: {"format": "fastsparse.network", "version": 1, "arch": str, "data_bytes"
 
 Loading parses JSON and copies byte ranges into NumPy arrays: it never executes code. Every
 declared shape is checked against the bytes actually present before anything is allocated
-from it, and packed sparse weights are re-validated by the kernel layer (column ranges, counts)
+from it, the arrays together may declare no more bytes than the data section holds, and
+packed sparse weights are re-validated by the kernel layer (column ranges, counts)
 exactly as when they were first built.
 """
 import json
 import math
 import os
 import struct
+import threading
 
 import numpy as np
 
@@ -58,6 +60,8 @@ def _layer_record(layer):
 
 
 def save_network(net, path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     records, blobs, offset = [], [], 0
     for layer in net.layers:
         rec, arrays = _layer_record(layer)
@@ -74,14 +78,23 @@ def save_network(net, path):
         records.append(rec)
     header = json.dumps({"format": "fastsparse.network", "version": VERSION, "arch": net.arch,
                          "data_bytes": offset, "layers": records}).encode()
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + struct.pack("<I", len(header)) + header)
-        data = bytearray(offset)
-        for off, raw in blobs:
-            data[off:off + len(raw)] = raw
-        f.write(data)
-    os.replace(tmp, path)
+    # Written beside the target, then renamed over it: a reader never sees half a file. The
+    # name is the writing thread's own, and the file goes if anything fails.
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}.{threading.get_ident()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<I", len(header)) + header)
+            data = bytearray(offset)
+            for off, raw in blobs:
+                data[off:off + len(raw)] = raw
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _fail(path, why):
@@ -127,6 +140,7 @@ def load_network(path):
             _fail(path, f"it should hold {12 + hlen + data_bytes} bytes but holds {size} "
                         "(truncated or padded)")
         data = f.read(data_bytes)
+    declared = [0]  # bytes of the arrays read so far: at most the data section's
 
     def array(rec, name, required=True):
         spec = rec.get("arrays", {}).get(name) if isinstance(rec.get("arrays"), dict) else None
@@ -148,6 +162,12 @@ def load_network(path):
         if offset < 0 or offset % _ALIGN or offset + nbytes > data_bytes:
             _fail(path, f"array {name!r} ({shape}, {dtype}) at offset {offset} lies outside "
                         f"the data section ({data_bytes} bytes)")
+        # Each array is copied, so arrays declared over the same bytes again and again would
+        # make a small file take any amount of memory.
+        declared[0] += nbytes
+        if declared[0] > data_bytes:
+            _fail(path, f"its arrays declare more bytes than its data section holds "
+                        f"({data_bytes}): arrays overlap")
         a = np.frombuffer(data, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<"), count=count,
                           offset=offset).astype(_DTYPES[dtype]).reshape(shape)
         if dtype == "float32" and not np.isfinite(a).all():
@@ -179,16 +199,18 @@ def load_network(path):
         op = rec.get("op")
         if op in ("conv3x3", "dwconv"):
             w, b = array(rec, "w"), array(rec, "b")
+            if w.ndim != 4 or w.size == 0 or b.shape != (w.shape[0],):
+                _fail(path, f"layer {i} has weights of shape {w.shape} and bias {b.shape}")
             pad = rec.get("padding")
-            if not ((pad == "same" and op == "conv3x3") or (isinstance(pad, list) and len(pad) == 4
-                                      and all(isinstance(p, int) and 0 <= p <= 8 for p in pad))):
+            if not ((pad == "same" and op == "conv3x3") or (
+                    isinstance(pad, list) and len(pad) == 4
+                    and all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 8
+                            for p in pad))):
                 _fail(path, f"layer {i} has a bad padding {pad!r}")
             act = activation(i, rec)
             kind = _Conv if op == "conv3x3" else _Depthwise
             layer = kind(w, b, _int(rec, "stride", path, 1, 2),
                          pad if pad == "same" else tuple(pad), act)
-            if w.ndim != 4 or b.shape != (w.shape[0],):
-                _fail(path, f"layer {i} has weights of shape {w.shape} and bias {b.shape}")
         elif op in ("conv1x1", "linear"):
             act = activation(i, rec)
             b = array(rec, "b", required=False)
@@ -203,7 +225,7 @@ def load_network(path):
                 W = SparseMatrix(packed, int(np.count_nonzero(packed.values)))
             else:
                 W = array(rec, "w")
-                if W.ndim != 2:
+                if W.ndim != 2 or W.size == 0:
                     _fail(path, f"layer {i} has dense weights of shape {W.shape}")
             kind = _Classifier if rec.get("classifier") else _Pointwise
             layer = kind(W, b, act)
@@ -218,6 +240,8 @@ def load_network(path):
         layer.src = _int(rec, "src", path, 0, i)
         layer.dst = _int(rec, "dst", path, i + 1, i + 1)
         res = rec.get("res")
+        if res is not None and op != "conv1x1":  # only a 1x1 step adds a residual
+            _fail(path, f"layer {i} ({op}) cannot add a residual")
         layer.res = None if res is None else _int(rec, "res", path, 0, i)
         built.append(layer)
     _check_chain(built, path)
@@ -249,7 +273,7 @@ def _check_chain(layers, path):
             _fail(path, f"layer {i} adds a residual of {channels.get(layer.res)} channels to {out}")
         channels[layer.dst] = out
     if not (len(layers) >= 3 and isinstance(layers[-2], _Pool) and isinstance(layers[-1], _Classifier)
-            and isinstance(layers[0], _Conv)):
-        _fail(path, "the layers are not conv ... pool, classifier")
+            and isinstance(layers[0], _Conv) and layers[-1].src == layers[-2].dst):
+        _fail(path, "the layers are not conv ... pool, classifier (of the pooled features)")
     if any(isinstance(l, (_Pool, _Classifier)) for l in layers[:-2]):
         _fail(path, "pooling or a classifier appears before the end")
