@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import fastsparse as fs
+from fastsparse.models import random_mobilenet_v1_weights
 
 W = fs.SparseMatrix.from_dense(np.eye(4, 3, dtype=np.float32))
 X = np.ones((1, 3, 5, 5), dtype=np.float32)
@@ -59,6 +60,34 @@ def test_bad_input_raises_clear_error(call, exc, words):
     with pytest.raises(exc) as info:
         call()
     assert words in str(info.value)
+
+
+V1_WEIGHTS = random_mobilenet_v1_weights(width=0.25, num_classes=4)
+NET = fs.MobileNetV1.from_dense(V1_WEIGHTS, sparsity=0.5)
+IMG = np.zeros((1, 3, 32, 32), np.float32)
+
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda: setattr(NET, "num_threads", "2"), TypeError, "num_threads must be an int"),
+    (lambda: setattr(NET, "num_threads", 0), ValueError, "num_threads must be >= 1"),
+    (lambda: fs.MobileNetV1.from_dense(V1_WEIGHTS, num_threads=-3), ValueError,
+     "num_threads must be >= 1"),
+    (lambda: NET.summary((0, 0)), ValueError, "input_size must be >= 1"),
+    (lambda: NET.summary((-5, 32)), ValueError, "input_size must be >= 1"),
+    (lambda: NET.summary((8, 8)), ValueError, "too small for mobilenet_v1"),
+    (lambda: NET.summary(224), TypeError, "input_size must be (H, W)"),
+    (lambda: NET.summary(batch=0), ValueError, "batch must be >= 1"),
+    (lambda: NET.profile(IMG, repeat=0), ValueError, "repeat must be >= 1"),
+    (lambda: NET.profile(IMG, repeat=2.0), TypeError, "repeat must be an int"),
+    (lambda: NET(IMG, layout=np.array(["NCHW"])), TypeError, "layout must be 'NCHW' or"),
+    (lambda: NET(IMG, layout="nchw"), ValueError, "layout must be 'NCHW' or"),
+])
+def test_bad_network_arguments_raise_clear_errors(call, exc, words):
+    NET(IMG), NET(IMG)  # a kept workspace: the fast path sees the arguments first
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+    assert NET.num_threads is None
 
 
 def test_kernel_with_wrong_block_size_is_refused():

@@ -104,9 +104,12 @@ def test_every_spatial_tail(isa_name, kernel, block_size):
         for hw in range(1, 2 * 64 + 3):
             x = rng.standard_normal((1, cin, 1, hw)).astype(np.float32)
             res = rng.standard_normal((1, cout, 1, hw)).astype(np.float32)
-            # Guard values just past the end catch writes beyond the row.
+            # Guard values just past the end catch writes beyond the last row.
+            buf = np.full(cout * hw + 32, 7.25, np.float32)
             out = fs.sparse_conv1x1(x, W, bias=bias, residual=res,
-                                    activation=("clamp", -1.0, 1.0), kernel=kernel)
+                                    activation=("clamp", -1.0, 1.0), kernel=kernel,
+                                    out=buf[:cout * hw].reshape(1, cout, 1, hw))
+            assert np.all(buf[cout * hw:] == 7.25), f"{kernel} hw={hw} wrote past its output"
             ref = fs.reference.sparse_conv1x1(x, W, bias=bias, residual=res,
                                               activation=("clamp", -1.0, 1.0))
             np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * cin,

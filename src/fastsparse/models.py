@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from . import _dispatch, _kernels, _reference_nets as refnets
-from ._validate import finite_float32, float32_array, hugepage_empty, line_aligned_empty
+from ._validate import (count, finite_float32, float32_array, hugepage_empty, line_aligned_empty,
+                        thread_count)
 from .prune import magnitude
 from .sparse import SparseMatrix
 
@@ -429,6 +430,8 @@ class Network:
 
     @num_threads.setter
     def num_threads(self, value):
+        if value is not None:
+            value = thread_count(value)  # refused now, not at the next call
         with self._lock:
             self._num_threads = value
             self._generation += 1
@@ -774,6 +777,7 @@ class Network:
         each step's barrier, without leaving C; the first layer of a fused step gets the
         step's time, the others 0. A batch is profiled image after
         image through the batch-1 plan on all threads (the layer times summed)."""
+        repeat = count(repeat, "repeat")
         per = np.zeros((repeat, len(self.layers)))
         total = np.zeros(repeat)
         self._run(images, layout, np.zeros(len(self.layers)))  # plan and warm up, as timed
@@ -797,12 +801,15 @@ class Network:
         A batch-1 call whose images fit the workspace kept by the last checked one
         (_keep_fast) runs there through one O(1)-checked C call."""
         fast = self._fast
-        if fast is not None and times is None and layout == fast[0][0][1]:
+        if (fast is not None and times is None and type(layout) is str
+                and layout == fast[0][0][1]):
             logits = fast[1][1].run_pinned(images, inside)
             if logits is not None:
                 return logits
         # Read before the settings: a change during the call then leaves nothing pinned.
         epoch, generation = _kernels.config_epoch(), self._generation
+        if not isinstance(layout, str):
+            raise TypeError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
         if layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
         x = float32_array(images, "images", ndim=4)
@@ -872,7 +879,15 @@ class Network:
     def summary(self, input_size=(224, 224), batch=1):
         """Per layer: op, shapes, weight sparsity, block, kernel, MFLOPs (dense vs executed,
         2 per multiply-add) and whether the sparse path runs, and why not."""
-        shapes = self._shapes((batch, 3) + tuple(input_size))
+        batch = count(batch, "batch")
+        if not (isinstance(input_size, (tuple, list)) and len(input_size) == 2):
+            raise TypeError(f"input_size must be (H, W), got {input_size!r}")
+        h, w = (count(v, "input_size") for v in input_size)
+        shapes = self._shapes((batch, 3, h, w))
+        for i, layer in enumerate(self.layers):
+            if min(shapes[layer.dst]) < 1:
+                raise ValueError(f"input_size {h}x{w} is too small for {self.arch}: layer {i} "
+                                 f"({layer.op}) would produce an empty output")
         fused = self._fused_pairs(shapes)
         rows = [("#", "op", "input -> output", "sparsity", "block", "kernel", "MFLOP dense",
                  "MFLOP run", "path")]
