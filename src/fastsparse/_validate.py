@@ -89,6 +89,20 @@ def finite_float32(a, name):
     return out
 
 
+def weights_float32(w, name, ndim, shape_hint):
+    """Dense weights of `ndim` dimensions, as finite_float32, but a float32 C-contiguous
+    array is only checked, not copied."""
+    if isinstance(w, np.ndarray) and w.dtype == _F32:
+        if not np.isfinite(w).all():
+            raise ValueError(f"{name} must be finite in float32 (found NaN, inf or an overflow)")
+        w = np.ascontiguousarray(w)
+    else:
+        w = finite_float32(w, name)
+    if w.ndim != ndim:
+        raise ValueError(f"{name} must have shape {shape_hint}, got {w.shape}")
+    return w
+
+
 def bias_vector(bias, rows, name="bias"):
     if bias is None:
         return None

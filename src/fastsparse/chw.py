@@ -16,7 +16,7 @@ import numbers
 import numpy as np
 
 from . import _dispatch, _kernels
-from ._validate import activation_bounds, bias_vector, count, finite_float32, float32_array
+from ._validate import activation_bounds, bias_vector, count, float32_array, weights_float32
 from .ops import _output
 
 
@@ -63,18 +63,6 @@ def output_size(size, k, stride, pad_a, pad_b, axis):
     return (span - k) // stride + 1
 
 
-def _conv_weights(w, name, shape_hint):
-    if isinstance(w, np.ndarray) and w.dtype == np.float32:  # the common case, without a copy
-        if not np.isfinite(w).all():
-            raise ValueError(f"{name} must be finite in float32 (found NaN, inf or an overflow)")
-        w = np.ascontiguousarray(w)
-    else:
-        w = finite_float32(w, name)
-    if w.ndim != 4:
-        raise ValueError(f"{name} must have shape {shape_hint}, got {w.shape}")
-    return w
-
-
 def depthwise_conv2d(x, w, bias=None, stride=1, padding=1, activation=None, num_threads=None,
                      out=None):
     """Depthwise convolution of NCHW float32 x with w of shape (C, 1, k, k), k in {3, 5}.
@@ -92,7 +80,7 @@ def depthwise_conv2d(x, w, bias=None, stride=1, padding=1, activation=None, num_
     """
     x = float32_array(x, "x", ndim=4)
     n, c, h, wd = x.shape
-    w = _conv_weights(w, "w", "(C, 1, k, k)")
+    w = weights_float32(w, "w", 4, "(C, 1, k, k)")
     k = w.shape[2]
     if w.shape[1] != 1 or w.shape[3] != k:
         raise ValueError(f"w must have shape (C, 1, k, k), got {w.shape}")
@@ -141,7 +129,7 @@ def conv2d(x, w, bias=None, stride=2, padding=1, activation=None, layout="NCHW",
         n, h, wd, c = x.shape
     else:
         n, c, h, wd = x.shape
-    w = _conv_weights(w, "w", "(Cout, Cin, 3, 3)")
+    w = weights_float32(w, "w", 4, "(Cout, Cin, 3, 3)")
     cout = w.shape[0]
     if w.shape[2:] != (3, 3):
         raise ValueError(f"w: conv2d supports 3x3 kernels only (the first layer), got "

@@ -2,7 +2,8 @@
 import numpy as np
 
 from . import _dispatch, _kernels
-from ._validate import activation_bounds, bias_vector, float32_array, line_aligned_empty
+from ._validate import (activation_bounds, bias_vector, float32_array, line_aligned_empty,
+                        weights_float32)
 from .sparse import SparseMatrix
 
 
@@ -105,8 +106,8 @@ def sparse_conv1x1(x, W, bias=None, activation=None, residual=None, num_threads=
 
 def linear(x2d, W, bias=None, activation=None, num_threads=None):
     """y = act(x2d @ W.T + bias) for x2d (N, Cin) float32 and W a SparseMatrix or a dense
-    (Cout, Cin) array; returns (N, Cout) float32. Sparse W runs the spmm kernels with the
-    batch as the spatial axis."""
+    (Cout, Cin) array of finite real numbers (as SparseMatrix.from_dense takes); returns
+    (N, Cout) float32. Sparse W runs the spmm kernels with the batch as the spatial axis."""
     if isinstance(W, SparseMatrix) and isinstance(x2d, np.ndarray) and x2d.ndim == 2:
         _check_image_size(W, x2d.shape[0], "x2d")  # the batch is the spatial axis; before a copy
     x2d = float32_array(x2d, "x2d", ndim=2)
@@ -121,7 +122,7 @@ def linear(x2d, W, bias=None, activation=None, num_threads=None):
     if not isinstance(W, np.ndarray):
         raise TypeError(f"W must be a SparseMatrix or a numpy.ndarray, got {type(W).__name__}")
     _dispatch.resolve_threads(num_threads)  # checked as on the sparse path (NumPy's sgemm runs)
-    Wd = float32_array(W, "W", ndim=2)
+    Wd = weights_float32(W, "W", 2, "(Cout, Cin)")
     if x2d.shape[1] != Wd.shape[1]:
         raise ValueError(f"x2d has {x2d.shape[1]} features but W expects {Wd.shape[1]} (W.shape={Wd.shape})")
     b = bias_vector(bias, Wd.shape[0])
