@@ -411,6 +411,31 @@ def test_ksplit_step_matches_reference_on_every_thread_count(isa, block, nparts_
         assert outs[0] == outs[1] == outs[2], (hw, block, residual, n)
 
 
+def test_ksplit_halves_hold_equal_input_channels(monkeypatch):
+    """A K-split step sums parts [0, nparts / 2) on one thread and the rest on another, and
+    each half should read the input channels the channel-split step before wrote on that
+    thread (the first half): a part count that would be odd is made even. (3 parts split
+    576 -> 160 at 7x7 1/3 : 2/3, 1.4x on 2 threads.)"""
+    cin, cout, hw = 61, 13, 16
+    dense = np.random.default_rng(3).standard_normal((cout, cin)).astype(np.float32)
+    W = fs.SparseMatrix.from_dense(dense, block_size=1)
+    kisa, k = _dispatch.spmm_kernel(fs.isa(), 1, hw)
+    mr = _kernels.spmm_kernels(kisa)[k][1]
+    counts = {}
+    for want in (2, 3, 4, 5):
+        # the part size that gives `want` parts for this tile (nparts = ceil(tile bytes / size))
+        tile = min(mr, hw) * cin * 4
+        monkeypatch.setattr(_kernels, "SPMM_PART_BYTES", -(-tile // want))
+        for ksplit in (False, True):
+            tensors = [np.empty((1, cin, 1, hw), np.float32), np.empty((1, cout, 1, hw), np.float32)]
+            steps = _kernels.StepList(tensors, 2)
+            steps.add_spmm(kisa, k, W._packed, 0, -1, 1, None, -np.inf, np.inf, ksplit=ksplit)
+            counts[want, ksplit] = steps.spmm_parts()[0]
+            assert (steps.kinds()[0] == KSPLIT) == ksplit
+    assert [counts[w, False] for w in (2, 3, 4, 5)] == [2, 3, 4, 5]
+    assert [counts[w, True] for w in (2, 3, 4, 5)] == [2, 4, 4, 6]
+
+
 def test_profile_times_every_layer(v2_net):
     _, net = v2_net
     x = np.random.default_rng(7).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)

@@ -484,7 +484,8 @@ cdef int _check_positions(Py_ssize_t hw, Py_ssize_t s2, str name) except -1:
 cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
                     const float[:, :, :] x, bias, residual, float[:, :, :] out, float lo,
                     float hi, int num_threads, Py_ssize_t image_hw=0,
-                    bint split_channels=False, Py_ssize_t sweep_rows=0) except -1:
+                    bint split_channels=False, Py_ssize_t sweep_rows=0,
+                    bint even_parts=False) except -1:
     if kernel < 0 or <size_t>kernel >= fs_spmm_kernel_count(isa) or not fs_isa_supported(isa):
         raise ValueError(f"no runnable spmm kernel {kernel} for ISA {isa}")
     cdef const fs_spmm_kernel* k = fs_spmm_kernel_at(isa, kernel)
@@ -552,6 +553,12 @@ cdef int _spmm_step(fs_step* st, int isa, Py_ssize_t kernel, SpmmWeights w,
         part_bytes = SPMM_PART_BYTES * 4 // 3
     cdef Py_ssize_t nparts = min(cin, _ceil_div(min(mr, max(hw, image_hw)) * cin * sizeof(float),
                                                 part_bytes))
+    # A K-split step sums parts [0, nparts / 2) and the rest apart, on two threads: an even
+    # count gives them equal halves of the input channels, the ones a channel-split step
+    # before wrote on each (3 parts made 1/3 : 2/3, MobileNet v2's 384 -> 64 at 14x14 on 2
+    # threads 1.3x of 1).
+    if even_parts and nparts % 2 and nparts < cin:
+        nparts += 1
     cdef _Parts parts = w.part_table(nparts, st.src_s.channel)
     st.spmm.fn = k.fn
     st.spmm.hw, st.spmm.cin, st.spmm.cout = hw, cin, cout
@@ -1009,6 +1016,12 @@ cdef class StepList:
         """The kind of each step (FS_STEP_* in fs_steps.h): for tests and profiles."""
         return [self._steps[i].kind for i in range(self._count)]
 
+    def spmm_parts(self):
+        """Per step, the input-channel parts its 1x1 sums (0 for a step without one): for
+        tests."""
+        return [self._steps[i].spmm.nparts if self._steps[i].spmm.fn != NULL else 0
+                for i in range(self._count)]
+
     def __len__(self):
         return self._count
 
@@ -1162,11 +1175,11 @@ cdef class StepList:
             _spmm_step(&st, isa, kernel, w, x, bias,
                        self._as_pieces(res, p, True) if res >= 0 else None,
                        self._as_pieces(dst, p, True), lo, hi, 1, p * x.shape[2], False,
-                       sweep_rows)
+                       sweep_rows, ksplit)
         else:
             _spmm_step(&st, isa, kernel, w, self._tensor(src, True), bias,
                        self._tensor(res, True) if res >= 0 else None, self._tensor(dst, True),
-                       lo, hi, self.num_threads, 0, False, sweep_rows)
+                       lo, hi, self.num_threads, 0, False, sweep_rows, ksplit)
         cdef Py_ssize_t n, hw
         if ksplit and st.items != 0 and st.spmm.nparts >= 2:
             n = p if p else self._tensors[src].shape[0]  # the images the step runs
