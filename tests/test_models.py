@@ -454,6 +454,85 @@ def test_mobilenet_v2_matches_pytorch(width, sparsity):
     assert err < RTOL
 
 
+def test_pytorch_module_eps_pruning_dtype_and_mode():
+    """A module's own BatchNorm eps (not the state-dict default), 1x1s pruned with
+    torch.nn.utils.prune (weight_orig * weight_mask, zeros kept as the sparse pattern), a
+    bfloat16 module (no NumPy dtype), and a module in training mode (folded as in eval mode,
+    with a warning): each matches the module in eval mode."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils import prune
+    from fastsparse._torch_models import mobilenet_v2_module
+    sd = _pruned_v2(0.5, 0.0, None, classes=10, seed=4)
+    x = _images(np.random.default_rng(11), 1, 64, 64)
+    model = mobilenet_v2_module(0.5, 10, sd)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 0.1  # far from 1e-5: reading the default would be off by several %
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1):
+            prune.l1_unstructured(m, "weight", amount=0.85)
+    assert any(k.endswith("weight_orig") for k in model.state_dict())
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    net = fs.MobileNetV2.from_dense(model)
+    assert _rel_err(net(x), expected) < RTOL
+    pw = [l for l in net.layers if type(l).__name__ == "_Pointwise"]
+    assert all(l.sparse and l.density() < 0.2 for l in pw[1:])  # the masks' zeros, kept
+    with pytest.warns(UserWarning, match="training mode"):
+        fs.MobileNetV2.from_dense(model.train())
+    model.eval()
+    with torch.no_grad():
+        half = model.to(torch.bfloat16)
+        expected = half(torch.from_numpy(x).to(torch.bfloat16)).float().numpy()
+    got = fs.MobileNetV2.from_dense(half)(x)  # bfloat16 weights, float32 arithmetic
+    assert _rel_err(got, expected) < 0.1
+
+
+def test_from_dense_refuses_what_would_not_run_and_names_the_key():
+    """BatchNorm that folds into NaN or inf (running variance + eps <= 0, or an overflow in
+    float32) named by its prefix; the last 1x1's shape; a missing BatchNorm key named as
+    missing; a non-real weight named. Keys the network does not use are not read."""
+    def v2(edit, **kw):
+        sd = random_mobilenet_v2_weights(width=0.35, num_classes=10)
+        edit(sd)
+        return fs.MobileNetV2.from_dense(sd, **kw)
+
+    def v1(edit, **kw):
+        wt = random_mobilenet_v1_weights(width=0.25, num_classes=10)
+        edit(wt)
+        return fs.MobileNetV1.from_dense(wt, **kw)
+
+    def put(key, value):
+        return lambda d: d.__setitem__(key, value(d[key]) if callable(value) else value)
+
+    cases = [
+        (lambda: v2(put("features.0.1.running_var", lambda a: a * 0 - 1)),
+         ValueError, "BatchNorm 'features.0.1': running variance + eps must be > 0"),
+        (lambda: v2(put("features.5.conv.1.1.running_var", lambda a: a * 0), bn_eps=0.0),
+         ValueError, "BatchNorm 'features.5.conv.1.1'"),
+        (lambda: v2(lambda d: (put("features.0.1.weight", lambda a: a * 0 + 3e38)(d),
+                               put("features.0.1.running_var", lambda a: a * 0 + 1e-10)(d)),
+                    bn_eps=0.0),
+         ValueError, "BatchNorm 'features.0.1' folded into the convolution before it gives"),
+        (lambda: v1(put("conv_pw_3_bn/moving_variance", lambda a: a * 0), bn_eps=0.0),
+         ValueError, "BatchNorm 'conv_pw_3_bn'"),
+        (lambda: v2(put("features.18.0.weight", lambda a: np.zeros(a.shape[:2] + (3, 3)))),
+         ValueError, "weight 'features.18.0.weight' must have shape (C, 112, 1, 1)"),
+        (lambda: v2(lambda d: d.pop("features.2.conv.3.weight")),
+         ValueError, "missing weight 'features.2.conv.3.weight'"),
+        (lambda: v2(put("features.3.conv.1.0.weight", lambda a: a.astype(complex))),
+         TypeError, "features.3.conv.1.0.weight must hold real numbers"),
+        (lambda: v1(put("conv_dw_2/kernel", lambda a: a > 0)),
+         TypeError, "conv_dw_2/kernel must hold real numbers"),
+    ]
+    for call, exc, words in cases:
+        with pytest.raises(exc) as info:
+            call()
+        assert words in str(info.value), (words, info.value)
+    for build in (v2, v1):  # unused keys, whatever they hold, are not read
+        build(put("optimizer/name", "adam"))
+        build(put("extra", [[1.0, 2.0], [3.0]]))
+
+
 @pytest.mark.parametrize("arch", ["v2", "v1"])
 def test_row_pieces_on_several_threads_keep_the_bytes(arch):
     """On 2 and 3 threads at batch 1 the 56x56 and 28x28 tensors of a 112x112 image are held

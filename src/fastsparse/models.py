@@ -12,6 +12,7 @@ one per thread through its own one-thread plan (Network._run).
 import numbers
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -397,12 +398,22 @@ def _pointwise(w2d, bias, act, sparsity, block_size, layer_cls=_Pointwise):
     return layer
 
 
-def _fold(w, gamma, beta, mean, var, eps):
-    """BatchNorm folded into the preceding bias-free convolution (float64, then float32)."""
-    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+def _fold(w, gamma, beta, mean, var, eps, name):
+    """BatchNorm `name` folded into the preceding bias-free convolution (float64, then
+    float32); refused if the result is not finite in float32."""
+    var = np.asarray(var, np.float64)
+    if not np.all(var + eps > 0):
+        raise ValueError(f"BatchNorm {name!r}: running variance + eps must be > 0, got "
+                         f"{float(np.min(var + eps))}")
+    scale = np.asarray(gamma, np.float64) / np.sqrt(var + eps)
     wf = np.asarray(w, np.float64) * scale.reshape((-1,) + (1,) * (np.ndim(w) - 1))
     bf = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
-    return wf.astype(np.float32), bf.astype(np.float32)
+    with np.errstate(over="ignore"):
+        wf, bf = wf.astype(np.float32), bf.astype(np.float32)
+    if not (np.all(np.isfinite(wf)) and np.all(np.isfinite(bf))):
+        raise ValueError(f"BatchNorm {name!r} folded into the convolution before it gives "
+                         "weights or biases that are not finite in float32")
+    return wf, bf
 
 
 class Network:
@@ -923,19 +934,43 @@ class Network:
 # -- MobileNet v2 (torchvision layout) ---------------------------------------------------------
 
 def _state_dict(source):
-    """A mapping name -> float array from a torch module or a mapping (torch or NumPy values)."""
+    """A mapping name -> value (torch tensor or array-like, converted when read: _get) from a
+    torch module or a mapping. A weight pruned with torch.nn.utils.prune (`weight_orig` and
+    `weight_mask`) is read as their product, the weight the module runs."""
     if hasattr(source, "state_dict") and callable(source.state_dict):
+        if getattr(source, "training", False):
+            warnings.warn("source is in training mode; its BatchNorm running statistics are "
+                          "folded, as in eval mode (call source.eval() to silence this)",
+                          stacklevel=3)
         source = source.state_dict()
     if not hasattr(source, "items"):
         raise TypeError("source must be a torch.nn.Module or a mapping of weight names to arrays, "
                         f"got {type(source).__name__}")
-    return {k: refnets._np(v) for k, v in source.items() if not k.endswith("num_batches_tracked")}
+    sd = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
+    for k in [k for k in sd if k.endswith("_orig") and k[:-5] + "_mask" in sd]:
+        sd.setdefault(k[:-5], (sd[k], sd[k[:-5] + "_mask"]))
+    return sd
+
+
+def _source_array(v, key):
+    """One source value as a NumPy array, its dtype kept (refused later if not real)."""
+    if isinstance(v, tuple):  # (weight_orig, weight_mask)
+        return _source_array(v[0], key + "_orig") * _source_array(v[1], key + "_mask")
+    if hasattr(v, "detach"):  # a torch tensor, without importing torch
+        v = v.detach().cpu()
+        if not v.dtype.is_complex and v.dtype.is_floating_point and v.element_size() < 4:
+            v = v.float()  # bfloat16 has no NumPy dtype; float16 converts exactly
+        v = v.numpy()
+    try:
+        return np.asarray(v)
+    except Exception as exc:  # e.g. ragged nested lists
+        raise TypeError(f"weight {key!r} must be an array of real numbers: {exc}") from None
 
 
 def _get(sd, key, shape=None, ndim=None):
     if key not in sd:
         raise ValueError(f"missing weight {key!r}")
-    a = sd[key]
+    a = _source_array(sd[key], key)
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"weight {key!r} must have {ndim} dimensions, got shape {a.shape}")
     if shape is not None and a.shape != tuple(shape):
@@ -1020,35 +1055,37 @@ class MobileNetV2(Network):
         w0 = _get(sd, "features.0.0.weight", ndim=4)
         if w0.shape[1:] != (3, 3, 3):
             raise ValueError(f"weight 'features.0.0.weight' must have shape (C, 3, 3, 3), got {w0.shape}")
-        w, b = _fold(w0, *bn("features.0.1", w0.shape[0]), eps)
+        w, b = _fold(w0, *bn("features.0.1", w0.shape[0]), eps, "features.0.1")
         t = B.add(_Conv(w, b, 2, (1, 1, 1, 1), RELU6))
         channels = w0.shape[0]
         for i in range(1, 18):
             p = f"features.{i}.conv"
             stride = 2 if i in refnets.V2_STRIDE2_BLOCKS else 1
             inp, block_in = t, channels
-            if f"{p}.3.weight" in sd:
+            if f"{p}.1.0.weight" in sd:  # an expansion (conv.1 is then the depthwise conv)
                 we = _get(sd, f"{p}.0.0.weight", ndim=4)
                 if we.shape[1:] != (channels, 1, 1):
                     raise ValueError(f"weight '{p}.0.0.weight' must have shape (C, {channels}, 1, 1), got {we.shape}")
-                w, b = _fold(we[:, :, 0, 0], *bn(f"{p}.0.1", we.shape[0]), eps)
+                w, b = _fold(we[:, :, 0, 0], *bn(f"{p}.0.1", we.shape[0]), eps, f"{p}.0.1")
                 t = B.pointwise(w, b, RELU6)
                 channels = we.shape[0]
                 dw, proj, pbn = f"{p}.1", f"{p}.2.weight", f"{p}.3"
             else:
                 dw, proj, pbn = f"{p}.0", f"{p}.1.weight", f"{p}.2"
             wd = _get(sd, f"{dw}.0.weight", (channels, 1, 3, 3))
-            w, b = _fold(wd, *bn(f"{dw}.1", channels), eps)
+            w, b = _fold(wd, *bn(f"{dw}.1", channels), eps, f"{dw}.1")
             t = B.add(_Depthwise(w, b, stride, (1, 1, 1, 1), RELU6))
             wp = _get(sd, proj, ndim=4)
             if wp.shape[1:] != (channels, 1, 1):
                 raise ValueError(f"weight '{proj}' must have shape (C, {channels}, 1, 1), got {wp.shape}")
-            w, b = _fold(wp[:, :, 0, 0], *bn(pbn, wp.shape[0]), eps)
+            w, b = _fold(wp[:, :, 0, 0], *bn(pbn, wp.shape[0]), eps, pbn)
             residual = inp if stride == 1 and wp.shape[0] == block_in else None
             t = B.pointwise(w, b, NONE, res=residual)
             channels = wp.shape[0]
         wl = _get(sd, "features.18.0.weight", ndim=4)
-        w, b = _fold(wl[:, :, 0, 0], *bn("features.18.1", wl.shape[0]), eps)
+        if wl.shape[1:] != (channels, 1, 1):
+            raise ValueError(f"weight 'features.18.0.weight' must have shape (C, {channels}, 1, 1), got {wl.shape}")
+        w, b = _fold(wl[:, :, 0, 0], *bn("features.18.1", wl.shape[0]), eps, "features.18.1")
         t = B.pointwise(w, b, RELU6)
         B.add(_Pool())
         wc = _get(sd, "classifier.1.weight", ndim=2)
@@ -1068,7 +1105,7 @@ def _keras_weights(source):
     if not hasattr(source, "items"):
         raise TypeError("source must be a Keras model or a mapping of Keras variable paths to "
                         f"arrays, got {type(source).__name__}")
-    return {k.split(":")[0]: refnets._np(v) for k, v in source.items()}
+    return {k.split(":")[0]: v for k, v in source.items()}
 
 
 class MobileNetV1(Network):
@@ -1092,14 +1129,15 @@ class MobileNetV1(Network):
         k1 = _get(wt, "conv1/kernel", ndim=4)
         if k1.shape[:3] != (3, 3, 3):
             raise ValueError(f"weight 'conv1/kernel' must have shape (3, 3, 3, C), got {k1.shape}")
-        w, b = _fold(k1.transpose(3, 2, 0, 1), *bn("conv1_bn", k1.shape[3]), bn_eps)
+        w, b = _fold(k1.transpose(3, 2, 0, 1), *bn("conv1_bn", k1.shape[3]), bn_eps, "conv1_bn")
         B.add(_Conv(w, b, 2, "same", RELU6))
         channels = k1.shape[3]
         for i in range(1, 14):
             key = f"conv_dw_{i}/depthwise_kernel"
             key = key if key in wt else f"conv_dw_{i}/kernel"
             kd = _get(wt, key, (3, 3, channels, 1))
-            w, b = _fold(kd.transpose(2, 3, 0, 1), *bn(f"conv_dw_{i}_bn", channels), bn_eps)
+            w, b = _fold(kd.transpose(2, 3, 0, 1), *bn(f"conv_dw_{i}_bn", channels), bn_eps,
+                         f"conv_dw_{i}_bn")
             if i in refnets.V1_STRIDE2_BLOCKS:
                 B.add(_Depthwise(w, b, 2, (0, 0, 1, 1), RELU6))
             else:
@@ -1107,7 +1145,7 @@ class MobileNetV1(Network):
             kp = _get(wt, f"conv_pw_{i}/kernel", ndim=4)
             if kp.shape[:3] != (1, 1, channels):
                 raise ValueError(f"weight 'conv_pw_{i}/kernel' must have shape (1, 1, {channels}, C), got {kp.shape}")
-            w, b = _fold(kp[0, 0].T, *bn(f"conv_pw_{i}_bn", kp.shape[3]), bn_eps)
+            w, b = _fold(kp[0, 0].T, *bn(f"conv_pw_{i}_bn", kp.shape[3]), bn_eps, f"conv_pw_{i}_bn")
             B.pointwise(w, b, RELU6)
             channels = kp.shape[3]
         B.add(_Pool())
