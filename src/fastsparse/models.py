@@ -1062,7 +1062,10 @@ class MobileNetV2(Network):
             p = f"features.{i}.conv"
             stride = 2 if i in refnets.V2_STRIDE2_BLOCKS else 1
             inp, block_in = t, channels
-            if f"{p}.1.0.weight" in sd:  # an expansion (conv.1 is then the depthwise conv)
+            # With an expansion, conv.1 is the depthwise conv and conv.3 the last BatchNorm;
+            # without, conv.1 is the projection and conv.2 its BatchNorm. (Decided by any of
+            # their keys: one missing key is then reported as missing.)
+            if any(k.startswith((f"{p}.1.0.", f"{p}.1.1.", f"{p}.3.")) for k in sd):
                 we = _get(sd, f"{p}.0.0.weight", ndim=4)
                 if we.shape[1:] != (channels, 1, 1):
                     raise ValueError(f"weight '{p}.0.0.weight' must have shape (C, {channels}, 1, 1), got {we.shape}")
