@@ -1,7 +1,9 @@
 """The spmm benchmark harness (python -m fastsparse bench spmm): what it times is correct."""
 import numpy as np
+import pytest
 
 import fastsparse as fs
+from fastsparse import __main__ as cli
 from fastsparse import bench
 
 
@@ -69,3 +71,39 @@ def test_time_interleaved_samples_last_at_least_min_seconds():
     assert calls["slow"] == 2 + 3  # calibration, then one call per sample: 4 ms >= 2 ms
     assert calls["fast"] > 2 + 3 * 10
     assert all(t >= 0.004 for t in times["slow"]) and all(t < 0.004 for t in times["fast"])
+
+
+@pytest.mark.parametrize("argv,words", [
+    ("bench spmm --net foo", "--net: 'foo' is not one of"),
+    ("bench spmm --sparsity 0.5,1.5", "--sparsity: '1.5' is not a sparsity in [0, 1)"),
+    ("bench spmm --block-size 3", "--block-size: '3' is not a block size"),
+    ("bench spmm --kernel nope", "--kernel 'nope' is not one of"),
+    ("bench spmm --isa avx1024", "--isa 'avx1024': this CPU runs"),
+    ("bench spmm --repeat 0", "--repeat: '0' is not an int >= 1"),
+    ("bench spmm --threads 1,0", "--threads: '0' is not a thread count"),
+    ("bench spmm --sample-ms -1", "--sample-ms must be a finite number >= 0"),
+    ("bench e2e --width 0", "--width: '0' is not a width multiplier > 0"),
+    ("bench e2e --size 16", "--size: '16' is not an image size >= 32"),
+    ("bench e2e --batch 1,x", "--batch: 'x' is not an int >= 1"),
+    ("bench e2e --consecutive 0", "--consecutive: '0' is not an int >= 1"),
+    ("bench e2e --engines fastsparse,onnxrunt", "--engines: 'onnxrunt' is not one of"),
+    ("bench e2e --kernel x", "e2e does not take --kernel"),
+    ("bench spmm --batch 2", "spmm does not take --batch"),
+    ("bench dwconv --threads 2 --net mobilenet_v1", "dwconv does not take --net, --threads"),
+])
+def test_cli_refuses_bad_arguments_before_running(argv, words, capsys):
+    """Each bad flag ends in argparse's usage error naming it (exit status 2), before any
+    benchmark output; a flag a benchmark would ignore is refused too."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv.split())
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert words in err and out == "", (words, err, out)
+
+
+def test_cli_runs_a_tiny_e2e(capsys):
+    assert cli.main("bench e2e --net mobilenet_v2 --width 0.25 --size 64 --batch 1 --threads 1 "
+                    "--repeat 2 --sparsity 0.9 --block4 0.9 --engines fastsparse --plot".split()
+                    + [""]) == 0
+    out = capsys.readouterr().out
+    assert "## mobilenet_v2, batch 1" in out and "Issue 7 targets" in out
