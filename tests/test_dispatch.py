@@ -33,7 +33,8 @@ def test_env_var_forces_an_isa(name):
     assert r.stdout.strip() == name
 
 
-@pytest.mark.parametrize("name", ["avx1024", "neon_or_not", ""])
+@pytest.mark.parametrize("name", ["avx1024", "neon_or_not", ""] + [  # and known, not here
+    n for n in ("scalar", "sse2", "avx2", "avx512", "neon") if n not in fs.available_isas()])
 def test_env_var_with_unknown_or_unsupported_isa_fails_clearly(name):
     r = _run("import fastsparse", FASTSPARSE_ISA=name)
     if name == "":

@@ -533,6 +533,21 @@ def test_from_dense_refuses_what_would_not_run_and_names_the_key():
         build(put("extra", [[1.0, 2.0], [3.0]]))
 
 
+@pytest.mark.parametrize("width,sparsity,hw", [(1.0, 0.9, (64, 64)), (0.5, 0.0, (97, 75))])
+def test_mobilenet_v1_matches_pytorch(width, sparsity, hw):
+    """v1 against a torch module computing Keras' MobileNet from the same weights (its own
+    bottom/right padding at stride 2, BatchNorm unfolded): an oracle independent of the
+    NumPy reference."""
+    torch = pytest.importorskip("torch")
+    from fastsparse._torch_models import mobilenet_v1_module
+    from fastsparse.bench_e2e import pruned_weights
+    wt = pruned_weights("mobilenet_v1", sparsity, 1, width, 10, seed=5)
+    x = _images(np.random.default_rng(12), 2, *hw)
+    with torch.no_grad():
+        expected = mobilenet_v1_module(wt)(torch.from_numpy(x)).numpy()
+    assert _rel_err(fs.MobileNetV1.from_dense(wt)(x), expected) < RTOL
+
+
 @pytest.mark.parametrize("arch", ["v2", "v1"])
 def test_row_pieces_on_several_threads_keep_the_bytes(arch):
     """On 2 and 3 threads at batch 1 the 56x56 and 28x28 tensors of a 112x112 image are held

@@ -17,7 +17,7 @@ from .prune import magnitude
 from .sparse import SparseMatrix
 
 # Every 1x1 convolution of the networks at 224x224 input, in order: (H*W, Cout, Cin).
-# (DESIGN.md lists the distinct shapes; the sums here weigh each by how often it occurs.)
+# (Each shape as often as it occurs: the per-network sums weigh them so.)
 MOBILENET_V2_1X1 = [
     (12544, 16, 32), (12544, 96, 16),
     (3136, 24, 96), (3136, 144, 24), (3136, 24, 144), (3136, 144, 24),
