@@ -249,8 +249,10 @@ def test_step_list_refuses_bad_arguments():
         steps.run(x, ro)
     with pytest.raises(ValueError, match="not in"):
         steps.run(x, y, 2, 4)
-    with pytest.raises(ValueError, match=r"times must have 3 entries \(or 2\)"):
+    with pytest.raises(ValueError, match=r"times must have 2 entries \(or 3\)"):
         steps.run(x, y, 0, 2, np.zeros(4))
+    with pytest.raises(ValueError, match=r"times must have 2 entries$"):
+        steps.run(x, y, 1, 1, np.zeros(1))  # no step: times[1] is still written
     # Read-only input is fine: tensor 0 is only read.
     x.flags.writeable = False
     steps.run(x, y)
@@ -972,11 +974,9 @@ def test_overlapping_planes_are_refused():
     with pytest.raises(ValueError, match="without overlap"):
         steps.add_spmm(kisa, k, W._packed, 0, -1, 1, None, 0.0, 1.0)
     gaps = np.zeros((1, 3, 2, 6), np.float32)[:, :, :, :5]  # rows not back to back
-    steps = _kernels.StepList([np.zeros((1, 3, 2, 5), np.float32), gaps,
-                               np.zeros((1, 3), np.float32)], 1)
-    with pytest.raises(ValueError, match="contiguous planes"):
-        steps.add_dwconv2d(_dispatch.isa_id(fs.isa()), 0, 1, np.zeros((3, 9), np.float32),
-                           None, 3, 1, 1, 1, 0.0, 1.0)
+    with pytest.raises(ValueError, match="tensor 1 must have contiguous planes"):
+        _kernels.StepList([np.zeros((1, 3, 2, 5), np.float32), gaps,
+                           np.zeros((1, 3), np.float32)], 1)
 
 
 # ---- Row pieces (fs_steps.h): one image held as P bands of rows, one block per band ------
@@ -1313,3 +1313,80 @@ def test_gavgpool_step_in_runs_of_channels(isa, n, c):
     assert all(o == outs[0] for o in outs)
     y = np.frombuffer(outs[0], np.float32).reshape(n, c)
     assert _rel_err(y, reference.global_avg_pool(x)) < RTOL
+
+
+def test_step_lists_guard_what_a_caller_of_the_private_api_could_break():
+    """StepList is importable (fastsparse._kernels): what a caller could pass must not make the
+    C code read or write out of bounds (found by review). Arrays run() would copy (a
+    non-contiguous template), tensors whose rows do not abut (padded or broadcast), images
+    that overlap, padding whose scratch size would wrap around, a bias the caller resizes
+    after adding the step, two threads running one list."""
+    import array
+    import sys
+    import threading
+    W = fs.SparseMatrix.from_dense(np.eye(4, dtype=np.float32), block_size=1)
+    isa = _dispatch.isa_id(fs.isa())
+    kisa, k = _dispatch.spmm_kernel(fs.isa(), 1, 16)
+    big = np.ones((1, 4, 64), np.float32)
+    x, y = big[:, :, :16], np.zeros((1, 4, 16), np.float32)  # x: padded planes
+    steps = _kernels.StepList([x, y], 1)
+    steps.add_spmm(kisa, k, W._packed, 0, -1, 1, None, -np.inf, np.inf)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        steps.run(x, y)
+    base = np.zeros(64, np.float32)
+    for bad in (np.zeros((1, 2, 4, 8), np.float32)[:, :, :, :4],  # rows 8 floats apart
+                np.lib.stride_tricks.as_strided(base, (1, 2, 4, 4), (32, 16, 0, 4))):
+        with pytest.raises(ValueError, match="tensor 1 must have contiguous planes"):
+            _kernels.StepList([np.zeros((1, 2, 4, 4), np.float32), bad,
+                               np.zeros((1, 2), np.float32)], 1)
+    one = fs.SparseMatrix.from_dense(np.ones((1, 4), np.float32))
+    same = np.lib.stride_tricks.as_strided(base, (3, 1, 16), (0, 64, 4), writeable=True)
+    steps = _kernels.StepList([np.ones((3, 4, 16), np.float32), same,
+                               np.zeros((3, 1, 16), np.float32)], 1)
+    with pytest.raises(ValueError, match="without overlap"):  # 3 images, one plane
+        steps.add_spmm(kisa, k, one._packed, 0, -1, 1, None, -np.inf, np.inf)
+    xi = np.ones((1, 2, 16, 16), np.float32)
+    with pytest.raises(ValueError, match="padding must be in"):
+        _kernels.dwconv2d(isa, xi, np.ones((2, 25), np.float32), None,
+                          np.zeros((1, 2, 16, 16), np.float32), 5, 1, 2, 2**62 - 48,
+                          -np.inf, np.inf, 1)
+    xc = np.ones((1, 4, 16), np.float32)
+    bias = array.array("f", [1.0, 2.0, 3.0, 4.0])
+    steps = _kernels.StepList([xc, y], 1)
+    steps.add_spmm(kisa, k, W._packed, 0, -1, 1, bias, -np.inf, np.inf)
+    bias.extend([9.0] * 100000)  # the storage moves; the step kept its own copy
+    junk = [bytearray(b"\xff" * 64) for _ in range(1000)]
+    steps.run(xc, y)
+    del junk
+    np.testing.assert_array_equal(y[0, :, 0], [2.0, 3.0, 4.0, 5.0])
+    # Two threads run one list: one of them is refused, none crashes.
+    wide = fs.SparseMatrix.from_dense(np.ones((16, 256), np.float32) * 0.01)
+    kisa, k = _dispatch.spmm_kernel(fs.isa(), wide.block_size, 512)
+    xw = np.ones((1, 256, 512), np.float32)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(20):
+            sl = _kernels.StepList([xw, np.empty((1, 16, 512), np.float32)], 1)
+            for _ in range(3):
+                sl.add_spmm(kisa, k, wide._packed, 0, -1, 1, None, -np.inf, np.inf, True)
+            outcome = []
+            start = threading.Barrier(2)
+
+            def go():
+                yw = np.empty((1, 16, 512), np.float32)
+                start.wait()
+                try:
+                    sl.run(xw, yw)
+                    outcome.append(float(yw[0, 0, 0]))
+                except RuntimeError as exc:
+                    outcome.append(str(exc))
+            ts = [threading.Thread(target=go) for _ in range(2)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            assert all(o == "StepList.run is not reentrant" or abs(o - 2.56) < 1e-4
+                       for o in outcome), outcome
+    finally:
+        sys.setswitchinterval(old)

@@ -411,6 +411,17 @@ cdef Py_ssize_t _spatial_chunk(Py_ssize_t n, Py_ssize_t hw, int num_threads) noe
     return _ceil_div(_ceil_div(hw, num_threads), 16) * 16
 
 
+# Padding beyond this is refused (chw.py checks it for the public functions): scratch sizes
+# computed from it must not wrap around.
+MAX_PADDING = 1 << 16
+
+
+def _owned(a):
+    """A private float32 copy of a weight or bias a StepList keeps pointing into (None stays
+    None): the caller's object could be resized or freed after the step is added."""
+    return None if a is None else np.array(a, dtype=np.float32, order="C", copy=True)
+
+
 cdef const float* _bias_pointer(object bias, Py_ssize_t rows) except? NULL:
     """The float32 data of a bias of `rows` entries, or NULL for None. The caller holds `bias`,
     which keeps the buffer alive while the kernels read it."""
@@ -458,6 +469,7 @@ cdef fs_strides _tensor_strides(Py_ssize_t n, Py_ssize_t c, Py_ssize_t plane, Py
     images may also be bands of every plane (one image seen as row pieces, StepList)."""
     cdef Py_ssize_t f = sizeof(float)
     if (s0 < 0 or s1 < 0 or s0 % f or s1 % f or (c > 1 and s1 < plane * f)
+            or (n > 1 and s0 < plane * f)
             or (n > 1 and s0 < c * s1 and not (n * s0 <= s1 and plane * f <= s0))):
         raise ValueError(f"{name} must hold its planes without overlap (strides {s0}, {s1})")
     cdef fs_strides r
@@ -579,8 +591,8 @@ cdef int _dwconv2d_step(fs_step* st, int isa, const float[:, :, :, :] x, const f
         raise ValueError(f"k must be 3 or 5, got {k}")
     if stride != 1 and stride != 2:
         raise ValueError(f"stride must be 1 or 2, got {stride}")
-    if pad_top < 0 or pad_left < 0:
-        raise ValueError("padding must be >= 0")
+    if not (0 <= pad_top <= MAX_PADDING and 0 <= pad_left <= MAX_PADDING):
+        raise ValueError(f"padding must be in [0, {MAX_PADDING}]")
     if not (lo <= hi):
         raise ValueError("lo must be <= hi")
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], ih = x.shape[2], iw = x.shape[3]
@@ -624,8 +636,8 @@ cdef int _conv2d_step(fs_step* st, int isa, const float[:, :, :, :] xv, bint nhw
     cdef const fs_chw_ops* ops = _chw_ops(isa)
     if stride != 1 and stride != 2:
         raise ValueError(f"stride must be 1 or 2, got {stride}")
-    if pad_top < 0 or pad_left < 0:
-        raise ValueError("padding must be >= 0")
+    if not (0 <= pad_top <= MAX_PADDING and 0 <= pad_left <= MAX_PADDING):
+        raise ValueError(f"padding must be in [0, {MAX_PADDING}]")
     if not (lo <= hi):
         raise ValueError("lo must be <= hi")
     cdef Py_ssize_t n = xv.shape[0], cin, ih, iw
@@ -980,6 +992,9 @@ cdef class StepList:
         for i, a in enumerate(tensors):
             if a is not None:
                 p = _data(a, True)
+                if a.ndim == 4:  # the steps see (N, C, H * W): a view only if rows abut
+                    _check_rows(a.shape[2], a.shape[3], a.strides[2], a.strides[3],
+                                f"tensor {i}")
                 if 0 < i < self._ntensors - 1:
                     self._table[i] = p
                     if p != NULL:  # strides are >= 0 (_data)
@@ -1096,6 +1111,8 @@ cdef class StepList:
         return self._count == 0 and self.num_threads > 1
 
     cdef int _append(self, fs_step* st, int src, int res, int dst, tuple keep) except -1:
+        if self._busy:  # a run walks self._steps, which growing may move
+            raise RuntimeError("cannot add a step while the list runs")
         if self._count == self._cap:
             cap = max(16, 2 * self._cap)
             grown = <fs_step*>realloc(self._steps, cap * sizeof(fs_step))
@@ -1167,6 +1184,8 @@ cdef class StepList:
         thread count, so the thread count never changes the result. sweep_rows > 0: groups
         of about that many output rows, each over all positions (_dispatch.spmm_sweep_rows)."""
         cdef fs_step st
+        # private copies: the steps point into them (_owned)
+        bias = _owned(bias)
         self._check_roles(src, res, dst)
         memset(&st, 0, sizeof(st))
         cdef Py_ssize_t p = self._step_pieces((src, res, dst))
@@ -1196,6 +1215,8 @@ cdef class StepList:
     def add_dwconv2d(self, int isa, int src, int dst, w, bias, Py_ssize_t k, Py_ssize_t stride,
                      Py_ssize_t pad_top, Py_ssize_t pad_left, float lo, float hi):
         cdef fs_step st
+        # private copies: the steps point into them (_owned)
+        w, bias = _owned(w), _owned(bias)
         self._check_roles(src, -1, dst)
         memset(&st, 0, sizeof(st))
         cdef Py_ssize_t p = self._step_pieces((src, dst))
@@ -1222,6 +1243,8 @@ cdef class StepList:
         """dst = conv2d(src). An output in row pieces is written one band of rows per piece,
         each into its own block (fs_steps.h)."""
         cdef fs_step st
+        # private copies: the steps point into them (_owned)
+        w, bias = _owned(w), _owned(bias)
         self._check_roles(src, -1, dst)
         memset(&st, 0, sizeof(st))
         cdef Py_ssize_t p = self._pieces[dst]
@@ -1252,6 +1275,8 @@ cdef class StepList:
         reads them there. `mid` is the
         tensor the 1x1 would write: it fixes the shapes the two halves are checked against,
         and is never touched. Same arithmetic as the two steps, whatever the bands."""
+        # private copies: the steps point into them (_owned)
+        bias, dw_w, dw_bias = _owned(bias), _owned(dw_w), _owned(dw_bias)
         self._check_roles(src, -1, mid)
         self._check_roles(mid, -1, dst)
         self._check_roles(src, -1, dst)
@@ -1304,6 +1329,8 @@ cdef class StepList:
         scratch planes, where the 1x1 reads it. `mid` is the tensor the depthwise conv would
         write: it fixes the shapes the two halves are checked against, and is never touched.
         Same arithmetic as the two steps, whatever the bands or the threads."""
+        # private copies: the steps point into them (_owned)
+        dw_w, dw_bias, bias = _owned(dw_w), _owned(dw_bias), _owned(bias)
         self._check_roles(src, -1, mid)
         self._check_roles(mid, res, dst)
         self._check_roles(src, res, dst)
@@ -1393,6 +1420,9 @@ cdef class StepList:
         read in place (taller than a staged copy, rows of whole 16-float vectors) and whole
         images: no tensor in row pieces. Same arithmetic as the three steps, whatever the
         bands or the threads."""
+        # private copies: the steps point into them (_owned)
+        conv_w, conv_bias, dw_w, dw_bias, bias = (
+            _owned(conv_w), _owned(conv_bias), _owned(dw_w), _owned(dw_bias), _owned(bias))
         self._check_roles(src, -1, conv_dst)  # (conv_dst and mid, never touched, may overlap)
         self._check_roles(mid, res, dst)
         self._check_roles(src, res, dst)
@@ -1464,13 +1494,15 @@ cdef class StepList:
         last = self._ntensors - 1
         for a, i in ((x, 0), (y, last)):
             t = self._tensors[i]
-            if not isinstance(a, np.ndarray) or a.shape != t.shape or (
-                    a.strides != t.strides
-                    and not (a.flags.c_contiguous and t.flags.c_contiguous)):
-                raise ValueError(f"tensor {i} must be an array of shape {t.shape} "
-                                 f"and strides {t.strides}")
-        if times is not None and times.shape[0] not in (2, end - begin + 1):
-            raise ValueError(f"times must have {end - begin + 1} entries (or 2)")
+            # C-contiguous, with the template's strides: a flat view below, never a copy.
+            if not isinstance(a, np.ndarray) or a.shape != t.shape or not a.flags.c_contiguous \
+                    or (a.strides != t.strides and not t.flags.c_contiguous):
+                raise ValueError(f"tensor {i} must be an array of shape {t.shape} and strides "
+                                 f"{t.strides}, C-contiguous")
+        if times is not None and (times.shape[0] < 2
+                                  or times.shape[0] not in (2, end - begin + 1)):
+            raise ValueError("times must have 2 entries" + (
+                f" (or {end - begin + 1})" if end - begin + 1 > 2 else ""))
         if thread_times is not None and thread_times.shape[1] != end - begin:
             raise ValueError(f"thread_times must have {end - begin} columns")
         if thread_items is not None and (thread_items.shape[1] != end - begin or (
@@ -1485,20 +1517,22 @@ cdef class StepList:
             dptr, drows = &thread_times[0, 0], <int>min(thread_times.shape[0], self.num_threads)
         if thread_items is not None and thread_items.shape[0] and end > begin:
             iptr, drows = &thread_items[0, 0], <int>min(thread_items.shape[0], self.num_threads)
-        if self._busy:
-            raise RuntimeError("StepList.run is not reentrant")
-        self._ensure_work()
         cdef double* tptr = &times[0] if times is not None else NULL
         cdef int each = times is not None and times.shape[0] == end - begin + 1
-        # Same shape and strides as the C-contiguous templates: flat views, no copies.
         if x.dtype != np.float32 or y.dtype != np.float32 or not y.flags.writeable:
             raise ValueError("x and y must be float32 numpy arrays, y writeable")
-        cdef const float[::1] xv = x.reshape(-1)
-        cdef float[::1] yv = y.reshape(-1)
-        self._table[0] = <float*>&xv[0] if xv.shape[0] else NULL
-        self._table[last] = &yv[0] if yv.shape[0] else NULL
+        cdef const float[::1] xv
+        cdef float[::1] yv
+        # Test and set in one stretch of C under the GIL (no Python call between them), before
+        # anything that could let another thread in: two threads cannot both run the list.
+        if self._busy:
+            raise RuntimeError("StepList.run is not reentrant")
         self._busy = True
         try:
+            self._ensure_work()
+            xv, yv = x.reshape(-1), y.reshape(-1)
+            self._table[0] = <float*>&xv[0] if xv.shape[0] else NULL
+            self._table[last] = &yv[0] if yv.shape[0] else NULL
             with nogil:
                 fs_run_steps(self._steps + begin, end - begin, self._table, self.num_threads,
                              tptr, each, dptr, iptr, drows)
@@ -1609,46 +1643,54 @@ def run_images(list lists, x, y, double[::1] times=None):
     per = x.shape[0] // nl
     cdef StepList sl, other
     cdef size_t ntensors = 0
-    for i in range(nl):
-        sl = lists[i]
-        if sl.num_threads != 1:
-            raise ValueError("run_images takes step lists built for one thread")
-        if i == 0:
-            ntensors = sl._ntensors
-        elif <size_t>sl._ntensors != ntensors:
-            raise ValueError("the step lists must have the same tensors")
-        for a, t in ((x, sl._tensors[0]), (y, sl._tensors[sl._ntensors - 1])):
-            if (t is None or a.shape[1:] != t.shape[1:] or t.shape[0] != 1
-                    or not t.flags.c_contiguous):
-                raise ValueError(f"step list {i} is not built for images of shape "
-                                 f"{(1,) + a.shape[1:]}")
-        if sl._busy:
-            raise RuntimeError("a step list given to run_images is running")
-        sl._ensure_work()
-        for j in range(i):
-            other = lists[j]
-            if other is sl or _spans_overlap(sl, other):
-                raise ValueError(f"step lists {j} and {i} share tensors")
-    cdef const fs_step** steps = <const fs_step**>malloc(nl * sizeof(fs_step*))
-    cdef size_t* counts = <size_t*>malloc(nl * sizeof(size_t))
-    cdef float*** tables = <float***>malloc(nl * sizeof(float**))
-    if steps == NULL or counts == NULL or tables == NULL:
-        free(steps); free(counts); free(tables)
-        raise MemoryError()
-    cdef const float[::1] xv = x.reshape(-1)
-    cdef float[::1] yv = y.reshape(-1)
-    cdef size_t x_image = xv.shape[0] // x.shape[0], y_image = yv.shape[0] // y.shape[0]
-    for i in range(nl):
-        sl = lists[i]
-        steps[i], counts[i], tables[i] = sl._steps, sl._count, sl._table
-        sl._busy = True
+    cdef const fs_step** steps = NULL
+    cdef size_t* counts = NULL
+    cdef float*** tables = NULL
+    cdef const float[::1] xv
+    cdef float[::1] yv
+    cdef size_t x_image, y_image
+    marked = []  # the lists this call set running: each test and set under the GIL, at once
     try:
+        for i in range(nl):
+            sl = lists[i]
+            if sl.num_threads != 1:
+                raise ValueError("run_images takes step lists built for one thread")
+            if i == 0:
+                ntensors = sl._ntensors
+            elif <size_t>sl._ntensors != ntensors:
+                raise ValueError("the step lists must have the same tensors")
+            for a, t in ((x, sl._tensors[0]), (y, sl._tensors[sl._ntensors - 1])):
+                if (t is None or a.shape[1:] != t.shape[1:] or t.shape[0] != 1
+                        or not t.flags.c_contiguous):
+                    raise ValueError(f"step list {i} is not built for images of shape "
+                                     f"{(1,) + a.shape[1:]}")
+            for j in range(i):
+                if lists[j] is sl:
+                    raise ValueError(f"step lists {j} and {i} share tensors")
+            if sl._busy:
+                raise RuntimeError("a step list given to run_images is running")
+            sl._busy = True
+            marked.append(sl)
+            sl._ensure_work()
+            for j in range(i):
+                other = lists[j]
+                if _spans_overlap(sl, other):
+                    raise ValueError(f"step lists {j} and {i} share tensors")
+        steps = <const fs_step**>malloc(nl * sizeof(fs_step*))
+        counts = <size_t*>malloc(nl * sizeof(size_t))
+        tables = <float***>malloc(nl * sizeof(float**))
+        if steps == NULL or counts == NULL or tables == NULL:
+            raise MemoryError()
+        xv, yv = x.reshape(-1), y.reshape(-1)
+        x_image, y_image = xv.shape[0] // x.shape[0], yv.shape[0] // y.shape[0]
+        for i in range(nl):
+            sl = lists[i]
+            steps[i], counts[i], tables[i] = sl._steps, sl._count, sl._table
         with nogil:
             fs_run_images(steps, counts, tables, ntensors, <int>nl, &xv[0], x_image, &yv[0],
                           y_image, <size_t>per, tptr)
     finally:
-        for i in range(nl):
-            sl = lists[i]
+        for sl in marked:
             sl._busy = False
             sl._table[0] = sl._table[ntensors - 1] = NULL
         free(steps); free(counts); free(tables)

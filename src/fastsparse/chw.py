@@ -21,8 +21,9 @@ from .ops import _output
 
 
 # Padding beyond this is refused: it only adds rows and columns of bias, and an unbounded one
-# (padding=2**63) would overflow the sizes the kernel layer computes with.
-MAX_PADDING = 1 << 16
+# (padding=2**63) would overflow the sizes the kernel layer computes with (which refuses it
+# too).
+MAX_PADDING = _kernels.MAX_PADDING
 
 
 def padding_tuple(padding, name="padding"):
