@@ -126,7 +126,8 @@ def linear(x2d, W, bias=None, activation=None, num_threads=None):
     if x2d.shape[1] != Wd.shape[1]:
         raise ValueError(f"x2d has {x2d.shape[1]} features but W expects {Wd.shape[1]} (W.shape={Wd.shape})")
     b = bias_vector(bias, Wd.shape[0])
-    y = x2d @ Wd.T
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN as the kernels give them
+        y = x2d @ Wd.T
     if b is not None:
         y += b
     if lo != -np.inf or hi != np.inf:
