@@ -531,6 +531,7 @@ def test_from_dense_refuses_what_would_not_run_and_names_the_key():
     for build in (v2, v1):  # unused keys, whatever they hold, are not read
         build(put("optimizer/name", "adam"))
         build(put("extra", [[1.0, 2.0], [3.0]]))
+    v2(put("classifier.1.bias", lambda a: tuple(float(v) for v in a)))  # a tuple is an array
 
 
 @pytest.mark.parametrize("width,sparsity,hw", [(1.0, 0.9, (64, 64)), (0.5, 0.0, (97, 75))])

@@ -948,14 +948,21 @@ def _state_dict(source):
                         f"got {type(source).__name__}")
     sd = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
     for k in [k for k in sd if k.endswith("_orig") and k[:-5] + "_mask" in sd]:
-        sd.setdefault(k[:-5], (sd[k], sd[k[:-5] + "_mask"]))
+        sd.setdefault(k[:-5], _Masked(sd[k], sd[k[:-5] + "_mask"]))
     return sd
+
+
+class _Masked:
+    """A weight pruned with torch.nn.utils.prune: weight_orig * weight_mask, read lazily."""
+
+    def __init__(self, orig, mask):
+        self.orig, self.mask = orig, mask
 
 
 def _source_array(v, key):
     """One source value as a NumPy array, its dtype kept (refused later if not real)."""
-    if isinstance(v, tuple):  # (weight_orig, weight_mask)
-        return _source_array(v[0], key + "_orig") * _source_array(v[1], key + "_mask")
+    if isinstance(v, _Masked):
+        return _source_array(v.orig, key + "_orig") * _source_array(v.mask, key + "_mask")
     if hasattr(v, "detach"):  # a torch tensor, without importing torch
         v = v.detach().cpu()
         if not v.dtype.is_complex and v.dtype.is_floating_point and v.element_size() < 4:
