@@ -3,8 +3,7 @@ import argparse
 import math
 import sys
 
-ARCHS = ("mobilenet_v2", "mobilenet_v1")
-ENGINES = ("fastsparse", "onnxruntime", "torch")
+from .bench_e2e import ARCHS, ENGINES
 
 
 _BAD = object()
