@@ -460,6 +460,16 @@ class Network:
             shapes[layer.dst] = layer.out_shape(shapes[layer.src])
         return shapes
 
+    def _nonempty_shapes(self, in_shape):
+        """_shapes, refusing an image too small for some layer's output."""
+        shapes = self._shapes(in_shape)
+        for i, layer in enumerate(self.layers):
+            if min(shapes[layer.dst]) < 1:
+                raise ValueError(
+                    f"images of {in_shape[2]}x{in_shape[3]} are too small for {self.arch}: "
+                    f"layer {i} ({layer.op}) would produce an empty output {shapes[layer.dst]}")
+        return shapes
+
     def _fused_pairs(self, shapes, pieces=1):
         """Indices i of the layers that run fused with layer i + 1, the only reader of their
         output, on images of at least FUSE_MIN_HW positions: sparse 1x1s with the depthwise
@@ -561,12 +571,7 @@ class Network:
         outputs where the arena has room (_shared_reads)."""
         plan = self._plans.get((key, threads))
         if plan is None:
-            shapes = self._shapes(key[0])
-            for i, layer in enumerate(self.layers):
-                if min(shapes[layer.dst]) < 1:
-                    raise ValueError(
-                        f"images of {key[0][2]}x{key[0][3]} are too small for {self.arch}: layer "
-                        f"{i} ({layer.op}) would produce an empty output {shapes[layer.dst]}")
+            shapes = self._nonempty_shapes(key[0])
             fused = self._fused_pairs(shapes, threads)
             pieced = self._row_pieces(shapes, fused, threads)
             last_use = {}
@@ -894,11 +899,7 @@ class Network:
         if not (isinstance(input_size, (tuple, list)) and len(input_size) == 2):
             raise TypeError(f"input_size must be (H, W), got {input_size!r}")
         h, w = (count(v, "input_size") for v in input_size)
-        shapes = self._shapes((batch, 3, h, w))
-        for i, layer in enumerate(self.layers):
-            if min(shapes[layer.dst]) < 1:
-                raise ValueError(f"input_size {h}x{w} is too small for {self.arch}: layer {i} "
-                                 f"({layer.op}) would produce an empty output")
+        shapes = self._nonempty_shapes((batch, 3, h, w))
         fused = self._fused_pairs(shapes)
         rows = [("#", "op", "input -> output", "sparsity", "block", "kernel", "MFLOP dense",
                  "MFLOP run", "path")]
